@@ -1,0 +1,331 @@
+//! Wires configuration into running tasks and owns the one shutdown path.
+//!
+//! [`run`] builds the transport, one [`StageRunner`] per configured stage, the generator
+//! (embedded mode), the HTTP server and the progress line, then waits for the shutdown
+//! trigger (a parameter, so tests drive it), a failed stage, or the generator's last event.
+//!
+//! # Shutdown
+//!
+//! In pipeline order: stop the generator; then for each stage, stop reading, drain, commit;
+//! then the sinks for topics nobody in-process reads; then HTTP. Each step has a deadline
+//! (`runner.drain_timeout` plus slack); a task still running at its deadline is aborted and
+//! named in the log. Stopping in order means embedded mode loses nothing on a clean stop.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::bus::kafka::{ensure_topics, KafkaConsumer, KafkaProducer};
+use crate::bus::memory::MemoryBus;
+use crate::bus::{BusConsumer, BusError, BusProducer, OutMessage};
+use crate::config::{AppConfig, BusKind};
+use crate::generator::{EventGenerator, GeneratorConfig, Origin};
+use crate::stage::runner::RunnerError;
+use crate::stage::{self, StageKind, StageRunner};
+use crate::telemetry::{FlowStats, StageStats, Telemetry};
+
+/// Most generated records awaiting a transport ack before the generator waits.
+const GENERATOR_MAX_IN_FLIGHT: usize = 10_000;
+/// Extra time beyond `runner.drain_timeout` a stage gets to finish before it is aborted.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Stage(#[from] RunnerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("task {0} panicked or was aborted")]
+    Task(String),
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn install_prometheus() -> Option<Arc<PrometheusHandle>> {
+    match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => Some(Arc::new(handle)),
+        Err(e) => {
+            warn!(error = %e, "Prometheus recorder not installed; /metrics will be unavailable.");
+            None
+        }
+    }
+}
+
+struct StageTask {
+    kind: StageKind,
+    stop: CancellationToken,
+    handle: JoinHandle<Result<(), RunnerError>>,
+}
+
+/// Runs the configured pipeline until `shutdown_signal` resolves (or a stage fails, or a
+/// generator with a `total` finished and the pipeline drained).
+pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+    let prometheus = install_prometheus();
+    let telemetry = Telemetry {
+        stages: config.pipeline.stages.iter().map(|k| StageStats::new(*k)).collect(),
+        flow: Arc::new(FlowStats::default()),
+    };
+    let stage_failed = CancellationToken::new();
+    let started = Instant::now();
+
+    // Transport.
+    let memory = (config.pipeline.bus == BusKind::Memory).then(|| MemoryBus::new(config.pipeline.memory_topic_capacity));
+    let producer = match &memory {
+        Some(bus) => BusProducer::Memory(bus.producer()),
+        None => {
+            let settings = config.kafka_settings();
+            if config.kafka.create_topics {
+                ensure_topics(&settings, &config.topics.all(), config.topics.partitions).await?;
+            }
+            BusProducer::Kafka(KafkaProducer::new(&settings)?)
+        }
+    };
+
+    // Stages.
+    let mut stages = Vec::new();
+    for stats in &telemetry.stages {
+        let kind = stats.stage;
+        let (input, _) = kind.topics(&config);
+        let consumer = match &memory {
+            Some(bus) => BusConsumer::Memory(bus.consumer(&input)?),
+            None => {
+                let group = format!("{}.{}", config.kafka.group_prefix, kind.as_str());
+                BusConsumer::Kafka(KafkaConsumer::subscribe(&config.kafka_settings(), &group, &[input.clone()])?)
+            }
+        };
+        let runner = StageRunner::new(
+            stage::build(kind, &config),
+            consumer,
+            producer.clone(),
+            config.runner.clone(),
+            config.topics.dlq.clone(),
+            stats.clone(),
+        );
+        let stop = CancellationToken::new();
+        let failed = stage_failed.clone();
+        let token = stop.clone();
+        let handle = tokio::spawn(async move {
+            let result = runner.run(token).await;
+            if result.is_err() {
+                failed.cancel();
+            }
+            result
+        });
+        stages.push(StageTask { kind, stop, handle });
+    }
+
+    // Embedded mode: count and release what no stage here consumes (alerts, dead letters).
+    let sinks_stop = CancellationToken::new();
+    let mut sinks = Vec::new();
+    if let Some(bus) = &memory {
+        let consumed: Vec<String> = config.pipeline.stages.iter().map(|k| k.topics(&config).0).collect();
+        for topic in config.topics.all() {
+            if consumed.contains(&topic) {
+                continue;
+            }
+            let consumer = bus.consumer(&topic)?;
+            let counter = if topic == config.topics.dlq {
+                CountInto::DeadLetters
+            } else if topic == config.topics.alerts {
+                CountInto::Alerts
+            } else {
+                CountInto::Nothing
+            };
+            sinks.push(tokio::spawn(drain_topic(consumer, counter, telemetry.flow.clone(), sinks_stop.clone())));
+        }
+    }
+
+    // Generator.
+    let generator_stop = CancellationToken::new();
+    let generator_done = CancellationToken::new();
+    let generator = if config.generator.enabled {
+        let (cfg, topic, producer, flow, stop, done) = (
+            config.generator.clone(),
+            config.topics.raw.clone(),
+            producer.clone(),
+            telemetry.flow.clone(),
+            generator_stop.clone(),
+            generator_done.clone(),
+        );
+        Some(tokio::spawn(async move {
+            let result = run_generator(cfg, topic, producer, flow, stop).await;
+            done.cancel();
+            result
+        }))
+    } else {
+        None
+    };
+
+    // HTTP and progress.
+    let service_stop = CancellationToken::new();
+    let http = if config.http.enabled {
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| AppError::Listen { addr: config.http.listen, source })?;
+        info!(addr = %config.http.listen, "Serving /metrics, /health and /ready.");
+        Some(tokio::spawn(crate::serve::serve(listener, telemetry.clone(), prometheus, service_stop.clone())))
+    } else {
+        None
+    };
+    let progress = config.progress.enabled.then(|| {
+        tokio::spawn(crate::progress::run(telemetry.clone(), config.progress.interval, service_stop.clone()))
+    });
+
+    // Wait for a reason to stop.
+    let generator_finishes = config.generator.enabled && config.generator.total > 0;
+    tokio::select! {
+        _ = shutdown_signal => info!("Shutdown requested; draining."),
+        _ = stage_failed.cancelled() => error!("A stage failed; shutting down."),
+        _ = generator_done.cancelled(), if generator_finishes => info!("Generator finished; draining the pipeline."),
+    }
+
+    // Ordered shutdown.
+    let mut first_error: Option<AppError> = None;
+    generator_stop.cancel();
+    if let Some(handle) = generator {
+        match handle.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => first_error = first_error.or(Some(e.into())),
+            Err(e) => first_error = first_error.or(Some(AppError::Task(format!("generator: {e}")))),
+        }
+    }
+    let stage_deadline = config.runner.drain_timeout + SHUTDOWN_SLACK;
+    for task in stages {
+        task.stop.cancel();
+        let mut handle = task.handle;
+        match tokio::time::timeout(stage_deadline, &mut handle).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => first_error = first_error.or(Some(e.into())),
+            Ok(Err(e)) => first_error = first_error.or(Some(AppError::Task(format!("stage {}: {e}", task.kind)))),
+            Err(_) => {
+                error!(stage = %task.kind, "Stage still running at the shutdown deadline; aborting it (its uncommitted input will be replayed).");
+                handle.abort();
+            }
+        }
+    }
+    sinks_stop.cancel();
+    for sink in sinks {
+        let _ = tokio::time::timeout(SHUTDOWN_SLACK, sink).await;
+    }
+    if let Err(e) = producer.flush(SHUTDOWN_SLACK).await {
+        warn!(error = %e, "Producer flush incomplete.");
+    }
+    service_stop.cancel();
+    if let Some(progress) = progress {
+        let _ = progress.await;
+    }
+    if let Some(http) = http {
+        let _ = tokio::time::timeout(SHUTDOWN_SLACK, http).await;
+    }
+    crate::progress::print_summary(&telemetry, started.elapsed());
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum CountInto {
+    Alerts,
+    DeadLetters,
+    Nothing,
+}
+
+async fn drain_topic(mut consumer: crate::bus::memory::MemoryConsumer, counter: CountInto, flow: Arc<FlowStats>, stop: CancellationToken) {
+    let count = |flow: &FlowStats| match counter {
+        CountInto::Alerts => {
+            flow.alerts.fetch_add(1, Ordering::Relaxed);
+        }
+        CountInto::DeadLetters => {
+            flow.dead_letters.fetch_add(1, Ordering::Relaxed);
+        }
+        CountInto::Nothing => {}
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            received = consumer.recv() => match received {
+                Ok(_) => count(&flow),
+                Err(_) => return,
+            },
+        }
+    }
+    while consumer.try_recv().is_some() {
+        count(&flow);
+    }
+}
+
+/// Produces generated traffic to `topic` at the configured rate until stopped or `total`.
+pub async fn run_generator(
+    config: GeneratorConfig,
+    topic: String,
+    producer: BusProducer,
+    flow: Arc<FlowStats>,
+    stop: CancellationToken,
+) -> Result<(), BusError> {
+    let mut generator = EventGenerator::new(config.clone());
+    let mut acks = FuturesUnordered::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut budget = 0.0_f64;
+    let mut sent = 0u64;
+    'outer: loop {
+        let batch = if config.rate == 0 {
+            tokio::task::yield_now().await;
+            256
+        } else {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            budget += config.rate as f64 / 100.0;
+            let whole = budget.floor();
+            budget -= whole;
+            whole as u64
+        };
+        for _ in 0..batch {
+            if stop.is_cancelled() || (config.total > 0 && sent >= config.total) {
+                break 'outer;
+            }
+            let record = generator.next_record(now_us());
+            let origin = record.origin;
+            let message = OutMessage { topic: topic.clone(), key: Some(record.key.into_bytes()), payload: record.payload };
+            let ack = tokio::select! {
+                ack = producer.send(message) => ack?,
+                _ = stop.cancelled() => break 'outer,
+            };
+            acks.push(ack);
+            sent += 1;
+            flow.generated.fetch_add(1, Ordering::Relaxed);
+            match origin {
+                Origin::Attack(_) => flow.attacks_injected.fetch_add(1, Ordering::Relaxed),
+                Origin::Malformed => flow.malformed_injected.fetch_add(1, Ordering::Relaxed),
+                Origin::Background => 0,
+            };
+            while acks.len() >= GENERATOR_MAX_IN_FLIGHT {
+                if let Some(result) = acks.next().await {
+                    result?;
+                }
+            }
+        }
+        while let Some(Some(result)) = acks.next().now_or_never() {
+            result?;
+        }
+    }
+    while let Some(result) = acks.next().await {
+        result?;
+    }
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! Kafka transport over rdkafka (bundled librdkafka).
+//!
+//! The only module that imports rdkafka. It turns broker messages into [`Record`]s, produced
+//! messages into [`AckFuture`]s that resolve on broker acknowledgement, and commits exactly
+//! the offsets the runner hands it.
+//!
+//! # At-least-once
+//!
+//! `enable.auto.commit` and `enable.auto.offset.store` are always off: offsets move only
+//! when [`KafkaConsumer::commit`] is called with what the [`OffsetTracker`] says is fully
+//! acknowledged. Before partitions are revoked in a rebalance, the finished prefix of each
+//! revoked partition is committed synchronously, so the next owner replays only what was
+//! really in flight.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::{AckFuture, BusError, CommitMode, CommitOffsets, OffsetTracker, OutMessage, Record};
+
+/// How long to wait before retrying when librdkafka's local produce queue is full.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
+/// Connection settings shared by consumers, producers and the admin client.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub session_timeout: Duration,
+    pub max_poll_interval: Duration,
+    /// librdkafka's `message.max.bytes` for producers.
+    pub max_message_bytes: usize,
+    /// Extra librdkafka properties, applied last.
+    pub consumer_options: BTreeMap<String, String>,
+    pub producer_options: BTreeMap<String, String>,
+}
+
+fn base_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.brokers);
+    config
+}
+
+/// Creates topics that do not exist yet; existing topics are left as they are.
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    topics: &[String],
+    partitions: i32,
+) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(settings).create().map_err(|e| BusError::Setup(e.to_string()))?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(|e| BusError::Admin(format!("create topics {topics:?}: {e}")))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(BusError::Admin(format!("create topic {topic}: {code}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Commits the finished prefix of revoked partitions before they move to another member.
+pub struct RebalanceContext {
+    group: String,
+    tracker: Mutex<Option<Arc<Mutex<OffsetTracker>>>>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let partitions: Vec<(String, i32)> = revoked
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        info!(group = %self.group, ?partitions, "Partitions revoked.");
+        let tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(tracker) = tracker else { return };
+        let offsets = tracker.lock().unwrap_or_else(|p| p.into_inner()).release(&partitions);
+        if offsets.is_empty() {
+            return;
+        }
+        match partition_list(&offsets) {
+            Ok(list) => {
+                if let Err(e) = base_consumer.commit(&list, rdkafka::consumer::CommitMode::Sync) {
+                    warn!(group = %self.group, error = %e, "Commit before revoke failed; the next owner replays from the last commit.");
+                }
+            }
+            Err(e) => warn!(group = %self.group, error = %e, "Commit before revoke skipped."),
+        }
+    }
+
+    fn post_rebalance(&self, _base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            let partitions: Vec<(String, i32)> = assigned
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            info!(group = %self.group, ?partitions, "Partitions assigned.");
+        }
+    }
+}
+
+fn partition_list(offsets: &CommitOffsets) -> Result<TopicPartitionList, BusError> {
+    let mut list = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(|e| BusError::Commit(e.to_string()))?;
+    }
+    Ok(list)
+}
+
+pub struct KafkaConsumer {
+    consumer: StreamConsumer<RebalanceContext>,
+    topics: String,
+}
+
+impl KafkaConsumer {
+    /// Joins `group` and subscribes to `topics`.
+    pub fn subscribe(
+        settings: &KafkaSettings,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Self, BusError> {
+        let mut config = base_config(settings);
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
+            .set("max.poll.interval.ms", settings.max_poll_interval.as_millis().to_string());
+        for (key, value) in &settings.consumer_options {
+            config.set(key, value);
+        }
+        // At-least-once depends on these two; an option map must not turn them back on.
+        config.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+        let context = RebalanceContext { group: group.to_string(), tracker: Mutex::new(None) };
+        let consumer: StreamConsumer<RebalanceContext> = config
+            .create_with_context(context)
+            .map_err(|e| BusError::Setup(format!("consumer for group {group}: {e}")))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| BusError::Setup(format!("subscribe {topics:?}: {e}")))?;
+        Ok(Self { consumer, topics: topics.join(",") })
+    }
+
+    pub fn attach_tracker(&mut self, tracker: Arc<Mutex<OffsetTracker>>) {
+        *self.consumer.context().tracker.lock().unwrap_or_else(|p| p.into_inner()) = Some(tracker);
+    }
+
+    pub async fn recv(&mut self) -> Result<Record, BusError> {
+        let message = self.consumer.recv().await.map_err(|e| BusError::Receive {
+            topics: self.topics.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(Record {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            timestamp_ms: message.timestamp().to_millis(),
+        })
+    }
+
+    pub fn commit(&self, offsets: &CommitOffsets, mode: CommitMode) -> Result<(), BusError> {
+        let list = partition_list(offsets)?;
+        let mode = match mode {
+            CommitMode::Background => rdkafka::consumer::CommitMode::Async,
+            CommitMode::Blocking => rdkafka::consumer::CommitMode::Sync,
+        };
+        self.consumer.commit(&list, mode).map_err(|e| BusError::Commit(e.to_string()))
+    }
+}
+
+#[derive(Clone)]
+pub struct KafkaProducer {
+    producer: FutureProducer,
+}
+
+impl KafkaProducer {
+    pub fn new(settings: &KafkaSettings) -> Result<Self, BusError> {
+        let mut config = base_config(settings);
+        config
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.max.bytes", settings.max_message_bytes.to_string())
+            .set("queue.buffering.max.messages", "100000");
+        for (key, value) in &settings.producer_options {
+            config.set(key, value);
+        }
+        let producer =
+            config.create().map_err(|e| BusError::Setup(format!("producer: {e}")))?;
+        Ok(Self { producer })
+    }
+
+    pub async fn send(&self, message: OutMessage) -> Result<AckFuture, BusError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&message.topic).payload(&message.payload);
+        if let Some(key) = &message.key {
+            record = record.key(key);
+        }
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    let topic = message.topic.clone();
+                    return Ok(Box::pin(async move {
+                        match delivery.await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err((e, _))) => Err(BusError::Delivery { topic, detail: e.to_string() }),
+                            Err(_) => Err(BusError::Delivery {
+                                topic,
+                                detail: "producer dropped before delivery".into(),
+                            }),
+                        }
+                    }));
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                Err((e, _)) => {
+                    return Err(BusError::Produce { topic: message.topic.clone(), detail: e.to_string() })
+                }
+            }
+        }
+    }
+
+    pub async fn flush(&self, timeout: Duration) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| BusError::Produce { topic: "*".into(), detail: e.to_string() })?
+            .map_err(|e| BusError::Produce { topic: "*".into(), detail: format!("flush: {e}") })
+    }
+}

@@ -1,0 +1,181 @@
+//! Which input offsets are safe to commit.
+//!
+//! Records finish out of order (acks for different outputs arrive when they arrive), but a
+//! Kafka commit says "everything before this offset is done". [`OffsetTracker`] therefore
+//! advances a partition's commit point only over a contiguous run of acknowledged records,
+//! so a crash at any moment replays from the oldest unfinished record and loses nothing.
+//!
+//! # Correctness
+//!
+//! - An offset is committable only when it and every lower offset received on that
+//!   partition since the last reset were acknowledged.
+//! - If a partition delivers an offset at or below one already seen (a rebalance handed it
+//!   back, or the consumer was reset), the partition's state is dropped and tracking starts
+//!   again from the new offset; late acks for the old generation are ignored. Nothing is
+//!   committed beyond what the new generation acknowledged.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::{CommitOffsets, Position};
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    /// (offset, acked) for every received, not yet committable record, ascending.
+    pending: VecDeque<(i64, bool)>,
+    /// Highest offset received in the current generation.
+    highest: i64,
+    /// Next offset to commit (one past the last contiguous ack), if any progress since reset.
+    committable: Option<i64>,
+    /// What was last handed out by [`OffsetTracker::take_commits`].
+    last_taken: Option<i64>,
+}
+
+/// Tracks received and acknowledged offsets per topic-partition.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    partitions: HashMap<(String, i32), PartitionState>,
+    in_flight: usize,
+}
+
+impl OffsetTracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that a message was received and is now in flight.
+    pub fn received(&mut self, position: &Position) {
+        let key = (position.topic.clone(), position.partition);
+        let state = self.partitions.entry(key).or_default();
+        if !state.pending.is_empty() || state.committable.is_some() {
+            if position.offset <= state.highest {
+                // Rewind: a new generation of this partition. Forget the old one.
+                self.in_flight -= state.pending.iter().filter(|(_, acked)| !acked).count();
+                *state = PartitionState::default();
+            }
+        }
+        state.highest = position.offset;
+        state.pending.push_back((position.offset, false));
+        self.in_flight += 1;
+    }
+
+    /// Records that everything produced from the message at `position` was acknowledged.
+    /// Unknown positions (from a previous generation) are ignored.
+    pub fn acked(&mut self, position: &Position) {
+        let Some(state) = self.partitions.get_mut(&(position.topic.clone(), position.partition))
+        else {
+            return;
+        };
+        let Ok(index) = state.pending.binary_search_by_key(&position.offset, |(o, _)| *o) else {
+            return;
+        };
+        if state.pending[index].1 {
+            return;
+        }
+        state.pending[index].1 = true;
+        self.in_flight -= 1;
+        while let Some(&(offset, true)) = state.pending.front() {
+            state.pending.pop_front();
+            state.committable = Some(offset + 1);
+        }
+    }
+
+    /// Messages received but not yet fully acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Commit points that advanced since the last call.
+    pub fn take_commits(&mut self) -> CommitOffsets {
+        let mut out = Vec::new();
+        for ((topic, partition), state) in &mut self.partitions {
+            if state.committable.is_some() && state.committable != state.last_taken {
+                state.last_taken = state.committable;
+                if let Some(offset) = state.committable {
+                    out.push((topic.clone(), *partition, offset));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Commit points for the given partitions regardless of what was taken before, and
+    /// forgets them; used right before those partitions are revoked.
+    pub fn release(&mut self, partitions: &[(String, i32)]) -> CommitOffsets {
+        let mut out = Vec::new();
+        for key in partitions {
+            if let Some(state) = self.partitions.remove(key) {
+                self.in_flight -= state.pending.iter().filter(|(_, acked)| !acked).count();
+                if let Some(offset) = state.committable {
+                    out.push((key.0.clone(), key.1, offset));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(partition: i32, offset: i64) -> Position {
+        Position { topic: "t".into(), partition, offset }
+    }
+
+    #[test]
+    fn commits_only_contiguous_acknowledged_offsets() {
+        let mut tracker = OffsetTracker::new();
+        for offset in 10..15 {
+            tracker.received(&pos(0, offset));
+        }
+        tracker.acked(&pos(0, 11));
+        tracker.acked(&pos(0, 12));
+        assert!(tracker.take_commits().is_empty(), "10 is still in flight");
+        tracker.acked(&pos(0, 10));
+        assert_eq!(tracker.take_commits(), vec![("t".to_string(), 0, 13)]);
+        assert!(tracker.take_commits().is_empty(), "nothing new");
+        tracker.acked(&pos(0, 14));
+        assert!(tracker.take_commits().is_empty(), "13 is still in flight");
+        tracker.acked(&pos(0, 13));
+        assert_eq!(tracker.take_commits(), vec![("t".to_string(), 0, 15)]);
+        assert_eq!(tracker.in_flight(), 0);
+    }
+
+    #[test]
+    fn partitions_advance_independently() {
+        let mut tracker = OffsetTracker::new();
+        tracker.received(&pos(0, 0));
+        tracker.received(&pos(1, 100));
+        tracker.received(&pos(1, 101));
+        tracker.acked(&pos(1, 100));
+        assert_eq!(tracker.take_commits(), vec![("t".to_string(), 1, 101)]);
+        assert_eq!(tracker.in_flight(), 2);
+    }
+
+    #[test]
+    fn a_rewound_partition_starts_a_new_generation_and_ignores_stale_acks() {
+        let mut tracker = OffsetTracker::new();
+        tracker.received(&pos(0, 5));
+        tracker.received(&pos(0, 6));
+        tracker.acked(&pos(0, 5));
+        // Rebalance hands the partition back from the committed offset 6... and 3.
+        tracker.received(&pos(0, 3));
+        assert_eq!(tracker.in_flight(), 1);
+        tracker.acked(&pos(0, 6)); // stale ack: not part of this generation
+        assert!(tracker.take_commits().is_empty());
+        tracker.acked(&pos(0, 3));
+        assert_eq!(tracker.take_commits(), vec![("t".to_string(), 0, 4)]);
+    }
+
+    #[test]
+    fn release_returns_progress_and_forgets_the_partition() {
+        let mut tracker = OffsetTracker::new();
+        tracker.received(&pos(0, 1));
+        tracker.received(&pos(0, 2));
+        tracker.acked(&pos(0, 1));
+        assert_eq!(tracker.release(&[("t".into(), 0)]), vec![("t".to_string(), 0, 2)]);
+        assert_eq!(tracker.in_flight(), 0);
+        assert!(tracker.take_commits().is_empty());
+    }
+}

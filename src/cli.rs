@@ -1,0 +1,288 @@
+//! Command-line interface: subcommands, and flags that become config overrides.
+//!
+//! Flags are translated into the same `THREATPIPE_*` overrides the environment uses, so a
+//! flag, a variable and a file key are validated by one code path and named the same way in
+//! errors.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::AppConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "threatpipe",
+    version,
+    about = "Event-streaming threat detection: Kafka in, scored, deduplicated alerts out.",
+    long_about = "Event-streaming threat detection: Kafka in, scored, deduplicated alerts out.\n\n\
+        With no arguments, runs every stage in one process over in-memory channels, fed by a \
+        built-in generator of realistic traffic with injected attacks, and serves /metrics and \
+        /health on 127.0.0.1:8080. Point it at a broker with a config file (see \
+        pipelines/kafka.toml) or --bus kafka --brokers HOST:PORT.\n\n\
+        Every config key can be set from the environment as THREATPIPE_<SECTION>__<KEY>, e.g. \
+        THREATPIPE_KAFKA__BROKERS=10.0.0.5:9092."
+)]
+pub struct Cli {
+    /// Pipeline config (TOML). Default: the built-in embedded pipeline (pipelines/default.toml).
+    #[arg(long, short, global = true, env = "THREATPIPE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run pipeline stages (the default). Ctrl-C / SIGTERM drains in-flight work, commits and exits 0.
+    Run(RunArgs),
+    /// Produce generated traffic (with attacks) to a Kafka topic, or print it.
+    Generate(GenerateArgs),
+    /// Normalize raw events from a file or stdin (one per line) and print the result as JSON.
+    Normalize(NormalizeArgs),
+    /// Print the effective configuration (file + environment + defaults) as TOML.
+    Config,
+    /// List the Avro schemas with their Confluent schema ids, or print one.
+    Schemas {
+        /// Print the schema with this id (e.g. 101).
+        id: Option<u32>,
+    },
+}
+
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// Stages to run, comma-separated: normalize,quick-scan,correlate,ml-score,alert.
+    #[arg(long)]
+    pub stages: Option<String>,
+    /// Transport: memory (one process, no services) or kafka.
+    #[arg(long)]
+    pub bus: Option<String>,
+    /// Kafka bootstrap servers (implies --bus kafka).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Address for /metrics, /health and /ready, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    pub http_listen: Option<String>,
+    /// Do not serve HTTP.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Do not run the built-in generator.
+    #[arg(long)]
+    pub no_generator: bool,
+    /// Generator rate in events/s (0 = as fast as possible).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Stop after the generator produced this many events and the pipeline drained.
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Do not print the progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Topic to produce to.
+    #[arg(long, default_value = "events.raw")]
+    pub topic: String,
+    /// Events per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 5_000)]
+    pub rate: u64,
+    /// Number of events (0 = until Ctrl-C).
+    #[arg(long, default_value_t = 10_000)]
+    pub count: u64,
+    /// Seed of the random stream.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Print records to stdout (one per line) instead of producing them.
+    #[arg(long)]
+    pub stdout: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NormalizeArgs {
+    /// File with one raw event per line; `-` or absent reads stdin.
+    pub input: Option<PathBuf>,
+}
+
+fn overrides_from(args: &RunArgs) -> Vec<(String, String)> {
+    let mut vars = Vec::new();
+    let mut set = |key: &str, value: String| vars.push((format!("THREATPIPE_{key}"), value));
+    if let Some(stages) = &args.stages {
+        set("PIPELINE__STAGES", stages.clone());
+    }
+    if let Some(bus) = &args.bus {
+        set("PIPELINE__BUS", format!("\"{bus}\""));
+    }
+    if let Some(brokers) = &args.brokers {
+        set("KAFKA__BROKERS", format!("\"{brokers}\""));
+        if args.bus.is_none() {
+            set("PIPELINE__BUS", "\"kafka\"".into());
+        }
+    }
+    if let Some(listen) = &args.http_listen {
+        set("HTTP__LISTEN", format!("\"{listen}\""));
+    }
+    if args.no_http {
+        set("HTTP__ENABLED", "false".into());
+    }
+    if args.no_generator {
+        set("GENERATOR__ENABLED", "false".into());
+    }
+    if let Some(rate) = args.rate {
+        set("GENERATOR__RATE", rate.to_string());
+    }
+    if let Some(events) = args.events {
+        set("GENERATOR__TOTAL", events.to_string());
+    }
+    if args.quiet {
+        set("PROGRESS__ENABLED", "false".into());
+    }
+    vars
+}
+
+pub fn load_config(cli: &Cli, run: Option<&RunArgs>) -> anyhow::Result<AppConfig> {
+    let mut vars: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(run) = run {
+        vars.extend(overrides_from(run));
+    }
+    Ok(AppConfig::load(cli.config.as_deref(), vars)?)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => {
+            let config = load_config(&cli, Some(&RunArgs::default()))?;
+            Ok(crate::app::run(config, shutdown_signal()).await?)
+        }
+        Some(Command::Run(ref args)) => {
+            let config = load_config(&cli, Some(args))?;
+            Ok(crate::app::run(config, shutdown_signal()).await?)
+        }
+        Some(Command::Generate(ref args)) => generate(args).await,
+        Some(Command::Normalize(ref args)) => normalize(&cli, args),
+        Some(Command::Config) => {
+            let config = load_config(&cli, None)?;
+            print!("{}", toml::to_string_pretty(&config).context("rendering config")?);
+            Ok(())
+        }
+        Some(Command::Schemas { id }) => {
+            for known in crate::event::avro::KNOWN_SCHEMAS {
+                match id {
+                    Some(wanted) if wanted == known.id => {
+                        println!("{}", known.json);
+                        return Ok(());
+                    }
+                    Some(_) => {}
+                    None => println!("{:>4}  {:<12} v{}  schemas/avro/{}", known.id, known.kind.as_str(), known.version, known.file),
+                }
+            }
+            match id {
+                Some(wanted) => anyhow::bail!("no schema with id {wanted}; run `threatpipe schemas` to list them"),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+async fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    let config = crate::generator::GeneratorConfig {
+        rate: args.rate,
+        total: args.count,
+        seed: args.seed,
+        ..Default::default()
+    };
+    if args.stdout {
+        let mut generator = crate::generator::EventGenerator::new(config);
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        let mut n = 0u64;
+        while args.count == 0 || n < args.count {
+            let record = generator.next_record(chrono::Utc::now().timestamp_micros());
+            out.write_all(&record.payload)?;
+            out.write_all(b"\n")?;
+            n += 1;
+        }
+        return Ok(());
+    }
+    let settings = crate::config::AppConfig::load(None, std::iter::empty())?.kafka_settings();
+    let settings = crate::bus::kafka::KafkaSettings { brokers: args.brokers.clone(), ..settings };
+    let producer = crate::bus::BusProducer::Kafka(crate::bus::kafka::KafkaProducer::new(&settings)?);
+    let flow = std::sync::Arc::new(crate::telemetry::FlowStats::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stopper.cancel();
+    });
+    let started = std::time::Instant::now();
+    crate::app::run_generator(config, args.topic.clone(), producer.clone(), flow.clone(), stop).await?;
+    producer.flush(std::time::Duration::from_secs(10)).await?;
+    let n = flow.generated.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "produced {n} events ({} attacks, {} malformed) to {} in {:.1}s",
+        flow.attacks_injected.load(std::sync::atomic::Ordering::Relaxed),
+        flow.malformed_injected.load(std::sync::atomic::Ordering::Relaxed),
+        args.topic,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn normalize(cli: &Cli, args: &NormalizeArgs) -> anyhow::Result<()> {
+    let config = load_config(cli, None)?;
+    let normalizer = crate::normalize::Normalizer::new(config.normalize.clone(), config.pipeline.default_tenant.clone());
+    let reader: Box<dyn BufRead> = match &args.input {
+        Some(path) if path.as_os_str() != "-" => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+        )),
+        _ => Box::new(std::io::stdin().lock()),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for (n, line) in reader.split(b'\n').enumerate() {
+        let payload = line.context("reading input")?;
+        let record = crate::bus::Record {
+            topic: "stdin".into(),
+            partition: 0,
+            offset: n as i64,
+            key: None,
+            payload,
+            timestamp_ms: None,
+        };
+        let value = match normalizer.normalize(&record, chrono::Utc::now().timestamp_micros()) {
+            Ok(event) => serde_json::to_value(&event)?,
+            Err(e) => serde_json::json!({"line": n + 1, "dead_letter": {"reason_code": e.reason_code(), "reason": e.to_string()}}),
+        };
+        writeln!(out, "{value}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,419 @@
+//! Avro encoding of internal topics with Confluent framing.
+//!
+//! Every internal message is `0x00` (magic) + a 4-byte big-endian schema id + one Avro
+//! datum, the layout Confluent's serializers write, so standard tools (kcat, Kafka UI,
+//! ksqlDB) can read our topics once the schemas are registered under these ids.
+//!
+//! There is no schema registry on the hot path: the schemas are compiled in from
+//! `schemas/avro/*.avsc`, each with a fixed id. A reader accepts every id in
+//! [`KNOWN_SCHEMAS`] and resolves the writer's schema onto the current reader schema, so a
+//! consumer on version N reads what a producer on version N-1 wrote.
+//!
+//! # Compatibility
+//!
+//! A new version of a schema must be able to read every older version of it (backward
+//! compatibility). `tests::every_schema_version_is_readable_by_the_current_one` enforces this
+//! with [`check_backward_compatible`]; a change that breaks it fails the build's tests.
+//!
+//! # Errors
+//!
+//! Decoding is fed bytes from outside, so it never panics: short frames, a bad magic byte,
+//! unknown ids and malformed datums come back as [`AvroError`]. Allocation while decoding is
+//! capped by [`MAX_AVRO_ALLOCATION_BYTES`] so a forged length prefix cannot exhaust memory.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use apache_avro::schema_compatibility::SchemaCompatibility;
+use apache_avro::Schema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{Alert, DeadLetter, Event};
+
+/// Confluent wire-format magic byte.
+pub const MAGIC_BYTE: u8 = 0;
+/// Magic byte + 4-byte schema id.
+pub const FRAME_HEADER_BYTES: usize = 5;
+/// Upper bound on any single allocation the Avro decoder makes for one datum. Events are
+/// bounded at normalize (1 MiB by default); 16 MiB leaves room for larger configured limits.
+pub const MAX_AVRO_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
+
+/// Which record a schema describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SchemaKind {
+    Event,
+    Alert,
+    DeadLetter,
+}
+
+impl SchemaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Event => "event",
+            Self::Alert => "alert",
+            Self::DeadLetter => "dead letter",
+        }
+    }
+}
+
+/// One compiled-in schema version.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownSchema {
+    /// The Confluent schema id written in every frame.
+    pub id: u32,
+    pub kind: SchemaKind,
+    pub version: u32,
+    /// File under `schemas/avro/`.
+    pub file: &'static str,
+    pub json: &'static str,
+}
+
+/// Every schema version we can read. Ids are fixed forever once released: kind * 100 +
+/// version, so they never collide when a version is added.
+pub const KNOWN_SCHEMAS: &[KnownSchema] = &[
+    KnownSchema {
+        id: 101,
+        kind: SchemaKind::Event,
+        version: 1,
+        file: "event.v1.avsc",
+        json: include_str!("../../schemas/avro/event.v1.avsc"),
+    },
+    KnownSchema {
+        id: 201,
+        kind: SchemaKind::Alert,
+        version: 1,
+        file: "alert.v1.avsc",
+        json: include_str!("../../schemas/avro/alert.v1.avsc"),
+    },
+    KnownSchema {
+        id: 301,
+        kind: SchemaKind::DeadLetter,
+        version: 1,
+        file: "dlq.v1.avsc",
+        json: include_str!("../../schemas/avro/dlq.v1.avsc"),
+    },
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AvroError {
+    #[error("avro frame is {0} bytes, shorter than the 5-byte Confluent header")]
+    TooShort(usize),
+    #[error("avro frame starts with byte {0:#04x}, expected the Confluent magic byte 0x00")]
+    BadMagic(u8),
+    #[error("unknown avro schema id {0} (known: 101 event, 201 alert, 301 dead letter)")]
+    UnknownSchema(u32),
+    #[error("avro schema id {id} is a {found} schema, expected a {expected} schema")]
+    WrongKind { id: u32, expected: &'static str, found: &'static str },
+    #[error("malformed avro {kind} datum (schema id {id}): {detail}")]
+    Decode { kind: &'static str, id: u32, detail: String },
+    #[error("cannot encode {kind} as avro: {detail}")]
+    Encode { kind: &'static str, detail: String },
+}
+
+struct Registry {
+    by_id: HashMap<u32, (KnownSchema, Schema)>,
+    current: HashMap<SchemaKind, u32>,
+}
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    // Bound decoder allocations before the first decode. It can only be set once per
+    // process; a second call returns the value already set, which is fine.
+    apache_avro::max_allocation_bytes(MAX_AVRO_ALLOCATION_BYTES);
+    let mut by_id = HashMap::new();
+    let mut current: HashMap<SchemaKind, (u32, u32)> = HashMap::new();
+    for known in KNOWN_SCHEMAS {
+        // The schemas are compiled into the binary and parsed by a unit test, so a parse
+        // failure here is a build defect, never an input error.
+        let schema = Schema::parse_str(known.json)
+            .unwrap_or_else(|e| panic!("compiled-in schema {} is invalid: {e}", known.file));
+        by_id.insert(known.id, (*known, schema));
+        let entry = current.entry(known.kind).or_insert((known.id, known.version));
+        if known.version > entry.1 {
+            *entry = (known.id, known.version);
+        }
+    }
+    Registry { by_id, current: current.into_iter().map(|(k, (id, _))| (k, id)).collect() }
+});
+
+fn current(kind: SchemaKind) -> (u32, &'static Schema) {
+    let registry = &*REGISTRY;
+    // Every kind has at least one entry in KNOWN_SCHEMAS (checked by a unit test).
+    let id = registry.current[&kind];
+    (id, &registry.by_id[&id].1)
+}
+
+/// The current (newest) schema id for a kind.
+pub fn current_schema_id(kind: SchemaKind) -> u32 {
+    current(kind).0
+}
+
+/// Encodes `value` with the current schema of `kind`, framed.
+pub fn encode<T: Serialize>(kind: SchemaKind, value: &T) -> Result<Vec<u8>, AvroError> {
+    let (id, schema) = current(kind);
+    let mut out = Vec::with_capacity(256);
+    out.push(MAGIC_BYTE);
+    out.extend_from_slice(&id.to_be_bytes());
+    apache_avro::write_avro_datum_ref(schema, value, &mut out)
+        .map_err(|e| AvroError::Encode { kind: kind.as_str(), detail: e.to_string() })?;
+    Ok(out)
+}
+
+/// Reads the schema id of a framed message without decoding it.
+pub fn frame_schema_id(bytes: &[u8]) -> Result<u32, AvroError> {
+    if bytes.len() < FRAME_HEADER_BYTES {
+        return Err(AvroError::TooShort(bytes.len()));
+    }
+    if bytes[0] != MAGIC_BYTE {
+        return Err(AvroError::BadMagic(bytes[0]));
+    }
+    Ok(u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]))
+}
+
+/// Decodes a framed message written with any known version of `kind`'s schema into the
+/// current version's Rust type.
+pub fn decode<T: DeserializeOwned>(kind: SchemaKind, bytes: &[u8]) -> Result<T, AvroError> {
+    let id = frame_schema_id(bytes)?;
+    let registry = &*REGISTRY;
+    let (known, writer) = registry.by_id.get(&id).ok_or(AvroError::UnknownSchema(id))?;
+    if known.kind != kind {
+        return Err(AvroError::WrongKind { id, expected: kind.as_str(), found: known.kind.as_str() });
+    }
+    let (current_id, reader) = current(kind);
+    let decode_err = |detail: String| AvroError::Decode { kind: kind.as_str(), id, detail };
+    let mut body = &bytes[FRAME_HEADER_BYTES..];
+    let reader_schema = (current_id != id).then_some(reader);
+    let value = apache_avro::from_avro_datum(writer, &mut body, reader_schema)
+        .map_err(|e| decode_err(e.to_string()))?;
+    if !body.is_empty() {
+        return Err(decode_err(format!("{} trailing bytes after the datum", body.len())));
+    }
+    apache_avro::from_value(&value).map_err(|e| decode_err(e.to_string()))
+}
+
+pub fn encode_event(event: &Event) -> Result<Vec<u8>, AvroError> {
+    encode(SchemaKind::Event, event)
+}
+
+pub fn decode_event(bytes: &[u8]) -> Result<Event, AvroError> {
+    decode(SchemaKind::Event, bytes)
+}
+
+pub fn encode_alert(alert: &Alert) -> Result<Vec<u8>, AvroError> {
+    encode(SchemaKind::Alert, alert)
+}
+
+pub fn decode_alert(bytes: &[u8]) -> Result<Alert, AvroError> {
+    decode(SchemaKind::Alert, bytes)
+}
+
+pub fn encode_dead_letter(dead: &DeadLetter) -> Result<Vec<u8>, AvroError> {
+    encode(SchemaKind::DeadLetter, dead)
+}
+
+pub fn decode_dead_letter(bytes: &[u8]) -> Result<DeadLetter, AvroError> {
+    decode(SchemaKind::DeadLetter, bytes)
+}
+
+/// Whether data written with `old` can be read with `new` (Avro schema resolution rules:
+/// new fields need defaults, types may only widen, enum symbols may only be added when a
+/// default exists, ...). The error names the first incompatibility found.
+pub fn check_backward_compatible(old: &Schema, new: &Schema) -> Result<(), String> {
+    SchemaCompatibility::can_read(old, new).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::*;
+
+    fn full_event() -> Event {
+        Event {
+            id: "evt-1".into(),
+            class: EventClass::HttpActivity,
+            time_us: 1_700_000_000_123_456,
+            ingest_time_us: 1_700_000_001_000_000,
+            tenant: "acme".into(),
+            partition_key: "acme|10.0.0.5".into(),
+            source: Source {
+                format: "json".into(),
+                topic: "events.raw".into(),
+                partition: 3,
+                offset: 42,
+                vendor: Some("nginx".into()),
+                product: None,
+            },
+            severity: Some("low".into()),
+            message: Some("GET /".into()),
+            action: None,
+            outcome: Some("success".into()),
+            host: Some("web-1".into()),
+            actor: Some(Actor { user: Some("alice".into()), domain: None, session_id: None }),
+            src: Some(Endpoint { ip: Some("10.0.0.5".into()), port: Some(51234), hostname: None }),
+            dst: Some(Endpoint { ip: Some("10.0.0.1".into()), port: Some(443), hostname: None }),
+            process: Some(Process { pid: Some(4242), name: Some("nginx".into()), ..Default::default() }),
+            http: Some(Http {
+                method: Some("GET".into()),
+                url: Some("/index.html?q=1".into()),
+                status: Some(200),
+                ..Default::default()
+            }),
+            dns: Some(Dns { query: Some("example.com".into()), answers: vec!["1.2.3.4".into()], ..Default::default() }),
+            file: Some(File { sha256: Some("ab".repeat(32)), ..Default::default() }),
+            llm: Some(Llm { prompt: Some("hello".into()), tokens_in: Some(3), ..Default::default() }),
+            tags: vec!["a".into(), "b".into()],
+            attrs: HashMap::from([("k".to_string(), "v".to_string())]),
+            features: HashMap::from([("duration".to_string(), 1.5)]),
+            raw: Some("{}".into()),
+            matches: vec![Match {
+                rule_id: "r1".into(),
+                title: "t".into(),
+                level: "high".into(),
+                kind: "sigma".into(),
+                tags: vec!["attack.t1059".into()],
+                fields: HashMap::from([("CommandLine".to_string(), "x".to_string())]),
+            }],
+            correlations: vec![Correlation { rule_id: "c1".into(), count: 5, ..Default::default() }],
+            score: Some(Score { risk: 87.5, model_version: "m1".into(), ..Default::default() }),
+        }
+    }
+
+    #[test]
+    fn every_compiled_in_schema_parses_and_every_kind_has_one() {
+        for known in KNOWN_SCHEMAS {
+            Schema::parse_str(known.json).unwrap_or_else(|e| panic!("{}: {e}", known.file));
+            assert_eq!(known.id, known_id(known.kind, known.version), "{}: id rule", known.file);
+        }
+        for kind in [SchemaKind::Event, SchemaKind::Alert, SchemaKind::DeadLetter] {
+            assert!(KNOWN_SCHEMAS.iter().any(|k| k.kind == kind), "{kind:?} has no schema");
+        }
+    }
+
+    fn known_id(kind: SchemaKind, version: u32) -> u32 {
+        let base = match kind {
+            SchemaKind::Event => 100,
+            SchemaKind::Alert => 200,
+            SchemaKind::DeadLetter => 300,
+        };
+        base + version
+    }
+
+    #[test]
+    fn event_round_trips_with_every_field_set() {
+        let event = full_event();
+        let bytes = encode_event(&event).unwrap();
+        assert_eq!(bytes[0], MAGIC_BYTE);
+        assert_eq!(frame_schema_id(&bytes).unwrap(), 101);
+        assert_eq!(decode_event(&bytes).unwrap(), event);
+    }
+
+    #[test]
+    fn minimal_event_round_trips() {
+        let event = Event { id: "x".into(), ..Default::default() };
+        assert_eq!(decode_event(&encode_event(&event).unwrap()).unwrap(), event);
+    }
+
+    #[test]
+    fn alert_and_dead_letter_round_trip() {
+        let alert = Alert {
+            id: "a1".into(),
+            tenant: "acme".into(),
+            severity: Severity::Critical,
+            risk: Some(99.0),
+            count: 3,
+            event_ids: vec!["e1".into()],
+            ..Default::default()
+        };
+        assert_eq!(decode_alert(&encode_alert(&alert).unwrap()).unwrap(), alert);
+        let dead = DeadLetter {
+            stage: "normalize".into(),
+            reason_code: "bad_json".into(),
+            reason: "expected value at line 1 column 1".into(),
+            source_key: Some(vec![1, 2, 3]),
+            original: vec![0xff, 0x00, b'{'],
+            original_size: 3,
+            ..Default::default()
+        };
+        assert_eq!(decode_dead_letter(&encode_dead_letter(&dead).unwrap()).unwrap(), dead);
+    }
+
+    #[test]
+    fn decoding_rejects_bad_frames_with_a_reason() {
+        assert!(matches!(decode_event(&[0, 0]), Err(AvroError::TooShort(2))));
+        assert!(matches!(decode_event(b"{\"a\":1}"), Err(AvroError::BadMagic(b'{'))));
+        assert!(matches!(decode_event(&[0, 0, 0, 0, 9, 1]), Err(AvroError::UnknownSchema(9))));
+        let alert = encode_alert(&Alert::default()).unwrap();
+        assert!(matches!(decode_event(&alert), Err(AvroError::WrongKind { .. })));
+        let mut event = encode_event(&full_event()).unwrap();
+        event.truncate(event.len() / 2);
+        assert!(matches!(decode_event(&event), Err(AvroError::Decode { .. })));
+    }
+
+    #[test]
+    fn forged_length_prefix_does_not_allocate_unbounded() {
+        // id string with a length of ~2^62: must be an error, not an abort.
+        let mut bytes = vec![0, 0, 0, 0, 101];
+        bytes.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+        assert!(decode_event(&bytes).is_err());
+    }
+
+    #[test]
+    fn every_schema_version_is_readable_by_the_current_one() {
+        for known in KNOWN_SCHEMAS {
+            let (_, current_schema) = current(known.kind);
+            let old = Schema::parse_str(known.json).unwrap();
+            check_backward_compatible(&old, current_schema)
+                .unwrap_or_else(|e| panic!("{} cannot be read by the current schema: {e}", known.file));
+        }
+    }
+
+    fn with_field_added(json: &str, field: &str) -> Schema {
+        let mut value: serde_json::Value = serde_json::from_str(json).unwrap();
+        let field: serde_json::Value = serde_json::from_str(field).unwrap();
+        value["fields"].as_array_mut().unwrap().push(field);
+        Schema::parse(&value).unwrap()
+    }
+
+    #[test]
+    fn adding_a_required_field_without_default_breaks_compatibility() {
+        let v1 = Schema::parse_str(KNOWN_SCHEMAS[0].json).unwrap();
+        let broken = with_field_added(KNOWN_SCHEMAS[0].json, r#"{"name": "risk_band", "type": "string"}"#);
+        let err = check_backward_compatible(&v1, &broken).unwrap_err();
+        assert!(!err.is_empty());
+        let fine = with_field_added(
+            KNOWN_SCHEMAS[0].json,
+            r#"{"name": "risk_band", "type": ["null", "string"], "default": null}"#,
+        );
+        check_backward_compatible(&v1, &fine).unwrap();
+    }
+
+    #[test]
+    fn changing_a_field_type_breaks_compatibility() {
+        let v1 = Schema::parse_str(KNOWN_SCHEMAS[0].json).unwrap();
+        let mut value: serde_json::Value = serde_json::from_str(KNOWN_SCHEMAS[0].json).unwrap();
+        // tenant: string -> int
+        for field in value["fields"].as_array_mut().unwrap() {
+            if field["name"] == "tenant" {
+                field["type"] = "int".into();
+            }
+        }
+        let broken = Schema::parse(&value).unwrap();
+        assert!(check_backward_compatible(&v1, &broken).is_err());
+    }
+
+    #[test]
+    fn data_written_with_an_older_version_decodes_into_the_current_type() {
+        // Simulate v1 writer data being read after a compatible v2 added a field: encode with
+        // v1, resolve onto an extended reader schema.
+        let v1 = Schema::parse_str(KNOWN_SCHEMAS[0].json).unwrap();
+        let v2 = with_field_added(
+            KNOWN_SCHEMAS[0].json,
+            r#"{"name": "risk_band", "type": ["null", "string"], "default": null}"#,
+        );
+        let mut datum = Vec::new();
+        apache_avro::write_avro_datum_ref(&v1, &full_event(), &mut datum).unwrap();
+        let value = apache_avro::from_avro_datum(&v1, &mut datum.as_slice(), Some(&v2)).unwrap();
+        let event: Event = apache_avro::from_value(&value).unwrap();
+        assert_eq!(event, full_event());
+    }
+}

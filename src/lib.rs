@@ -1,0 +1,24 @@
+//! threatpipe: an event-streaming threat-detection pipeline.
+//!
+//! Apps produce security events to Kafka; stateless stages (normalize → quick-scan →
+//! correlate → ml-score → alert) turn them into scored, deduplicated alerts. The same
+//! binary runs every stage in one process over in-memory channels (embedded mode) or any
+//! subset of stages against a Kafka-protocol broker. See README.md and DESIGN.md.
+//!
+//! Layout: `event` (the model and its Avro schemas), `bus` (transports; the only module that
+//! touches rdkafka), `stage` (the pure stage trait and the at-least-once runner),
+//! `normalize` (the first stage), `generator` (synthetic traffic), `serve` (HTTP),
+//! `telemetry`, `config`, `app` (wiring and shutdown).
+
+pub mod app;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod generator;
+pub mod normalize;
+pub mod progress;
+pub mod serve;
+pub mod stage;
+pub mod telemetry;

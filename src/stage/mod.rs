@@ -1,0 +1,96 @@
+//! Stages: pure, synchronous record transformers, and the runner that gives them a bus.
+//!
+//! A [`Stage`] turns one input [`Record`] into zero or more [`OutMessage`]s and knows
+//! nothing about transports, offsets or tasks; [`runner::StageRunner`] owns those. Stages
+//! are a closed set ([`StageKind`]), built from config by [`build`].
+
+mod passthrough;
+pub mod runner;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bus::{OutMessage, Record};
+use crate::config::AppConfig;
+use crate::error::ErrorClass;
+
+pub use runner::StageRunner;
+
+/// The pipeline's stages, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageKind {
+    Normalize,
+    #[serde(alias = "quick_scan")]
+    QuickScan,
+    Correlate,
+    #[serde(alias = "ml_score")]
+    MlScore,
+    Alert,
+}
+
+impl StageKind {
+    pub const ALL: [StageKind; 5] = [Self::Normalize, Self::QuickScan, Self::Correlate, Self::MlScore, Self::Alert];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normalize => "normalize",
+            Self::QuickScan => "quick-scan",
+            Self::Correlate => "correlate",
+            Self::MlScore => "ml-score",
+            Self::Alert => "alert",
+        }
+    }
+
+    /// (input topic, output topic) for this stage.
+    pub fn topics(self, config: &AppConfig) -> (String, String) {
+        let t = &config.topics;
+        let (input, output) = match self {
+            Self::Normalize => (&t.raw, &t.normalized),
+            Self::QuickScan => (&t.normalized, &t.scanned),
+            Self::Correlate => (&t.scanned, &t.correlated),
+            Self::MlScore => (&t.correlated, &t.scored),
+            Self::Alert => (&t.scored, &t.alerts),
+        };
+        (input.clone(), output.clone())
+    }
+}
+
+impl std::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// An invariant of ours broke (e.g. our own schema failed to encode).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl StageError {
+    pub fn class(&self) -> ErrorClass {
+        ErrorClass::Internal
+    }
+}
+
+/// One step of the pipeline. Bad input must become an output on the dead-letter topic, never
+/// an `Err`: an `Err` stops the stage and the input is replayed after restart.
+pub trait Stage: Send + 'static {
+    fn kind(&self) -> StageKind;
+    fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError>;
+}
+
+/// Builds the stage `kind` from the application config.
+pub fn build(kind: StageKind, config: &AppConfig) -> Box<dyn Stage> {
+    let (_, output) = kind.topics(config);
+    match kind {
+        StageKind::Normalize => Box::new(crate::normalize::NormalizeStage::new(
+            crate::normalize::Normalizer::new(config.normalize.clone(), config.pipeline.default_tenant.clone()),
+            output,
+            config.topics.dlq.clone(),
+        )),
+        StageKind::Alert => Box::new(passthrough::AlertPlaceholder::new(output, config.topics.dlq.clone())),
+        other => Box::new(passthrough::Passthrough::new(other, output)),
+    }
+}

@@ -1,0 +1,235 @@
+//! Drives one stage over a bus with at-least-once delivery and bounded in-flight work.
+//!
+//! # Correctness
+//!
+//! - Each input record is registered with the [`OffsetTracker`] before it is processed; its
+//!   offset becomes committable only when every message produced from it was acknowledged,
+//!   and only as part of a contiguous run (so a crash replays the oldest unfinished record).
+//! - Acks are polled before new input (`biased` select), so a slow transport is drained
+//!   before more work is taken on; at `max_in_flight` unacknowledged records the stage stops
+//!   reading (overflow policy `OnFull::Block`), which is the backpressure.
+//! - Shutdown: stop reading, (memory bus only) process what is already queued in-process,
+//!   wait up to `drain_timeout` for acks, commit synchronously, return. What was not
+//!   acknowledged is not committed and will be replayed.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Stage, StageError};
+use crate::bus::{BusConsumer, BusError, BusProducer, CommitMode, OffsetTracker, OutMessage, Position, Record};
+use crate::config::RunnerConfig;
+use crate::telemetry::{StageState, StageStats};
+
+/// Pause after a failed receive before trying again.
+const RECEIVE_RETRY_BACKOFF: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("stage {stage}: {source}")]
+    Stage { stage: &'static str, source: StageError },
+    #[error("stage {stage}: {source} (input {position} stays uncommitted and will be replayed)")]
+    Bus { stage: &'static str, position: String, source: BusError },
+    #[error("stage {stage}: {source}")]
+    Setup { stage: &'static str, source: BusError },
+}
+
+type AckResult = (Position, Result<(), BusError>);
+
+enum Step {
+    Shutdown,
+    Acked(AckResult),
+    CommitTick,
+    Received(Result<Record, BusError>),
+}
+
+pub struct StageRunner {
+    stage: Box<dyn Stage>,
+    consumer: BusConsumer,
+    producer: BusProducer,
+    config: RunnerConfig,
+    dlq_topic: String,
+    stats: Arc<StageStats>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    acks: FuturesUnordered<BoxFuture<'static, AckResult>>,
+    outputs: Vec<OutMessage>,
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+impl StageRunner {
+    pub fn new(
+        stage: Box<dyn Stage>,
+        mut consumer: BusConsumer,
+        producer: BusProducer,
+        config: RunnerConfig,
+        dlq_topic: String,
+        stats: Arc<StageStats>,
+    ) -> Self {
+        let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+        consumer.attach_tracker(tracker.clone());
+        Self {
+            stage,
+            consumer,
+            producer,
+            config,
+            dlq_topic,
+            stats,
+            tracker,
+            acks: FuturesUnordered::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        self.stage.kind().as_str()
+    }
+
+    fn tracker(&self) -> std::sync::MutexGuard<'_, OffsetTracker> {
+        // Never held across an await; a poisoned lock only means another thread panicked
+        // while holding it, and the tracker's state is still consistent per call.
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains and commits.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RunnerError> {
+        let stage = self.name();
+        self.stats.set_state(StageState::Running);
+        info!(stage, "Stage started.");
+        let result = self.run_inner(&shutdown).await;
+        let drained = self.drain().await;
+        let outcome = result.and(drained);
+        match &outcome {
+            Ok(()) => {
+                self.stats.set_state(StageState::Stopped);
+                info!(stage, "Stage stopped.");
+            }
+            Err(e) => {
+                self.stats.set_state(StageState::Failed);
+                tracing::error!(stage, error = %e, "Stage failed.");
+            }
+        }
+        outcome
+    }
+
+    async fn run_inner(&mut self, shutdown: &CancellationToken) -> Result<(), RunnerError> {
+        let mut commit_tick = tokio::time::interval(self.config.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let can_read = self.acks.len() < self.config.max_in_flight;
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Step::Shutdown,
+                Some(ack) = self.acks.next(), if !self.acks.is_empty() => Step::Acked(ack),
+                _ = commit_tick.tick() => Step::CommitTick,
+                received = self.consumer.recv(), if can_read => Step::Received(received),
+            };
+            match step {
+                Step::Shutdown => return Ok(()),
+                Step::Acked(ack) => self.on_ack(ack)?,
+                Step::CommitTick => self.commit(CommitMode::Background),
+                Step::Received(Ok(record)) => self.handle(record).await?,
+                Step::Received(Err(BusError::Closed(topic))) => {
+                    info!(stage = self.name(), %topic, "Input closed.");
+                    return Ok(());
+                }
+                Step::Received(Err(error)) => {
+                    warn!(stage = self.name(), %error, "Receive failed; retrying.");
+                    tokio::time::sleep(RECEIVE_RETRY_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    fn on_ack(&mut self, (position, result): AckResult) -> Result<(), RunnerError> {
+        match result {
+            Ok(()) => {
+                self.tracker().acked(&position);
+                self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(source) => Err(RunnerError::Bus { stage: self.name(), position: position.to_string(), source }),
+        }
+    }
+
+    async fn handle(&mut self, record: Record) -> Result<(), RunnerError> {
+        let position = record.position();
+        self.tracker().received(&position);
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.outputs.clear();
+        let stage = self.name();
+        self.stage
+            .process(&record, now_us(), &mut self.outputs)
+            .map_err(|source| RunnerError::Stage { stage, source })?;
+        let mut pending = Vec::with_capacity(self.outputs.len());
+        for message in self.outputs.drain(..) {
+            if message.topic == self.dlq_topic {
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.stats.produced.fetch_add(1, Ordering::Relaxed);
+            }
+            let ack = self
+                .producer
+                .send(message)
+                .await
+                .map_err(|source| RunnerError::Bus { stage, position: position.to_string(), source })?;
+            pending.push(ack);
+        }
+        let ack = futures::future::try_join_all(pending).map(move |r| (position, r.map(|_| ())));
+        self.acks.push(Box::pin(ack));
+        Ok(())
+    }
+
+    fn commit(&mut self, mode: CommitMode) {
+        let offsets = self.tracker().take_commits();
+        if offsets.is_empty() {
+            return;
+        }
+        match self.consumer.commit(&offsets, mode) {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => warn!(stage = self.name(), %error, "Commit failed; will retry with the next one."),
+        }
+    }
+
+    /// Processes what is already queued in-process (memory bus), waits for acks up to the
+    /// drain timeout, and commits what is finished.
+    async fn drain(&mut self) -> Result<(), RunnerError> {
+        let stage = self.name();
+        let mut result = Ok(());
+        while let Some(record) = self.consumer.try_recv_buffered() {
+            if let Err(e) = self.handle(record).await {
+                result = Err(e);
+                break;
+            }
+        }
+        let deadline = Instant::now() + self.config.drain_timeout;
+        while !self.acks.is_empty() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, self.acks.next()).await {
+                Ok(Some(ack)) => {
+                    if let Err(e) = self.on_ack(ack) {
+                        warn!(stage, error = %e, "Delivery failed while draining.");
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(stage, unacknowledged = self.acks.len(), "Drain timeout; unacknowledged input will be replayed.");
+                    break;
+                }
+            }
+        }
+        self.commit(CommitMode::Blocking);
+        result
+    }
+}

@@ -1,0 +1,12 @@
+//! Every metric name in one place, so dashboards and alert rules have one source of truth.
+
+pub const STAGE_RECORDS_IN: &str = "threatpipe_stage_records_in_total";
+pub const STAGE_RECORDS_OUT: &str = "threatpipe_stage_records_out_total";
+pub const STAGE_DEAD_LETTERED: &str = "threatpipe_stage_dead_lettered_total";
+pub const STAGE_COMMITS: &str = "threatpipe_stage_commits_total";
+pub const STAGE_IN_FLIGHT: &str = "threatpipe_stage_in_flight";
+pub const STAGE_UP: &str = "threatpipe_stage_up";
+pub const GENERATOR_EVENTS: &str = "threatpipe_generator_events_total";
+pub const GENERATOR_ATTACKS: &str = "threatpipe_generator_attacks_total";
+pub const ALERTS_SEEN: &str = "threatpipe_alerts_total";
+pub const DEAD_LETTERS_SEEN: &str = "threatpipe_dead_letters_total";
