@@ -1,0 +1,258 @@
+//! Shared test environment: real services from env (loopback defaults), unique names per
+//! test, and helpers to produce, read and run the binary.
+//!
+//! A missing service fails the test with a fix-it message; nothing is skipped silently.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Counts failed deliveries so a test never mistakes a lost input for a pipeline bug.
+#[derive(Clone, Default)]
+pub struct DeliveryCounter {
+    pub failed: Arc<AtomicUsize>,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+        if let Err((e, _)) = result {
+            eprintln!("test producer: delivery failed: {e}");
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Fails loudly when the broker is not reachable.
+pub fn require_broker() -> String {
+    let brokers = brokers();
+    let first = brokers.split(',').next().unwrap_or_default().to_string();
+    if TcpStream::connect_timeout(&first.parse().expect("KAFKA_BROKERS must be host:port"), Duration::from_secs(2)).is_err() {
+        panic!("no Kafka-protocol broker at {brokers}: run scripts/services.sh (or scripts/test.sh) first");
+    }
+    brokers
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+pub fn create_topics(topics: &[&str], partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let new: Vec<NewTopic<'_>> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let results = runtime().block_on(admin.create_topics(&new, &AdminOptions::new())).unwrap();
+    for result in results {
+        result.unwrap_or_else(|(topic, e)| panic!("create topic {topic}: {e}"));
+    }
+}
+
+/// Produces every (key, payload) and waits until all are acknowledged.
+pub fn produce_all(topic: &str, records: &[(String, Vec<u8>)]) {
+    let counter = DeliveryCounter::default();
+    let producer: ThreadedProducer<DeliveryCounter> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.max.bytes", "10000000")
+        .set("linger.ms", "5")
+        .create_with_context(counter.clone())
+        .unwrap();
+    for (key, payload) in records {
+        let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(payload.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, returned)) => {
+                    record = returned;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    assert_eq!(counter.failed.load(Ordering::Relaxed), 0, "the test's own produce to {topic} failed");
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Reads a topic from the beginning with its own consumer group.
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    pub records: Vec<ReadRecord>,
+}
+
+impl TopicReader {
+    pub fn new(topic: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", unique("reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        Self { consumer, records: Vec::new() }
+    }
+
+    /// Reads whatever is available for up to `wait`.
+    pub fn poll_for(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => self.records.push(ReadRecord {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                }),
+                Some(Err(e)) => eprintln!("reader: {e}"),
+                None => {}
+            }
+        }
+    }
+
+    /// Reads until `done(records)` or `timeout`; returns whether `done` held.
+    pub fn read_until(&mut self, timeout: Duration, mut done: impl FnMut(&[ReadRecord]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done(&self.records) {
+                return true;
+            }
+            self.poll_for(Duration::from_millis(200));
+        }
+        done(&self.records)
+    }
+}
+
+/// A `threatpipe` process under test; killed on drop.
+pub struct StageProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl StageProcess {
+    /// Starts `threatpipe run` with `--bus kafka` and config overrides from `env`.
+    pub fn start(name: &str, args: &[&str], env: &HashMap<String, String>) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_threatpipe"))
+            .arg("run")
+            .args(["--brokers", &brokers(), "--no-generator", "--no-http", "--quiet"])
+            .args(args)
+            .envs(env)
+            .env("THREATPIPE_LOG", "info,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for exit; returns the exit code.
+    pub fn sigterm(&mut self, timeout: Duration) -> Option<i32> {
+        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("threatpipe did not exit within {timeout:?} of SIGTERM; log:\n{}", self.log_text());
+    }
+}
+
+impl Drop for StageProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Topic names and overrides for one normalize deployment under test.
+pub struct NormalizeEnv {
+    pub raw: String,
+    pub normalized: String,
+    pub dlq: String,
+    pub env: HashMap<String, String>,
+}
+
+impl NormalizeEnv {
+    pub fn new(test: &str, partitions: i32) -> Self {
+        require_broker();
+        let raw = unique(&format!("{test}.raw"));
+        let normalized = unique(&format!("{test}.normalized"));
+        let dlq = unique(&format!("{test}.dlq"));
+        create_topics(&[&raw, &normalized, &dlq], partitions);
+        let mut env = HashMap::new();
+        for (key, value) in [
+            ("TOPICS__RAW", raw.clone()),
+            ("TOPICS__NORMALIZED", normalized.clone()),
+            ("TOPICS__DLQ", dlq.clone()),
+            ("TOPICS__SCANNED", unique("unused.scanned")),
+            ("TOPICS__CORRELATED", unique("unused.correlated")),
+            ("TOPICS__SCORED", unique("unused.scored")),
+            ("TOPICS__ALERTS", unique("unused.alerts")),
+            ("KAFKA__GROUP_PREFIX", unique(test)),
+            ("KAFKA__CREATE_TOPICS", "false".into()),
+            ("KAFKA__SESSION_TIMEOUT", "6s".into()),
+            ("KAFKA__MAX_POLL_INTERVAL", "10s".into()),
+            ("RUNNER__DRAIN_TIMEOUT", "4s".into()),
+            ("RUNNER__COMMIT_INTERVAL", "200ms".into()),
+            ("PIPELINE__STAGES", "normalize".into()),
+        ] {
+            env.insert(format!("THREATPIPE_{key}"), value);
+        }
+        Self { raw, normalized, dlq, env }
+    }
+
+    pub fn start(&self, name: &str) -> StageProcess {
+        StageProcess::start(name, &[], &self.env)
+    }
+}
