@@ -101,6 +101,7 @@ impl ConsumerContext for RebalanceContext {
         if offsets.is_empty() {
             return;
         }
+        info!(group = %self.group, ?offsets, "Committing finished work before revoke.");
         match partition_list(&offsets) {
             Ok(list) => {
                 if let Err(e) = base_consumer.commit(&list, rdkafka::consumer::CommitMode::Sync) {
@@ -119,6 +120,10 @@ impl ConsumerContext for RebalanceContext {
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
             info!(group = %self.group, ?partitions, "Partitions assigned.");
+            let tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(tracker) = tracker {
+                tracker.lock().unwrap_or_else(|p| p.into_inner()).assigned(&partitions);
+            }
         }
     }
 }
@@ -169,6 +174,7 @@ impl KafkaConsumer {
     }
 
     pub fn attach_tracker(&mut self, tracker: Arc<Mutex<OffsetTracker>>) {
+        tracker.lock().unwrap_or_else(|p| p.into_inner()).track_assignment();
         *self.consumer.context().tracker.lock().unwrap_or_else(|p| p.into_inner()) = Some(tracker);
     }
 

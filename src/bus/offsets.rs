@@ -13,6 +13,12 @@
 //!   back, or the consumer was reset), the partition's state is dropped and tracking starts
 //!   again from the new offset; late acks for the old generation are ignored. Nothing is
 //!   committed beyond what the new generation acknowledged.
+//! - With a broker that rebalances (Kafka), the tracker also knows the current assignment:
+//!   each assignment of a partition starts a new generation. Records of partitions not
+//!   assigned (stragglers delivered after a revoke) are refused, acks from an earlier
+//!   generation are ignored, and only assigned partitions are committed. Without this, a
+//!   straggler acked after a revoke could commit an offset past records the next owner had
+//!   not processed yet, and a later owner would skip them (data loss on rebalance storms).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -20,6 +26,8 @@ use super::{CommitOffsets, Position};
 
 #[derive(Debug, Default)]
 struct PartitionState {
+    /// Assignment generation this state belongs to.
+    generation: u64,
     /// (offset, acked) for every received, not yet committable record, ascending.
     pending: VecDeque<(i64, bool)>,
     /// Highest offset received in the current generation.
@@ -35,6 +43,9 @@ struct PartitionState {
 pub struct OffsetTracker {
     partitions: HashMap<(String, i32), PartitionState>,
     in_flight: usize,
+    /// `None`: every partition is ours (in-memory bus). `Some`: only these, by generation.
+    assignment: Option<HashMap<(String, i32), u64>>,
+    next_generation: u64,
 }
 
 impl OffsetTracker {
@@ -42,29 +53,62 @@ impl OffsetTracker {
         Self::default()
     }
 
-    /// Records that a message was received and is now in flight.
-    pub fn received(&mut self, position: &Position) {
+    /// From now on, only partitions passed to [`Self::assigned`] are accepted.
+    pub fn track_assignment(&mut self) {
+        self.assignment.get_or_insert_with(HashMap::new);
+    }
+
+    /// Partitions were assigned: each starts a new generation with fresh state.
+    pub fn assigned(&mut self, partitions: &[(String, i32)]) {
+        self.track_assignment();
+        for key in partitions {
+            self.next_generation += 1;
+            if let Some(state) = self.partitions.remove(key) {
+                self.in_flight -= state.pending.iter().filter(|(_, acked)| !acked).count();
+            }
+            if let Some(assignment) = self.assignment.as_mut() {
+                assignment.insert(key.clone(), self.next_generation);
+            }
+        }
+    }
+
+    /// Records that a message was received and is now in flight. Returns the generation to
+    /// pass to [`Self::acked`], or `None` when the partition is not assigned to us (the
+    /// record must then be skipped: its next owner reads it from the committed offset).
+    pub fn received(&mut self, position: &Position) -> Option<u64> {
         let key = (position.topic.clone(), position.partition);
+        let generation = match &self.assignment {
+            None => 0,
+            Some(assignment) => *assignment.get(&key)?,
+        };
         let state = self.partitions.entry(key).or_default();
+        if state.generation != generation {
+            self.in_flight -= state.pending.iter().filter(|(_, acked)| !acked).count();
+            *state = PartitionState { generation, ..PartitionState::default() };
+        }
         if !state.pending.is_empty() || state.committable.is_some() {
             if position.offset <= state.highest {
                 // Rewind: a new generation of this partition. Forget the old one.
                 self.in_flight -= state.pending.iter().filter(|(_, acked)| !acked).count();
-                *state = PartitionState::default();
+                *state = PartitionState { generation, ..PartitionState::default() };
             }
         }
         state.highest = position.offset;
         state.pending.push_back((position.offset, false));
         self.in_flight += 1;
+        Some(generation)
     }
 
     /// Records that everything produced from the message at `position` was acknowledged.
     /// Unknown positions (from a previous generation) are ignored.
-    pub fn acked(&mut self, position: &Position) {
+    pub fn acked(&mut self, position: &Position, generation: u64) {
         let Some(state) = self.partitions.get_mut(&(position.topic.clone(), position.partition))
         else {
             return;
         };
+        if state.generation != generation {
+            return;
+        }
         let Ok(index) = state.pending.binary_search_by_key(&position.offset, |(o, _)| *o) else {
             return;
         };
@@ -88,7 +132,11 @@ impl OffsetTracker {
     pub fn take_commits(&mut self) -> CommitOffsets {
         let mut out = Vec::new();
         for ((topic, partition), state) in &mut self.partitions {
-            if state.committable.is_some() && state.committable != state.last_taken {
+            let owned = match &self.assignment {
+                None => true,
+                Some(assignment) => assignment.get(&(topic.clone(), *partition)) == Some(&state.generation),
+            };
+            if owned && state.committable.is_some() && state.committable != state.last_taken {
                 state.last_taken = state.committable;
                 if let Some(offset) = state.committable {
                     out.push((topic.clone(), *partition, offset));
@@ -104,6 +152,9 @@ impl OffsetTracker {
     pub fn release(&mut self, partitions: &[(String, i32)]) -> CommitOffsets {
         let mut out = Vec::new();
         for key in partitions {
+            if let Some(assignment) = self.assignment.as_mut() {
+                assignment.remove(key);
+            }
             if let Some(state) = self.partitions.remove(key) {
                 self.in_flight -= state.pending.iter().filter(|(_, acked)| !acked).count();
                 if let Some(offset) = state.committable {
@@ -129,15 +180,15 @@ mod tests {
         for offset in 10..15 {
             tracker.received(&pos(0, offset));
         }
-        tracker.acked(&pos(0, 11));
-        tracker.acked(&pos(0, 12));
+        tracker.acked(&pos(0, 11), 0);
+        tracker.acked(&pos(0, 12), 0);
         assert!(tracker.take_commits().is_empty(), "10 is still in flight");
-        tracker.acked(&pos(0, 10));
+        tracker.acked(&pos(0, 10), 0);
         assert_eq!(tracker.take_commits(), vec![("t".to_string(), 0, 13)]);
         assert!(tracker.take_commits().is_empty(), "nothing new");
-        tracker.acked(&pos(0, 14));
+        tracker.acked(&pos(0, 14), 0);
         assert!(tracker.take_commits().is_empty(), "13 is still in flight");
-        tracker.acked(&pos(0, 13));
+        tracker.acked(&pos(0, 13), 0);
         assert_eq!(tracker.take_commits(), vec![("t".to_string(), 0, 15)]);
         assert_eq!(tracker.in_flight(), 0);
     }
@@ -148,7 +199,7 @@ mod tests {
         tracker.received(&pos(0, 0));
         tracker.received(&pos(1, 100));
         tracker.received(&pos(1, 101));
-        tracker.acked(&pos(1, 100));
+        tracker.acked(&pos(1, 100), 0);
         assert_eq!(tracker.take_commits(), vec![("t".to_string(), 1, 101)]);
         assert_eq!(tracker.in_flight(), 2);
     }
@@ -158,14 +209,35 @@ mod tests {
         let mut tracker = OffsetTracker::new();
         tracker.received(&pos(0, 5));
         tracker.received(&pos(0, 6));
-        tracker.acked(&pos(0, 5));
+        tracker.acked(&pos(0, 5), 0);
         // Rebalance hands the partition back from the committed offset 6... and 3.
         tracker.received(&pos(0, 3));
         assert_eq!(tracker.in_flight(), 1);
-        tracker.acked(&pos(0, 6)); // stale ack: not part of this generation
+        tracker.acked(&pos(0, 6), 0); // stale ack: not part of this generation
         assert!(tracker.take_commits().is_empty());
-        tracker.acked(&pos(0, 3));
+        tracker.acked(&pos(0, 3), 0);
         assert_eq!(tracker.take_commits(), vec![("t".to_string(), 0, 4)]);
+    }
+
+    #[test]
+    fn stragglers_of_revoked_partitions_are_refused_and_old_acks_ignored() {
+        let mut tracker = OffsetTracker::new();
+        let p0 = ("t".to_string(), 0);
+        tracker.assigned(&[p0.clone()]);
+        let g1 = tracker.received(&pos(0, 10)).unwrap();
+        tracker.received(&pos(0, 11)).unwrap();
+        assert!(tracker.received(&pos(1, 0)).is_none(), "partition 1 is not ours");
+        tracker.acked(&pos(0, 10), g1);
+        assert_eq!(tracker.release(&[p0.clone()]), vec![("t".to_string(), 0, 11)]);
+        assert!(tracker.received(&pos(0, 12)).is_none(), "straggler after revoke is refused");
+        // Assigned again: a new generation; the old ack for 11 must not count.
+        tracker.assigned(&[p0.clone()]);
+        let g2 = tracker.received(&pos(0, 11)).unwrap();
+        assert_ne!(g1, g2);
+        tracker.acked(&pos(0, 11), g1);
+        assert!(tracker.take_commits().is_empty(), "an ack from the old generation does not commit");
+        tracker.acked(&pos(0, 11), g2);
+        assert_eq!(tracker.take_commits(), vec![("t".to_string(), 0, 12)]);
     }
 
     #[test]
@@ -173,7 +245,7 @@ mod tests {
         let mut tracker = OffsetTracker::new();
         tracker.received(&pos(0, 1));
         tracker.received(&pos(0, 2));
-        tracker.acked(&pos(0, 1));
+        tracker.acked(&pos(0, 1), 0);
         assert_eq!(tracker.release(&[("t".into(), 0)]), vec![("t".to_string(), 0, 2)]);
         assert_eq!(tracker.in_flight(), 0);
         assert!(tracker.take_commits().is_empty());

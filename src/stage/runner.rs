@@ -40,7 +40,8 @@ pub enum RunnerError {
     Setup { stage: &'static str, source: BusError },
 }
 
-type AckResult = (Position, Result<(), BusError>);
+/// (input position, assignment generation, outcome of every output's delivery)
+type AckResult = (Position, u64, Result<(), BusError>);
 
 enum Step {
     Shutdown,
@@ -149,10 +150,10 @@ impl StageRunner {
         }
     }
 
-    fn on_ack(&mut self, (position, result): AckResult) -> Result<(), RunnerError> {
+    fn on_ack(&mut self, (position, generation, result): AckResult) -> Result<(), RunnerError> {
         match result {
             Ok(()) => {
-                self.tracker().acked(&position);
+                self.tracker().acked(&position, generation);
                 self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                 Ok(())
             }
@@ -162,7 +163,12 @@ impl StageRunner {
 
     async fn handle(&mut self, record: Record) -> Result<(), RunnerError> {
         let position = record.position();
-        self.tracker().received(&position);
+        let Some(generation) = self.tracker().received(&position) else {
+            // A straggler from a partition revoked in a rebalance: its new owner reads it
+            // from the committed offset, so processing it here would only race that owner.
+            tracing::debug!(stage = self.name(), %position, "Skipping record of a revoked partition.");
+            return Ok(());
+        };
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         self.outputs.clear();
@@ -184,7 +190,7 @@ impl StageRunner {
                 .map_err(|source| RunnerError::Bus { stage, position: position.to_string(), source })?;
             pending.push(ack);
         }
-        let ack = futures::future::try_join_all(pending).map(move |r| (position, r.map(|_| ())));
+        let ack = futures::future::try_join_all(pending).map(move |r| (position, generation, r.map(|_| ())));
         self.acks.push(Box::pin(ack));
         Ok(())
     }

@@ -74,12 +74,21 @@ pub fn create_topics(topics: &[&str], partitions: i32) {
 }
 
 /// Produces every (key, payload) and waits until all are acknowledged.
+///
+/// One record per batch: Tansu 0.6 (memory storage) answers a fetch whose offset falls
+/// inside a record batch with the *next* batch, silently skipping the rest of the batch
+/// (measured: a fetch from offset 1 of a batch 0..1157 returned 1158 onwards). A consumer
+/// that resumes from a committed offset mid-batch, as a restarted or rebalanced stage does,
+/// would lose those records on Tansu. Real Kafka and Redpanda return the whole batch and
+/// librdkafka skips what lies below the offset. Single-record batches make every offset a
+/// batch start, so the tests exercise our commit logic rather than that broker bug.
 pub fn produce_all(topic: &str, records: &[(String, Vec<u8>)]) {
     let counter = DeliveryCounter::default();
     let producer: ThreadedProducer<DeliveryCounter> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("message.max.bytes", "10000000")
         .set("linger.ms", "5")
+        .set("batch.num.messages", "1")
         .create_with_context(counter.clone())
         .unwrap();
     for (key, payload) in records {
