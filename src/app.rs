@@ -102,7 +102,7 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
             Some(bus) => BusConsumer::Memory(bus.consumer(&input)?),
             None => {
                 let group = format!("{}.{}", config.kafka.group_prefix, kind.as_str());
-                BusConsumer::Kafka(KafkaConsumer::subscribe(&config.kafka_settings(), &group, &[input.clone()])?)
+                BusConsumer::Kafka(KafkaConsumer::subscribe(&config.kafka_settings(), &group, std::slice::from_ref(&input))?)
             }
         };
         let runner = StageRunner::new(

@@ -10,6 +10,8 @@
 //! `normalize` (the first stage), `generator` (synthetic traffic), `serve` (HTTP),
 //! `telemetry`, `config`, `app` (wiring and shutdown).
 
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod app;
 pub mod bus;
 pub mod cli;

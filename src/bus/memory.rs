@@ -88,7 +88,7 @@ pub struct MemoryConsumer {
 }
 
 impl MemoryConsumer {
-    fn to_record(&mut self, message: OutMessage) -> Record {
+    fn stamp(&mut self, message: OutMessage) -> Record {
         let offset = self.next_offset;
         self.next_offset += 1;
         Record {
@@ -103,14 +103,14 @@ impl MemoryConsumer {
 
     pub async fn recv(&mut self) -> Result<Record, BusError> {
         match self.receiver.recv().await {
-            Some(message) => Ok(self.to_record(message)),
+            Some(message) => Ok(self.stamp(message)),
             None => Err(BusError::Closed(self.topic.clone())),
         }
     }
 
     pub fn try_recv(&mut self) -> Option<Record> {
         let message = self.receiver.try_recv().ok()?;
-        Some(self.to_record(message))
+        Some(self.stamp(message))
     }
 
     pub fn commit(&self, offsets: &CommitOffsets) -> Result<(), BusError> {
@@ -172,8 +172,8 @@ mod tests {
         let bus = MemoryBus::new(2);
         let producer = bus.producer();
         let message = OutMessage { topic: "b".into(), key: None, payload: vec![] };
-        producer.send(message.clone()).await.unwrap();
-        producer.send(message.clone()).await.unwrap();
+        let _accepted = producer.send(message.clone()).await.unwrap();
+        let _accepted = producer.send(message.clone()).await.unwrap();
         let third = tokio::time::timeout(std::time::Duration::from_millis(50), producer.send(message));
         assert!(third.await.is_err(), "third send must wait for room");
         assert_eq!(bus.backlog("b"), 2);

@@ -147,6 +147,24 @@ impl OffsetTracker {
         out
     }
 
+    /// Every commit point we own, whether or not handed out before; used for the final,
+    /// blocking commit at shutdown, so an earlier background commit that failed is repaired.
+    pub fn all_commits(&mut self) -> CommitOffsets {
+        let mut out = Vec::new();
+        for ((topic, partition), state) in &mut self.partitions {
+            let owned = match &self.assignment {
+                None => true,
+                Some(assignment) => assignment.get(&(topic.clone(), *partition)) == Some(&state.generation),
+            };
+            if let (true, Some(offset)) = (owned, state.committable) {
+                state.last_taken = Some(offset);
+                out.push((topic.clone(), *partition, offset));
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Commit points for the given partitions regardless of what was taken before, and
     /// forgets them; used right before those partitions are revoked.
     pub fn release(&mut self, partitions: &[(String, i32)]) -> CommitOffsets {

@@ -196,7 +196,10 @@ impl StageRunner {
     }
 
     fn commit(&mut self, mode: CommitMode) {
-        let offsets = self.tracker().take_commits();
+        let offsets = match mode {
+            CommitMode::Background => self.tracker().take_commits(),
+            CommitMode::Blocking => self.tracker().all_commits(),
+        };
         if offsets.is_empty() {
             return;
         }
