@@ -99,12 +99,21 @@ impl<'a> Reader<'a> {
         let Some(v) = self.first(paths, false) else { return Ok(None) };
         let parsed = match v {
             Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
-            Value::String(s) => s.trim().parse::<i64>().ok(),
+            Value::String(s) => parse_int_text(s),
             _ => None,
         };
         parsed
             .map(Some)
             .ok_or_else(|| NormalizeError::invalid_field(field, &scalar_text(v).unwrap_or_default(), "not an integer"))
+    }
+}
+
+/// Decimal, or `0x` hex as Windows Security events write process ids (`0x378`).
+fn parse_int_text(text: &str) -> Option<i64> {
+    let text = text.trim();
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => i64::from_str_radix(hex, 16).ok(),
+        None => text.parse::<i64>().ok(),
     }
 }
 
@@ -373,7 +382,9 @@ fn collect_attrs(
             return;
         }
         let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
-        if used.contains(&path) {
+        // Windows EventData fields stay in attrs under their own names even when mapped: they
+        // are exactly what Sigma rules for Windows name (CommandLine, Image, TargetUserName).
+        if used.contains(&path) && !path.starts_with(EVTX_DATA) {
             continue;
         }
         match value {
