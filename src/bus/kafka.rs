@@ -89,11 +89,7 @@ impl ClientContext for RebalanceContext {}
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(revoked) = rebalance else { return };
-        let partitions: Vec<(String, i32)> = revoked
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
+        let partitions = partitions_of(revoked);
         info!(group = %self.group, ?partitions, "Partitions revoked.");
         let tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(tracker) = tracker else { return };
@@ -114,11 +110,7 @@ impl ConsumerContext for RebalanceContext {
 
     fn post_rebalance(&self, _base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
-            let partitions: Vec<(String, i32)> = assigned
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
+            let partitions = partitions_of(assigned);
             info!(group = %self.group, ?partitions, "Partitions assigned.");
             let tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).clone();
             if let Some(tracker) = tracker {
@@ -126,6 +118,10 @@ impl ConsumerContext for RebalanceContext {
             }
         }
     }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<(String, i32)> {
+    list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
 }
 
 fn partition_list(offsets: &CommitOffsets) -> Result<TopicPartitionList, BusError> {

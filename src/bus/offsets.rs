@@ -38,6 +38,14 @@ struct PartitionState {
     last_taken: Option<i64>,
 }
 
+/// Whether `generation` of a partition is the one currently assigned to us.
+fn owns(assignment: &Option<HashMap<(String, i32), u64>>, topic: &str, partition: i32, generation: u64) -> bool {
+    match assignment {
+        None => true,
+        Some(assignment) => assignment.get(&(topic.to_string(), partition)) == Some(&generation),
+    }
+}
+
 /// Tracks received and acknowledged offsets per topic-partition.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
@@ -131,11 +139,9 @@ impl OffsetTracker {
     /// Commit points that advanced since the last call.
     pub fn take_commits(&mut self) -> CommitOffsets {
         let mut out = Vec::new();
+        let assignment = &self.assignment;
         for ((topic, partition), state) in &mut self.partitions {
-            let owned = match &self.assignment {
-                None => true,
-                Some(assignment) => assignment.get(&(topic.clone(), *partition)) == Some(&state.generation),
-            };
+            let owned = owns(assignment, topic, *partition, state.generation);
             if owned && state.committable.is_some() && state.committable != state.last_taken {
                 state.last_taken = state.committable;
                 if let Some(offset) = state.committable {
@@ -151,11 +157,9 @@ impl OffsetTracker {
     /// blocking commit at shutdown, so an earlier background commit that failed is repaired.
     pub fn all_commits(&mut self) -> CommitOffsets {
         let mut out = Vec::new();
+        let assignment = &self.assignment;
         for ((topic, partition), state) in &mut self.partitions {
-            let owned = match &self.assignment {
-                None => true,
-                Some(assignment) => assignment.get(&(topic.clone(), *partition)) == Some(&state.generation),
-            };
+            let owned = owns(assignment, topic, *partition, state.generation);
             if let (true, Some(offset)) = (owned, state.committable) {
                 state.last_taken = Some(offset);
                 out.push((topic.clone(), *partition, offset));
