@@ -69,9 +69,44 @@ struct StageTask {
     handle: JoinHandle<Result<(), RunnerError>>,
 }
 
+/// Final counts of a run, for callers (tests, the CLI summary).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub generated: u64,
+    pub malformed_injected: u64,
+    pub alerts: u64,
+    pub dead_letters: u64,
+    /// (stage, received, produced, dead-lettered)
+    pub stages: Vec<(StageKind, u64, u64, u64)>,
+}
+
+impl RunReport {
+    fn from(telemetry: &Telemetry) -> Self {
+        let flow = &telemetry.flow;
+        Self {
+            generated: flow.generated.load(Ordering::Relaxed),
+            malformed_injected: flow.malformed_injected.load(Ordering::Relaxed),
+            alerts: flow.alerts.load(Ordering::Relaxed),
+            dead_letters: flow.dead_letters.load(Ordering::Relaxed),
+            stages: telemetry
+                .stages
+                .iter()
+                .map(|s| {
+                    (
+                        s.stage,
+                        s.received.load(Ordering::Relaxed),
+                        s.produced.load(Ordering::Relaxed),
+                        s.dead_lettered.load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Runs the configured pipeline until `shutdown_signal` resolves (or a stage fails, or a
 /// generator with a `total` finished and the pipeline drained).
-pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + Send) -> Result<RunReport, AppError> {
     let prometheus = install_prometheus();
     let telemetry = Telemetry {
         stages: config.pipeline.stages.iter().map(|k| StageStats::new(*k)).collect(),
@@ -229,10 +264,12 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
     if let Some(http) = http {
         let _ = tokio::time::timeout(SHUTDOWN_SLACK, http).await;
     }
-    crate::progress::print_summary(&telemetry, started.elapsed());
+    if config.progress.enabled {
+        crate::progress::print_summary(&telemetry, started.elapsed());
+    }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => Ok(RunReport::from(&telemetry)),
     }
 }
 

@@ -181,11 +181,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => {
             let config = load_config(&cli, Some(&RunArgs::default()))?;
-            Ok(crate::app::run(config, shutdown_signal()).await?)
+            crate::app::run(config, shutdown_signal()).await?;
+            Ok(())
         }
         Some(Command::Run(ref args)) => {
             let config = load_config(&cli, Some(args))?;
-            Ok(crate::app::run(config, shutdown_signal()).await?)
+            crate::app::run(config, shutdown_signal()).await?;
+            Ok(())
         }
         Some(Command::Generate(ref args)) => generate(args).await,
         Some(Command::Normalize(ref args)) => normalize(&cli, args),
