@@ -94,12 +94,11 @@ impl OffsetTracker {
             self.in_flight -= state.pending.iter().filter(|(_, acked)| !acked).count();
             *state = PartitionState { generation, ..PartitionState::default() };
         }
-        if !state.pending.is_empty() || state.committable.is_some() {
-            if position.offset <= state.highest {
-                // Rewind: a new generation of this partition. Forget the old one.
-                self.in_flight -= state.pending.iter().filter(|(_, acked)| !acked).count();
-                *state = PartitionState { generation, ..PartitionState::default() };
-            }
+        let seen_before = !state.pending.is_empty() || state.committable.is_some();
+        if seen_before && position.offset <= state.highest {
+            // Rewind: a new generation of this partition. Forget the old one.
+            self.in_flight -= state.pending.iter().filter(|(_, acked)| !acked).count();
+            *state = PartitionState { generation, ..PartitionState::default() };
         }
         state.highest = position.offset;
         state.pending.push_back((position.offset, false));
@@ -245,15 +244,15 @@ mod tests {
     fn stragglers_of_revoked_partitions_are_refused_and_old_acks_ignored() {
         let mut tracker = OffsetTracker::new();
         let p0 = ("t".to_string(), 0);
-        tracker.assigned(&[p0.clone()]);
+        tracker.assigned(std::slice::from_ref(&p0));
         let g1 = tracker.received(&pos(0, 10)).unwrap();
         tracker.received(&pos(0, 11)).unwrap();
         assert!(tracker.received(&pos(1, 0)).is_none(), "partition 1 is not ours");
         tracker.acked(&pos(0, 10), g1);
-        assert_eq!(tracker.release(&[p0.clone()]), vec![("t".to_string(), 0, 11)]);
+        assert_eq!(tracker.release(std::slice::from_ref(&p0)), vec![("t".to_string(), 0, 11)]);
         assert!(tracker.received(&pos(0, 12)).is_none(), "straggler after revoke is refused");
         // Assigned again: a new generation; the old ack for 11 must not count.
-        tracker.assigned(&[p0.clone()]);
+        tracker.assigned(std::slice::from_ref(&p0));
         let g2 = tracker.received(&pos(0, 11)).unwrap();
         assert_ne!(g1, g2);
         tracker.acked(&pos(0, 11), g1);

@@ -26,8 +26,11 @@ fn nil(token: &str) -> Option<String> {
     (token != "-" && !token.is_empty()).then(|| token.to_string())
 }
 
+/// `sd.<id>.<name>` → value pairs of RFC 5424 structured data.
+type StructuredData = Vec<(String, String)>;
+
 /// Structured data: `[id k="v" k2="v2"][id2 ...]` or `-`. Returns (pairs, rest).
-fn split_structured_data(text: &str) -> Result<(Vec<(String, String)>, &str), NormalizeError> {
+fn split_structured_data(text: &str) -> Result<(StructuredData, &str), NormalizeError> {
     if let Some(rest) = text.strip_prefix('-') {
         return Ok((Vec::new(), rest.strip_prefix(' ').unwrap_or(rest)));
     }
