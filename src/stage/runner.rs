@@ -43,6 +43,11 @@ pub enum RunnerError {
 /// (input position, assignment generation, outcome of every output's delivery)
 type AckResult = (Position, u64, Result<(), BusError>);
 
+enum SendError {
+    Bus(BusError),
+    Ack(RunnerError),
+}
+
 enum Step {
     Shutdown,
     Acked(AckResult),
@@ -60,6 +65,7 @@ pub struct StageRunner {
     tracker: Arc<Mutex<OffsetTracker>>,
     acks: FuturesUnordered<BoxFuture<'static, AckResult>>,
     outputs: Vec<OutMessage>,
+    last_commit: Instant,
 }
 
 fn now_us() -> i64 {
@@ -87,6 +93,7 @@ impl StageRunner {
             tracker,
             acks: FuturesUnordered::new(),
             outputs: Vec::new(),
+            last_commit: Instant::now(),
         }
     }
 
@@ -177,25 +184,48 @@ impl StageRunner {
             .process(&record, now_us(), &mut self.outputs)
             .map_err(|source| RunnerError::Stage { stage, source })?;
         let mut pending = Vec::with_capacity(self.outputs.len());
-        for message in self.outputs.drain(..) {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        for message in outputs.drain(..) {
             if message.topic == self.dlq_topic {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             } else {
                 self.stats.produced.fetch_add(1, Ordering::Relaxed);
             }
-            let ack = self
-                .producer
-                .send(message)
-                .await
-                .map_err(|source| RunnerError::Bus { stage, position: position.to_string(), source })?;
+            let ack = self.send_while_acking(message).await.map_err(|source| match source {
+                SendError::Bus(source) => RunnerError::Bus { stage, position: position.to_string(), source },
+                SendError::Ack(e) => e,
+            })?;
             pending.push(ack);
         }
+        self.outputs = outputs;
         let ack = futures::future::try_join_all(pending).map(move |r| (position, generation, r.map(|_| ())));
         self.acks.push(Box::pin(ack));
         Ok(())
     }
 
+    /// Sends one output; while the transport pushes back, keeps applying acks and committing
+    /// on schedule, so a long stall downstream does not also stall commits of finished work.
+    async fn send_while_acking(&mut self, message: OutMessage) -> Result<crate::bus::AckFuture, SendError> {
+        let producer = self.producer.clone();
+        let send = producer.send(message);
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                biased;
+                sent = &mut send => return sent.map_err(SendError::Bus),
+                Some(ack) = self.acks.next(), if !self.acks.is_empty() => {
+                    self.on_ack(ack).map_err(SendError::Ack)?;
+                }
+                _ = tokio::time::sleep_until((self.last_commit + self.config.commit_interval).into()) => {
+                    self.commit(CommitMode::Background);
+                }
+            }
+        }
+    }
+
     fn commit(&mut self, mode: CommitMode) {
+        // Set even when nothing is committed, so the blocked-send timer re-arms, not spins.
+        self.last_commit = Instant::now();
         let offsets = match mode {
             CommitMode::Background => self.tracker().take_commits(),
             CommitMode::Blocking => self.tracker().all_commits(),
@@ -240,5 +270,73 @@ impl StageRunner {
         }
         self.commit(CommitMode::Blocking);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::memory::MemoryBus;
+    use crate::stage::StageKind;
+
+    /// Forwards every record to `out`.
+    struct Forward;
+
+    impl Stage for Forward {
+        fn kind(&self) -> StageKind {
+            StageKind::QuickScan
+        }
+        fn process(&mut self, record: &Record, _now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
+            out.push(OutMessage { topic: "out".into(), key: None, payload: record.payload.clone() });
+            Ok(())
+        }
+    }
+
+    fn config() -> RunnerConfig {
+        RunnerConfig { max_in_flight: 100, commit_interval: Duration::from_millis(10), drain_timeout: Duration::from_secs(1) }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_downstream_bounds_intake_exactly() {
+        const CAPACITY: usize = 8;
+        let bus = MemoryBus::new(CAPACITY);
+        let producer = bus.producer();
+        // Fill the input with more than the pipeline can hold while `out` is never read.
+        let feeder = tokio::spawn({
+            let producer = producer.clone();
+            async move {
+                for i in 0..50u8 {
+                    let ack = producer.send(OutMessage { topic: "in".into(), key: None, payload: vec![i] }).await.unwrap();
+                    ack.await.unwrap();
+                }
+            }
+        });
+        let stats = crate::telemetry::StageStats::new(StageKind::QuickScan);
+        let runner = StageRunner::new(
+            Box::new(Forward),
+            BusConsumer::Memory(bus.consumer("in").unwrap()),
+            BusProducer::Memory(producer),
+            config(),
+            "dlq".into(),
+            stats.clone(),
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(runner.run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // `out` holds CAPACITY messages; the runner is blocked sending the next one.
+        assert_eq!(bus.backlog("out"), CAPACITY);
+        assert_eq!(stats.received.load(Ordering::Relaxed), CAPACITY as u64 + 1);
+        assert_eq!(bus.committed("in"), CAPACITY as i64, "only acknowledged input is committed");
+        // Let downstream drain: everything flows, nothing is lost.
+        let mut out = bus.consumer("out").unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 50 {
+            seen.push(out.recv().await.unwrap().payload[0]);
+        }
+        assert_eq!(seen, (0..50u8).collect::<Vec<_>>());
+        feeder.await.unwrap();
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        assert_eq!(bus.committed("in"), 50);
     }
 }
