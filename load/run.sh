@@ -17,7 +17,12 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/threatpipe/target}"
 cargo build --release --locked -q
 B="$CARGO_TARGET_DIR/release/threatpipe"
 S="load$(date +%s)"
-PORT=8092
+PORT="${THREATPIPE_LOAD_PORT:-8092}"
+if curl -s "127.0.0.1:$PORT/metrics" >/dev/null 2>&1; then
+  echo "port $PORT is already serving; stop that process or set THREATPIPE_LOAD_PORT" >&2; exit 1
+fi
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 common=(THREATPIPE_TOPICS__PARTITIONS=4 "THREATPIPE_TOPICS__DLQ=$S.dlq" "THREATPIPE_TOPICS__CORRELATED=$S.c"
         "THREATPIPE_TOPICS__SCORED=$S.sc" "THREATPIPE_TOPICS__ALERTS=$S.a" "THREATPIPE_TOPICS__SCANNED=$S.s")
 
@@ -34,13 +39,15 @@ measure() { # lane stage env...
   env "${common[@]}" "$@" "THREATPIPE_KAFKA__GROUP_PREFIX=$S-$lane" \
     "$B" run --brokers "$BROKERS" --stages "$stage" --no-generator --quiet --http-listen "127.0.0.1:$PORT" >"/tmp/$S-$lane.log" 2>&1 &
   local pid=$!
+  pids+=("$pid")
   for _ in $(seq 1 1500); do
-    n=$(curl -s "127.0.0.1:$PORT/metrics" | awk -v s="$stage" '$1 == "threatpipe_stage_records_in_total{stage=\"" s "\"}" {print $2}')
+    kill -0 "$pid" 2>/dev/null || { echo "stage exited early; log: /tmp/$S-$lane.log" >&2; tail -5 "/tmp/$S-$lane.log" >&2; exit 1; }
+    n=$(curl -s "127.0.0.1:$PORT/metrics" | awk -v s="$stage" '$1 == "threatpipe_stage_records_in_total{stage=\"" s "\"}" {print $2}' || true)
     [ "${n:-0}" -ge "$N" ] && break
     sleep 0.2
   done
   t1=$(date +%s.%N)
-  kill -TERM "$pid"; wait "$pid" || true
+  kill -TERM "$pid" 2>/dev/null || true; wait "$pid" || true
   python3 -c "print('%-12s %8d records %6.2f s %8.0f ev/s' % ('$lane', ${n:-0}, $t1-$t0, ${n:-0}/($t1-$t0)))"
 }
 
