@@ -128,6 +128,23 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
         }
     };
 
+    // Detection resources, loaded once and shared by every quick-scan stage.
+    let reload_stop = CancellationToken::new();
+    let mut reload_thread = None;
+    let detector = if config.pipeline.stages.contains(&StageKind::QuickScan) {
+        let (detector, report) = crate::detect::Detector::load(&config.scan);
+        for problem in report.problems.iter().take(20) {
+            tracing::warn!(%problem, "not loaded");
+        }
+        tracing::info!(%report, "quick-scan rules loaded");
+        let handle = crate::detect::DetectorHandle::new(detector);
+        reload_thread = handle.watch(config.scan.clone(), report, reload_stop.clone());
+        handle
+    } else {
+        crate::detect::DetectorHandle::new(crate::detect::Detector::empty())
+    };
+    let resources = stage::StageResources { detector };
+
     // Stages.
     let mut stages = Vec::new();
     for stats in &telemetry.stages {
@@ -141,7 +158,7 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
             }
         };
         let runner = StageRunner::new(
-            stage::build(kind, &config),
+            stage::build(kind, &config, &resources),
             consumer,
             producer.clone(),
             config.runner.clone(),
@@ -250,6 +267,8 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
             }
         }
     }
+    reload_stop.cancel();
+    drop(reload_thread); // wakes within one reload interval and exits; nothing to flush
     sinks_stop.cancel();
     for sink in sinks {
         let _ = tokio::time::timeout(SHUTDOWN_SLACK, sink).await;

@@ -49,6 +49,41 @@ pub enum Command {
         /// Print the schema with this id (e.g. 101).
         id: Option<u32>,
     },
+    /// Check and try out detection content: Sigma rules (.yml), pattern packs (.toml) and
+    /// IoC feeds (.txt, .csv, STIX .json), as files or directories.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Load rules, packs and feeds; list every one that does not load, and why.
+    /// Exits 1 when anything failed to load.
+    ///
+    /// Example: threatpipe rules validate pipelines/ ../shared/data/sigma/rules
+    Validate {
+        /// Files or directories (searched recursively).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run NDJSON events (raw, in any format normalize accepts) through the rules and print
+    /// what matched, one line per match.
+    ///
+    /// Example: threatpipe rules test pipelines/ --events events.ndjson
+    Test {
+        /// Files or directories with rules, packs and feeds.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// NDJSON events; `-` reads stdin.
+        #[arg(long, short)]
+        events: PathBuf,
+        /// One JSON object per event ({line, event_id, matches}) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also print events that matched nothing.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Args, Default)]
@@ -191,6 +226,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Generate(ref args)) => generate(args).await,
         Some(Command::Normalize(ref args)) => normalize(&cli, args),
+        Some(Command::Rules(ref command)) => crate::rules_cli::run(&cli, command),
         Some(Command::Config) => {
             let config = load_config(&cli, None)?;
             print!("{}", toml::to_string_pretty(&config).context("rendering config")?);

@@ -67,6 +67,8 @@ pub struct AppConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub progress: ProgressConfig,
+    #[serde(default)]
+    pub scan: crate::detect::ScanConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -322,6 +324,9 @@ impl AppConfig {
         }
         errors.extend(self.normalize.validate());
         errors.extend(self.generator.validate());
+        if self.pipeline.stages.contains(&StageKind::QuickScan) {
+            errors.extend(self.scan.validate());
+        }
         let topics = self.topics.all();
         for (i, topic) in topics.iter().enumerate() {
             if topic.trim().is_empty() {

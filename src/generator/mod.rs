@@ -130,7 +130,7 @@ impl EventGenerator {
         }
         self.sequence += 1;
         let tenant = self.rng.pick(&self.config.tenants).clone();
-        let mut ctx = scenarios::Ctx { rng: &mut self.rng, now_us, tenant: &tenant, sequence: self.sequence };
+        let mut ctx = scenarios::Ctx { rng: &mut self.rng, now_us, tenant: &tenant, sequence: self.sequence, serial: 0 };
         if ctx.rng.chance(self.config.malformed_ratio) {
             return scenarios::malformed(&mut ctx);
         }

@@ -7,6 +7,8 @@ pub struct Ctx<'a> {
     pub now_us: i64,
     pub tenant: &'a str,
     pub sequence: u64,
+    /// Records made in this context so far (ids stay unique within a burst).
+    pub serial: u64,
 }
 
 const USERS: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "svc-backup", "svc-deploy"];
@@ -46,8 +48,10 @@ fn bsd(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us).map(|t| t.format("%b %e %H:%M:%S").to_string()).unwrap_or_default()
 }
 
-fn id(ctx: &Ctx<'_>, n: u64) -> String {
-    format!("gen-{:x}-{}", ctx.sequence, n)
+/// A record id unique within the stream, also inside an attack burst.
+fn id(ctx: &mut Ctx<'_>, n: u64) -> String {
+    ctx.serial += 1;
+    format!("gen-{:x}-{}-{}", ctx.sequence, n, ctx.serial)
 }
 
 fn json(key: String, value: serde_json::Value, origin: Origin) -> GeneratedRecord {

@@ -242,6 +242,9 @@ pub(super) fn map_object(root: &Map<String, Value>, event: &mut Event) -> Result
                 event.outcome = outcome.map(str::to_string);
             }
         }
+        if let Some(channel) = r.text(&["Event.System.Channel"]) {
+            event.attrs.insert("Channel".into(), channel);
+        }
         event.source.product = r.text(&["Event.System.Provider.#attributes.Name", "Event.System.Channel"]).or(Some("windows".into()));
         event.source.vendor = Some("microsoft".into());
     }

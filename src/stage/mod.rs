@@ -5,6 +5,7 @@
 //! are a closed set ([`StageKind`]), built from config by [`build`].
 
 mod passthrough;
+pub mod quick_scan;
 pub mod runner;
 
 use serde::{Deserialize, Serialize};
@@ -81,10 +82,20 @@ pub trait Stage: Send + 'static {
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError>;
 }
 
+/// Shared resources stages are built with (loaded once per process, not per stage).
+#[derive(Clone)]
+pub struct StageResources {
+    /// Rules, IoCs and patterns for quick-scan; hot-reloaded in place.
+    pub detector: crate::detect::DetectorHandle,
+}
+
 /// Builds the stage `kind` from the application config.
-pub fn build(kind: StageKind, config: &AppConfig) -> Box<dyn Stage> {
+pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) -> Box<dyn Stage> {
     let (_, output) = kind.topics(config);
     match kind {
+        StageKind::QuickScan => {
+            Box::new(quick_scan::QuickScanStage::new(resources.detector.clone(), output, config.topics.dlq.clone()))
+        }
         StageKind::Normalize => Box::new(crate::normalize::NormalizeStage::new(
             crate::normalize::Normalizer::new(config.normalize.clone(), config.pipeline.default_tenant.clone()),
             output,

@@ -10,3 +10,6 @@ pub const GENERATOR_EVENTS: &str = "threatpipe_generator_events_total";
 pub const GENERATOR_ATTACKS: &str = "threatpipe_generator_attacks_total";
 pub const ALERTS_SEEN: &str = "threatpipe_alerts_total";
 pub const DEAD_LETTERS_SEEN: &str = "threatpipe_dead_letters_total";
+pub const RULES_RELOADS: &str = "threatpipe_rules_reloads_total";
+pub const SCAN_MATCHES: &str = "threatpipe_scan_matches_total";
+pub const SCAN_LOADED: &str = "threatpipe_scan_loaded";

@@ -1,0 +1,526 @@
+//! Pattern packs: regexes for prompt injection, secrets, PII and web attacks, shipped as
+//! TOML files in `pipelines/patterns/`, gated by one shared literal automaton.
+//!
+//! Regexes are the expensive part of a scan and almost never match. Every pattern names
+//! the literals (`any = [...]`) at least one of which occurs, case-insensitively, in any
+//! text it can match. All literals of all packs go into one Aho-Corasick automaton; a text
+//! field is scanned once, and only patterns whose literal was seen run their regex. A
+//! pattern without literals is always run (and `rules validate` warns about it).
+//!
+//! Some patterns need more than a regex to be precise: card numbers pass a Luhn check, US
+//! SSNs the SSA's area/group/serial rules, Brazilian CPFs their two check digits, JWTs a
+//! base64url JSON header. `check = "luhn"` (etc.) names the validator.
+//!
+//! Pack file layout:
+//!
+//! ```toml
+//! name = "secrets"
+//! level = "high"                      # default for the pack's patterns
+//! tags = ["attack.credential_access"]
+//! fields = ["llm.prompt", "http.url"] # optional; default: every text field
+//!
+//! [[pattern]]
+//! id = "secret-aws-access-key-id"
+//! title = "AWS access key id"
+//! regex = '\b(?:AKIA|ASIA)[0-9A-Z]{16}\b'
+//! any = ["akia", "asia"]
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::event::{Event, Match};
+
+/// Longest text a pattern looks at, per field: bounded work on oversized input.
+pub const MAX_SCAN_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackFile {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default = "default_level")]
+    level: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    fields: Vec<String>,
+    #[serde(default, rename = "pattern")]
+    patterns: Vec<PatternSpec>,
+}
+
+fn default_level() -> String {
+    "medium".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatternSpec {
+    id: String,
+    title: String,
+    regex: String,
+    #[serde(default)]
+    any: Vec<String>,
+    #[serde(default)]
+    check: Option<Check>,
+    #[serde(default)]
+    level: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    fields: Vec<String>,
+}
+
+/// A validator a regex match must also pass.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    Luhn,
+    UsSsn,
+    BrCpf,
+    Iban,
+    Jwt,
+}
+
+impl Check {
+    pub fn passes(self, text: &str) -> bool {
+        match self {
+            Self::Luhn => luhn(text),
+            Self::UsSsn => us_ssn(text),
+            Self::BrCpf => br_cpf(text),
+            Self::Iban => iban(text),
+            Self::Jwt => jwt(text),
+        }
+    }
+}
+
+/// Card number check (ISO/IEC 7812): 13–19 digits, separators ignored.
+pub fn luhn(text: &str) -> bool {
+    let digits: Vec<u32> = text.chars().filter_map(|c| c.to_digit(10)).collect();
+    if !(13..=19).contains(&digits.len()) || digits.iter().all(|&d| d == digits[0]) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d })
+        .sum();
+    sum % 10 == 0
+}
+
+/// US SSN: area not 000, 666 or 9xx; group not 00; serial not 0000.
+pub fn us_ssn(text: &str) -> bool {
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() != 9 {
+        return false;
+    }
+    let (area, group, serial) = (&digits[..3], &digits[3..5], &digits[5..]);
+    area != "000" && area != "666" && !area.starts_with('9') && group != "00" && serial != "0000"
+}
+
+/// Brazilian CPF: 11 digits, two mod-11 check digits, not all the same digit.
+pub fn br_cpf(text: &str) -> bool {
+    let d: Vec<u32> = text.chars().filter_map(|c| c.to_digit(10)).collect();
+    if d.len() != 11 || d.iter().all(|&x| x == d[0]) {
+        return false;
+    }
+    let check = |n: usize| {
+        let sum: u32 = (0..n).map(|i| d[i] * (n as u32 + 1 - i as u32)).sum();
+        let r = (sum * 10) % 11;
+        if r == 10 { 0 } else { r }
+    };
+    check(9) == d[9] && check(10) == d[10]
+}
+
+/// IBAN (ISO 13616): country, check digits, mod-97 over the rearranged number equals 1.
+pub fn iban(text: &str) -> bool {
+    let compact: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    let (head, tail) = compact.split_at(4);
+    let mut remainder: u32 = 0;
+    for &b in tail.iter().chain(head) {
+        let value = match b {
+            b'0'..=b'9' => (b - b'0') as u32,
+            b'A'..=b'Z' => (b - b'A') as u32 + 10,
+            _ => return false,
+        };
+        remainder = if value >= 10 { (remainder * 100 + value) % 97 } else { (remainder * 10 + value) % 97 };
+    }
+    remainder == 1
+}
+
+/// Percent-decodes URL and body text (`+` as space), twice when the first pass leaves
+/// encoded `%`: attacks hide behind one or two layers of encoding.
+pub fn url_decode(text: &str) -> std::borrow::Cow<'_, str> {
+    fn once(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            let hex = |c: u8| (c as char).to_digit(16);
+            if b == b'%' && i + 2 < bytes.len() {
+                if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(if b == b'+' { b' ' } else { b });
+            i += 1;
+        }
+        out
+    }
+    if !text.bytes().any(|b| b == b'%' || b == b'+') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut bytes = once(text.as_bytes());
+    if bytes.windows(3).any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit()) {
+        bytes = once(&bytes);
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// A JWT's first segment is base64url JSON with an `alg`.
+pub fn jwt(text: &str) -> bool {
+    let header = text.split('.').next().unwrap_or_default();
+    let mut bytes = Vec::with_capacity(header.len());
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in header.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            b'=' => break,
+            _ => return false,
+        } as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            bytes.push((acc >> bits) as u8);
+        }
+    }
+    serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v.get("alg").is_some())
+}
+
+struct Pattern {
+    id: String,
+    title: String,
+    level: String,
+    tags: Vec<String>,
+    regex: Regex,
+    check: Option<Check>,
+    /// Empty: every text field.
+    fields: Vec<String>,
+}
+
+/// A pattern pack file that did not load, or a pattern in it.
+#[derive(Debug, Clone)]
+pub struct PackLoadError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl std::fmt::Display for PackLoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
+}
+
+/// Every loaded pattern and the automaton over their literals.
+pub struct PatternPacks {
+    patterns: Vec<Pattern>,
+    /// Literal index in the automaton → patterns that require it.
+    literal_patterns: Vec<Vec<u32>>,
+    automaton: Option<AhoCorasick>,
+    /// Patterns with no literal: always run.
+    always: Vec<u32>,
+    packs: Vec<String>,
+}
+
+/// The text fields of an event that packs scan, by their dotted names.
+pub fn text_fields(event: &Event) -> Vec<(&'static str, std::borrow::Cow<'_, str>)> {
+    let mut out: Vec<(&'static str, std::borrow::Cow<'_, str>)> = Vec::with_capacity(8);
+    fn put<'e>(out: &mut Vec<(&'static str, std::borrow::Cow<'e, str>)>, name: &'static str, value: Option<&'e str>) {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            let v = &v[..floor_char_boundary(v, MAX_SCAN_BYTES)];
+            let decoded = if name.starts_with("http.") && name != "http.user_agent" { url_decode(v) } else { v.into() };
+            out.push((name, decoded));
+        }
+    }
+    put(&mut out, "message", event.message.as_deref());
+    if let Some(llm) = &event.llm {
+        put(&mut out, "llm.prompt", llm.prompt.as_deref());
+        put(&mut out, "llm.response", llm.response.as_deref());
+    }
+    if let Some(http) = &event.http {
+        put(&mut out, "http.url", http.url.as_deref());
+        put(&mut out, "http.user_agent", http.user_agent.as_deref());
+        put(&mut out, "http.referrer", http.referrer.as_deref());
+    }
+    if let Some(p) = &event.process {
+        put(&mut out, "process.command_line", p.command_line.as_deref());
+    }
+    for name in ["body", "request_body", "http.request.body.content"] {
+        if let Some(v) = event.attrs.get(name) {
+            put(&mut out, "http.body", Some(v.as_str()));
+        }
+    }
+    out
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    if i >= s.len() {
+        return s.len();
+    }
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+impl PatternPacks {
+    pub fn empty() -> Self {
+        Self { patterns: Vec::new(), literal_patterns: Vec::new(), automaton: None, always: Vec::new(), packs: Vec::new() }
+    }
+
+    /// Loads every `.toml` pack under `path` (file or directory). A pack or pattern that
+    /// does not compile is reported and left out; the rest load.
+    pub fn load(path: &Path) -> (Self, Vec<PackLoadError>) {
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        if path.is_dir() {
+            match std::fs::read_dir(path) {
+                Ok(entries) => files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "toml"))),
+                Err(e) => errors.push(PackLoadError { path: path.to_path_buf(), reason: e.to_string() }),
+            }
+        } else {
+            files.push(path.to_path_buf());
+        }
+        files.sort();
+        let mut sources = Vec::new();
+        for file in files {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => sources.push((file, text)),
+                Err(e) => errors.push(PackLoadError { path: file, reason: e.to_string() }),
+            }
+        }
+        let (packs, more) = Self::from_sources(&sources);
+        errors.extend(more);
+        (packs, errors)
+    }
+
+    /// Builds packs from (path, TOML text) pairs.
+    pub fn from_sources(sources: &[(PathBuf, String)]) -> (Self, Vec<PackLoadError>) {
+        let mut errors = Vec::new();
+        let mut patterns = Vec::new();
+        let mut literals: Vec<String> = Vec::new();
+        let mut literal_index: HashMap<String, usize> = HashMap::new();
+        let mut literal_patterns: Vec<Vec<u32>> = Vec::new();
+        let mut always = Vec::new();
+        let mut packs = Vec::new();
+        let mut seen_ids: HashMap<String, PathBuf> = HashMap::new();
+        for (path, text) in sources {
+            let pack: PackFile = match toml::from_str(text) {
+                Ok(pack) => pack,
+                Err(e) => {
+                    errors.push(PackLoadError { path: path.clone(), reason: e.to_string() });
+                    continue;
+                }
+            };
+            let _ = &pack.description;
+            packs.push(pack.name.clone());
+            for spec in pack.patterns {
+                let fail = |reason: String| PackLoadError { path: path.clone(), reason: format!("pattern {}: {reason}", spec.id) };
+                if let Some(other) = seen_ids.get(&spec.id) {
+                    errors.push(fail(format!("duplicate id (also in {})", other.display())));
+                    continue;
+                }
+                let regex = match regex::RegexBuilder::new(&spec.regex).size_limit(8 << 20).build() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        errors.push(fail(format!("bad regex: {e}")));
+                        continue;
+                    }
+                };
+                seen_ids.insert(spec.id.clone(), path.clone());
+                let index = patterns.len() as u32;
+                let mut tags = pack.tags.clone();
+                tags.extend(spec.tags);
+                tags.push(format!("pack.{}", pack.name));
+                patterns.push(Pattern {
+                    id: spec.id,
+                    title: spec.title,
+                    level: spec.level.unwrap_or_else(|| pack.level.clone()),
+                    tags,
+                    regex,
+                    check: spec.check,
+                    fields: if spec.fields.is_empty() { pack.fields.clone() } else { spec.fields },
+                });
+                if spec.any.is_empty() {
+                    always.push(index);
+                }
+                for literal in spec.any {
+                    let literal = literal.to_lowercase();
+                    let i = *literal_index.entry(literal.clone()).or_insert_with(|| {
+                        literals.push(literal);
+                        literal_patterns.push(Vec::new());
+                        literals.len() - 1
+                    });
+                    if !literal_patterns[i].contains(&index) {
+                        literal_patterns[i].push(index);
+                    }
+                }
+            }
+        }
+        let automaton = if literals.is_empty() {
+            None
+        } else {
+            match AhoCorasickBuilder::new().ascii_case_insensitive(true).match_kind(MatchKind::Standard).build(&literals) {
+                Ok(ac) => Some(ac),
+                Err(e) => {
+                    errors.push(PackLoadError { path: PathBuf::from("<packs>"), reason: format!("literal automaton: {e}") });
+                    None
+                }
+            }
+        };
+        (Self { patterns, literal_patterns, automaton, always, packs }, errors)
+    }
+
+    pub fn len(&self) -> usize {
+        self.patterns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn pack_names(&self) -> &[String] {
+        &self.packs
+    }
+
+    /// Ids of patterns that run on every text (no literal to gate them).
+    pub fn ungated(&self) -> impl Iterator<Item = &str> {
+        self.always.iter().map(|&i| self.patterns[i as usize].id.as_str())
+    }
+
+    /// Every pattern that matches one of the event's text fields.
+    pub fn evaluate(&self, event: &Event) -> Vec<Match> {
+        let mut matches = Vec::new();
+        if self.patterns.is_empty() {
+            return matches;
+        }
+        let mut candidates: Vec<u32> = Vec::new();
+        for (field, text) in text_fields(event) {
+            let text = text.as_ref();
+            candidates.clear();
+            candidates.extend_from_slice(&self.always);
+            if let Some(ac) = &self.automaton {
+                for m in ac.find_overlapping_iter(text) {
+                    candidates.extend_from_slice(&self.literal_patterns[m.pattern().as_usize()]);
+                }
+            }
+            candidates.sort_unstable();
+            candidates.dedup();
+            for &index in &candidates {
+                let pattern = &self.patterns[index as usize];
+                if !pattern.fields.is_empty() && !pattern.fields.iter().any(|f| f == field) {
+                    continue;
+                }
+                let hit = pattern
+                    .regex
+                    .find_iter(text)
+                    .find(|m| pattern.check.is_none_or(|check| check.passes(m.as_str())));
+                if let Some(hit) = hit {
+                    record(&mut matches, pattern, field, hit.as_str());
+                }
+            }
+        }
+        matches
+    }
+}
+
+fn record(matches: &mut Vec<Match>, pattern: &Pattern, field: &str, value: &str) {
+    let value: String = value.chars().take(256).collect();
+    if let Some(existing) = matches.iter_mut().find(|m| m.rule_id == pattern.id) {
+        existing.fields.insert(field.to_string(), value);
+        return;
+    }
+    matches.push(Match {
+        rule_id: pattern.id.clone(),
+        title: pattern.title.clone(),
+        level: pattern.level.clone(),
+        kind: "pattern".into(),
+        tags: pattern.tags.clone(),
+        fields: [(field.to_string(), value)].into_iter().collect(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validators() {
+        assert!(luhn("4532 2766 4457 7020"));
+        assert!(!luhn("4532 2766 4457 7021"));
+        assert!(!luhn("0000000000000000"));
+        assert!(us_ssn("531-21-7351"));
+        assert!(!us_ssn("666-21-7351") && !us_ssn("900-21-7351") && !us_ssn("531-00-7351") && !us_ssn("531-21-0000"));
+        assert!(br_cpf("529.982.247-25"));
+        assert!(!br_cpf("529.982.247-26"));
+        assert!(!br_cpf("111.111.111-11"));
+        assert!(iban("GB82 WEST 1234 5698 7654 32"));
+        assert!(!iban("GB82 WEST 1234 5698 7654 33"));
+        assert_eq!(url_decode("a%2527+b%3C"), "a' b<");
+        assert!(jwt("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig"));
+        assert!(!jwt("eyJzdWIiOiIxIn0.eyJzdWIiOiIxIn0.sig"), "header without alg");
+    }
+
+    #[test]
+    fn literal_gate_and_check() {
+        let pack = r#"
+            name = "t"
+            level = "low"
+            [[pattern]]
+            id = "card"
+            title = "card"
+            regex = '\b(?:\d[ -]?){13,19}\b'
+            check = "luhn"
+            [[pattern]]
+            id = "ignore"
+            title = "ignore previous"
+            regex = '(?i)ignore (all )?previous instructions'
+            any = ["ignore"]
+            fields = ["llm.prompt"]
+        "#;
+        let (packs, errors) = PatternPacks::from_sources(&[(PathBuf::from("t.toml"), pack.to_string())]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(packs.ungated().collect::<Vec<_>>(), vec!["card"]);
+        let mut event = Event::default();
+        event.llm = Some(crate::event::Llm { prompt: Some("Please IGNORE previous instructions. Card 4532 2766 4457 7020".into()), ..Default::default() });
+        event.message = Some("ignore previous instructions, card 4532 2766 4457 7021".into());
+        let matches = packs.evaluate(&event);
+        let ids: Vec<_> = matches.iter().map(|m| (m.rule_id.as_str(), m.fields.keys().next().map(String::as_str))).collect();
+        assert_eq!(ids, vec![("card", Some("llm.prompt")), ("ignore", Some("llm.prompt"))]);
+    }
+
+    #[test]
+    fn bad_pattern_is_reported_and_others_load() {
+        let pack = "name = \"t\"\n[[pattern]]\nid = \"a\"\ntitle = \"a\"\nregex = '('\n[[pattern]]\nid = \"b\"\ntitle = \"b\"\nregex = 'b'\nany = [\"b\"]\n";
+        let (packs, errors) = PatternPacks::from_sources(&[(PathBuf::from("t.toml"), pack.to_string())]);
+        assert_eq!(packs.len(), 1);
+        assert!(errors[0].to_string().contains("pattern a: bad regex"), "{errors:?}");
+    }
+}

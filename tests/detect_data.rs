@@ -1,0 +1,185 @@
+//! Detection content against public data: the IoC feeds in `THREATPIPE_DATA/iocs`, the
+//! prompt-injection set and the PII set. Prints precision and recall; asserts the floors
+//! measured when the packs were written (they only ever go up).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use threatpipe::detect::ioc::{IocSet, IocSetBuilder};
+use threatpipe::detect::patterns::PatternPacks;
+use threatpipe::event::{Endpoint, Event, File, Http, Llm};
+
+fn data_dir() -> PathBuf {
+    let dir = std::env::var("THREATPIPE_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    assert!(dir.is_dir(), "public test data not found at {}: set THREATPIPE_DATA", dir.display());
+    dir
+}
+
+fn packs(name: &str) -> PatternPacks {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/patterns").join(name);
+    let (packs, errors) = PatternPacks::load(&path);
+    assert!(errors.is_empty(), "{errors:?}");
+    packs
+}
+
+fn llm_event(prompt: &str) -> Event {
+    Event { llm: Some(Llm { prompt: Some(prompt.to_string()), ..Default::default() }), ..Default::default() }
+}
+
+#[test]
+fn ioc_feeds_load_and_planted_indicators_are_found() {
+    let data = data_dir();
+    let started = Instant::now();
+    let (set, report) = IocSet::load(&data.join("iocs"));
+    eprintln!(
+        "loaded {} indicators in {:.2?} ({} duplicates, {} lines not an ip/cidr/domain/url/hash, e.g. {:?})",
+        set.len(),
+        started.elapsed(),
+        report.duplicates,
+        report.rejected,
+        report.errors.first().map(ToString::to_string)
+    );
+    assert!(set.len() > 4_000, "the C2 and hash feeds load");
+
+    // Plant the first C2 IP, C2 domain and hash of each kind from the feeds into events.
+    let c2 = std::fs::read_to_string(data.join("iocs/c2-iocs.txt")).unwrap();
+    let values: Vec<&str> = c2.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).map(|l| l.split(';').next().unwrap().trim()).collect();
+    let ip = values.iter().find(|v| v.parse::<std::net::IpAddr>().is_ok()).unwrap();
+    let domain = values.iter().find(|v| v.parse::<std::net::IpAddr>().is_err() && v.contains('.')).unwrap();
+    let hashes = std::fs::read_to_string(data.join("iocs/hash-iocs.txt")).unwrap();
+    let sha256 = hashes.lines().map(|l| l.split(';').next().unwrap().trim()).find(|h| h.len() == 64).unwrap();
+    let md5 = hashes.lines().map(|l| l.split(';').next().unwrap().trim()).find(|h| h.len() == 32).unwrap();
+
+    let connection = Event { dst: Some(Endpoint { ip: Some(ip.to_string()), ..Default::default() }), ..Default::default() };
+    let web = Event {
+        http: Some(Http { url: Some(format!("https://cdn.{domain}/update.bin?x=1")), ..Default::default() }),
+        ..Default::default()
+    };
+    let file = Event {
+        file: Some(File { sha256: Some(sha256.to_ascii_uppercase()), ..Default::default() }),
+        attrs: [("Hashes".to_string(), format!("SHA1=0000000000000000000000000000000000000000,MD5={md5}"))].into_iter().collect(),
+        ..Default::default()
+    };
+    let ids = |e: &Event| set.evaluate(e).into_iter().map(|m| (m.kind, m.fields.into_keys().collect::<Vec<_>>())).collect::<Vec<_>>();
+    assert_eq!(ids(&connection), vec![("ioc".to_string(), vec!["dst.ip".to_string()])]);
+    assert_eq!(ids(&web), vec![("ioc".to_string(), vec!["http.url".to_string()])], "subdomain of a C2 domain in a URL");
+    let file_hits = set.evaluate(&file);
+    assert_eq!(file_hits.len(), 2, "sha256 field and the MD5 inside Sysmon Hashes: {file_hits:?}");
+
+    let benign = Event {
+        dst: Some(Endpoint { ip: Some("192.0.2.1".into()), hostname: Some("example.org".into()), ..Default::default() }),
+        http: Some(Http { url: Some("https://www.example.org/".into()), user_agent: Some("curl/8".into()), ..Default::default() }),
+        ..Default::default()
+    };
+    assert!(set.evaluate(&benign).is_empty());
+}
+
+#[test]
+fn one_million_indicators_load_quickly_and_lookups_stay_flat() {
+    let feed: Arc<str> = Arc::from("synthetic");
+    let mut text = String::with_capacity(40 << 20);
+    for i in 0..1_000_000u32 {
+        match i % 4 {
+            0 => text.push_str(&format!("{}.{}.{}.{}\n", 1 + (i >> 24) % 223, (i >> 16) & 255, (i >> 8) & 255, i & 255)),
+            1 => text.push_str(&format!("host{i}.bad-domain{}.example\n", i % 1000)),
+            2 => text.push_str(&format!("{:064x};sample {i}\n", (i as u128) * 0x9E37_79B9_7F4A_7C15)),
+            _ => text.push_str(&format!("https://evil{i}.example/path/{i}\n")),
+        }
+    }
+    let started = Instant::now();
+    let mut builder = IocSetBuilder::new();
+    builder.load_text(Path::new("synthetic.txt"), &text, &feed);
+    let set = builder.build();
+    let took = started.elapsed();
+    eprintln!("1M indicators loaded in {took:.2?}; bloom filter {} KiB", set.bloom_bytes() / 1024);
+    assert_eq!(set.len(), 1_000_000);
+    // Release builds load in ~1 s here; debug builds (the test suite) are several times slower.
+    let limit = if cfg!(debug_assertions) { 30.0 } else { 5.0 };
+    assert!(took.as_secs_f64() < limit, "loading 1M indicators took {took:.2?}");
+    assert!(set.lookup_domain("a.host5.bad-domain5.example").is_some());
+    assert!(set.lookup_url("https://evil7.example/path/7").is_some());
+    assert!(set.lookup_domain("host5.good.example").is_none());
+}
+
+#[test]
+fn prompt_injection_pack_precision_and_recall() {
+    let data = data_dir();
+    let packs = packs("prompt-injection.toml");
+    let items: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(data.join("prompt-injection/injecguard-valid.json")).unwrap()).unwrap();
+    let (mut tp, mut fp, mut fn_, mut tn) = (0, 0, 0, 0);
+    let mut missed = Vec::new();
+    let mut false_alarms = Vec::new();
+    for item in &items {
+        let prompt = item["prompt"].as_str().unwrap();
+        let injection = item["label"].as_i64() == Some(1);
+        let hits = packs.evaluate(&llm_event(prompt));
+        match (injection, !hits.is_empty()) {
+            (true, true) => tp += 1,
+            (true, false) => {
+                fn_ += 1;
+                missed.push(format!("{}: {}", item["source"], prompt.chars().take(90).collect::<String>()));
+            }
+            (false, true) => {
+                fp += 1;
+                false_alarms.push(format!("{} {:?}: {}", item["source"], hits.iter().map(|h| &h.rule_id).collect::<Vec<_>>(), prompt.chars().take(90).collect::<String>()));
+            }
+            (false, false) => tn += 1,
+        }
+    }
+    let precision = tp as f64 / (tp + fp).max(1) as f64;
+    let recall = tp as f64 / (tp + fn_).max(1) as f64;
+    eprintln!("prompt injection: {} prompts, tp {tp} fp {fp} fn {fn_} tn {tn}: precision {precision:.3}, recall {recall:.3}", items.len());
+    for m in &missed {
+        eprintln!("  missed: {m}");
+    }
+    for f in &false_alarms {
+        eprintln!("  false alarm: {f}");
+    }
+    assert!(precision >= PI_MIN_PRECISION && recall >= PI_MIN_RECALL, "precision {precision:.3} recall {recall:.3}");
+}
+
+const PI_MIN_PRECISION: f64 = 0.95;
+const PI_MIN_RECALL: f64 = 0.9;
+
+#[test]
+fn pii_pack_recall_per_type() {
+    let data = data_dir();
+    let packs = packs("pii.toml");
+    let items: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(data.join("pii/presidio-generated-small.json")).unwrap()).unwrap();
+    // Presidio entity type → our pattern.
+    let ours = [("EMAIL_ADDRESS", "pii-email"), ("CREDIT_CARD", "pii-card-number"), ("US_SSN", "pii-us-ssn"), ("IBAN_CODE", "pii-iban"), ("PHONE_NUMBER", "pii-phone")];
+    let mut found = std::collections::BTreeMap::<&str, (usize, usize)>::new();
+    let mut spurious = std::collections::BTreeMap::<&str, usize>::new();
+    for item in &items {
+        let text = item["full_text"].as_str().unwrap();
+        let hits = packs.evaluate(&Event { message: Some(text.to_string()), ..Default::default() });
+        let spans = item["spans"].as_array().unwrap();
+        for (entity, pattern) in ours {
+            let labelled: Vec<&str> = spans.iter().filter(|s| s["entity_type"] == entity).map(|s| s["entity_value"].as_str().unwrap()).collect();
+            let hit = hits.iter().find(|h| h.rule_id == pattern);
+            let entry = found.entry(entity).or_default();
+            entry.1 += labelled.len();
+            if let Some(hit) = hit {
+                let value = hit.fields.values().next().unwrap();
+                let true_hit = labelled.iter().any(|l| l.contains(value.as_str()) || value.contains(l));
+                if true_hit {
+                    entry.0 += labelled.len().min(1);
+                } else {
+                    *spurious.entry(entity).or_default() += 1;
+                }
+            }
+        }
+    }
+    for (entity, (hit, total)) in &found {
+        eprintln!("pii {entity}: found {hit} of {total}; spurious {}", spurious.get(entity).unwrap_or(&0));
+    }
+    for entity in ["EMAIL_ADDRESS", "CREDIT_CARD", "US_SSN"] {
+        let (hit, total) = found[entity];
+        assert!(total > 0 && hit as f64 / total as f64 >= 0.95, "{entity}: {hit} of {total}");
+    }
+}

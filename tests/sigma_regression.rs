@@ -1,0 +1,108 @@
+//! SigmaHQ's own regression data against SigmaHQ's own rules, through normalize and the
+//! Sigma engine: each sample must fire its rule `match_count` times. This is the floor of
+//! detection quality (issue 3); the asserted rate only ever goes up.
+//!
+//! Data is read from `THREATPIPE_DATA` (default `../shared/data`), never copied in.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use threatpipe::bus::Record;
+use threatpipe::detect::sigma::SigmaRules;
+use threatpipe::normalize::{NormalizeConfig, Normalizer};
+
+/// Samples whose rule fires exactly `match_count` times, measured 2026-11-22.
+const MIN_PASSING_SAMPLES: usize = 110;
+
+fn data_dir() -> PathBuf {
+    let dir = std::env::var("THREATPIPE_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    assert!(dir.is_dir(), "public test data not found at {}: set THREATPIPE_DATA", dir.display());
+    dir
+}
+
+fn info_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            info_files(&path, out);
+        } else if path.file_name().is_some_and(|n| n == "info.yml") {
+            out.push(path);
+        }
+    }
+}
+
+/// (rule id, match_count) from an info.yml.
+fn expectation(info: &str) -> Option<(String, usize)> {
+    let mut rule_id = None;
+    let mut count = None;
+    let mut in_rules = false;
+    for line in info.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("rule_metadata:") {
+            in_rules = true;
+        } else if in_rules && rule_id.is_none() {
+            if let Some(id) = trimmed.strip_prefix("- id:") {
+                rule_id = Some(id.trim().trim_matches('\'').trim_matches('"').to_string());
+            }
+        }
+        if let Some(n) = trimmed.strip_prefix("match_count:") {
+            count = n.trim().parse().ok();
+        }
+    }
+    Some((rule_id?, count?))
+}
+
+#[test]
+fn sigmahq_regression_samples_fire_their_rules() {
+    let data = data_dir();
+    let started = Instant::now();
+    let (rules, errors) = SigmaRules::load(&data.join("sigma/rules"));
+    let load_time = started.elapsed();
+    eprintln!("loaded {} rules in {:.2?}; {} did not load", rules.rule_count(), load_time, errors.len());
+    for error in errors.iter().take(5) {
+        eprintln!("  {error}");
+    }
+    assert!(rules.rule_count() > 2_500, "most SigmaHQ rules load");
+
+    let normalizer = Normalizer::new(NormalizeConfig::default(), "default");
+    let mut infos = Vec::new();
+    info_files(&data.join("sigma/regression_data"), &mut infos);
+    let (mut passed, mut checked) = (0usize, 0usize);
+    let mut failures = Vec::new();
+    for info in &infos {
+        let Some((rule_id, expected)) = expectation(&std::fs::read_to_string(info).unwrap()) else { continue };
+        let dir = info.parent().unwrap();
+        let mut fired = 0;
+        let mut events = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            for value in serde_json::Deserializer::from_slice(&bytes).into_iter::<serde_json::Value>() {
+                let payload = serde_json::to_vec(&value.unwrap()).unwrap();
+                let record = Record { topic: "raw".into(), partition: 0, offset: events, key: None, payload, timestamp_ms: None };
+                events += 1;
+                let event = normalizer.normalize(&record, 1_800_000_000_000_000).unwrap();
+                if rules.evaluate(&event).iter().any(|m| m.rule_id == rule_id) {
+                    fired += 1;
+                }
+            }
+        }
+        checked += 1;
+        if fired == expected {
+            passed += 1;
+        } else {
+            failures.push(format!("{rule_id}: fired {fired} of {expected} ({})", dir.display()));
+        }
+    }
+    eprintln!("{passed} of {checked} regression samples fire their rule the expected number of times");
+    for failure in failures.iter().take(15) {
+        eprintln!("  {failure}");
+    }
+    assert!(checked >= 100);
+    assert!(passed >= MIN_PASSING_SAMPLES, "{passed} < {MIN_PASSING_SAMPLES} samples pass");
+}
