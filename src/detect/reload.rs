@@ -78,9 +78,10 @@ impl DetectorHandle {
             return None;
         }
         let handle = self.clone();
+        // Taken before the thread starts, so a change made right after `watch` returns is seen.
+        let mut seen = fingerprint(&config.watched_paths());
         let spawned = std::thread::Builder::new().name("rules-reload".into()).spawn(move || {
             let mut baseline = baseline;
-            let mut seen = fingerprint(&config.watched_paths());
             while !stop.is_cancelled() {
                 std::thread::sleep(config.reload_interval);
                 let now = fingerprint(&config.watched_paths());
