@@ -52,6 +52,7 @@ measure() { # lane stage env...
 }
 
 for round in 1 2; do
-  measure "pass-$round" quick-scan "THREATPIPE_TOPICS__NORMALIZED=$S.raw" "THREATPIPE_TOPICS__RAW=$S.unused$round"
+  # correlate is still a pass-through stage (it becomes real with the correlate issue)
+  measure "pass-$round" correlate "THREATPIPE_TOPICS__SCANNED=$S.raw" "THREATPIPE_TOPICS__CORRELATED=$S.unused$round"
   measure "normalize-$round" normalize "THREATPIPE_TOPICS__RAW=$S.raw" "THREATPIPE_TOPICS__NORMALIZED=$S.norm$round"
 done

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::cli::{Cli, RulesCommand};
+use crate::cli::{BenchArgs, Cli, RulesCommand};
 use crate::detect::{Detector, LoadReport, ScanConfig};
 
 fn classify(path: &Path, config: &mut ScanConfig) {
@@ -60,8 +60,165 @@ fn print_report(report: &LoadReport, config: &ScanConfig) {
     );
 }
 
+/// `value` lines for `n` synthetic indicators of four kinds (benchmarks).
+pub fn synthetic_feed(n: u32) -> String {
+    let mut text = String::with_capacity(n as usize * 40);
+    for i in 0..n {
+        match i % 4 {
+            0 => text.push_str(&format!("{}.{}.{}.{}\n", 1 + (i >> 24) % 223, (i >> 16) & 255, (i >> 8) & 255, i & 255)),
+            1 => text.push_str(&format!("host{i}.bad-domain{}.example\n", i % 1000)),
+            2 => text.push_str(&format!("{:064x};sample {i}\n", (i as u128) * 0x9E37_79B9_7F4A_7C15)),
+            _ => text.push_str(&format!("https://evil{i}.example/path/{i}\n")),
+        }
+    }
+    text
+}
+
+/// What `rules bench` measured; printed as one JSON line.
+#[derive(Debug, serde::Serialize)]
+struct BenchReport {
+    rules_loaded: usize,
+    indicators: usize,
+    load_seconds: f64,
+    events: usize,
+    /// Mean raw record size in bytes.
+    mean_event_bytes: usize,
+    passes: usize,
+    /// Raw line → normalize → full scan (Sigma + IoC + packs), per second on one core.
+    ingest_events_per_sec: f64,
+    /// Full scan of already-normalized events, per second on one core.
+    scan_events_per_sec: f64,
+    /// Sigma only, every rule on every flat document (no logsource routing), per second.
+    sigma_unrouted_events_per_sec: f64,
+    /// Matches of every kind in one pass.
+    matches_per_pass: usize,
+    sigma_hits_routed: usize,
+    sigma_hits_unrouted: usize,
+}
+
+fn per_second(count: usize, took: std::time::Duration) -> f64 {
+    (count as f64 / took.as_secs_f64().max(1e-9)).round()
+}
+
+fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
+    let app = crate::cli::load_config(cli, None)?;
+    let config = config_for(&args.paths)?;
+    let started = std::time::Instant::now();
+    let (mut detector, report) = Detector::load(&config);
+    if args.synthetic_iocs > 0 {
+        let mut builder = crate::detect::ioc::IocSetBuilder::new().level(&config.ioc_level);
+        for path in &config.intel {
+            builder.load_path(path);
+        }
+        builder.load_text(Path::new("synthetic"), &synthetic_feed(args.synthetic_iocs), &std::sync::Arc::from("synthetic"));
+        detector.iocs = builder.build();
+    }
+    let load_seconds = started.elapsed().as_secs_f64();
+    eprintln!("loaded in {load_seconds:.2} s: {report}; {} indicators in force", detector.iocs.len());
+
+    let normalizer = crate::normalize::Normalizer::new(app.normalize.clone(), app.pipeline.default_tenant.clone());
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let to_record = |n: usize, payload: &[u8]| crate::bus::Record {
+        topic: "file".into(),
+        partition: 0,
+        offset: n as i64,
+        key: None,
+        payload: payload.to_vec(),
+        timestamp_ms: None,
+    };
+    let file = std::fs::File::open(&args.events).with_context(|| format!("opening {}", args.events.display()))?;
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(file).split(b'\n') {
+        let line = line.context("reading events")?;
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            lines.push(line);
+        }
+    }
+    let events: Vec<crate::event::Event> =
+        lines.iter().enumerate().filter_map(|(n, l)| normalizer.normalize(&to_record(n, l), now_us).ok()).collect();
+    anyhow::ensure!(!events.is_empty(), "no events in {}", args.events.display());
+    if events.len() < lines.len() {
+        eprintln!("{} of {} lines are not events and are skipped", lines.len() - events.len(), lines.len());
+    }
+    let docs: Vec<serde_json::Value> = events.iter().map(crate::detect::sigma::document).collect();
+    if let Some(path) = &args.documents {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+        for doc in &docs {
+            writeln!(out, "{doc}")?;
+        }
+        out.flush()?;
+    }
+
+    // Hit counts per rule, unrouted (rsigma's semantics) and routed (ours).
+    let mut per_rule: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    let mut matches_per_pass = 0;
+    for (event, doc) in events.iter().zip(&docs) {
+        for id in detector.sigma.evaluate_document_unrouted(doc) {
+            per_rule.entry(id).or_default().0 += 1;
+        }
+        let matches = detector.scan(event);
+        matches_per_pass += matches.len();
+        for m in matches.into_iter().filter(|m| m.kind == "sigma") {
+            per_rule.entry(m.rule_id).or_default().1 += 1;
+        }
+    }
+    if let Some(path) = &args.hits {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+        writeln!(out, "rule_id\tunrouted\trouted")?;
+        for (id, (unrouted, routed)) in &per_rule {
+            writeln!(out, "{id}\t{unrouted}\t{routed}")?;
+        }
+        out.flush()?;
+    }
+
+    let passes = args.repeat.max(1);
+    let started = std::time::Instant::now();
+    let mut sink = 0usize;
+    for _ in 0..passes {
+        for (n, line) in lines.iter().enumerate() {
+            if let Ok(event) = normalizer.normalize(&to_record(n, line), now_us) {
+                sink += detector.scan(&event).len();
+            }
+        }
+    }
+    let ingest = started.elapsed();
+    let started = std::time::Instant::now();
+    for _ in 0..passes {
+        for event in &events {
+            sink += detector.scan(event).len();
+        }
+    }
+    let scan = started.elapsed();
+    let started = std::time::Instant::now();
+    for _ in 0..passes {
+        for doc in &docs {
+            sink += detector.sigma.evaluate_document_unrouted(doc).len();
+        }
+    }
+    let unrouted = started.elapsed();
+    std::hint::black_box(sink);
+
+    let report = BenchReport {
+        rules_loaded: detector.sigma.rule_count(),
+        indicators: detector.iocs.len(),
+        load_seconds: (load_seconds * 1000.0).round() / 1000.0,
+        events: events.len(),
+        mean_event_bytes: lines.iter().map(Vec::len).sum::<usize>() / lines.len(),
+        passes,
+        ingest_events_per_sec: per_second(lines.len() * passes, ingest),
+        scan_events_per_sec: per_second(events.len() * passes, scan),
+        sigma_unrouted_events_per_sec: per_second(docs.len() * passes, unrouted),
+        matches_per_pass,
+        sigma_hits_routed: per_rule.values().map(|c| c.1).sum(),
+        sigma_hits_unrouted: per_rule.values().map(|c| c.0).sum(),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
 pub fn run(cli: &Cli, command: &RulesCommand) -> anyhow::Result<()> {
     match command {
+        RulesCommand::Bench(args) => bench(cli, args),
         RulesCommand::Validate { paths } => {
             let config = config_for(paths)?;
             let (detector, report) = Detector::load(&config);

@@ -147,6 +147,17 @@ impl SigmaRules {
             .collect()
     }
 
+    /// Ids (or titles) of the rules a flat document matches with no logsource routing (every
+    /// rule runs): what the `rsigma` CLI does, which is never told where an event comes from.
+    /// For comparisons with it and as a benchmark baseline.
+    pub fn evaluate_document_unrouted(&self, document: &Value) -> Vec<String> {
+        self.engine
+            .evaluate(&JsonEvent::borrow(document))
+            .into_iter()
+            .map(|r| r.header.rule_id.clone().unwrap_or_else(|| r.header.rule_title.clone()))
+            .collect()
+    }
+
     pub fn rule_count(&self) -> usize {
         self.engine.rule_count()
     }
