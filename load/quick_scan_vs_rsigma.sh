@@ -13,7 +13,7 @@
 #   threatpipe ingest   raw line → normalize → full scan (Sigma routed by logsource + IoC + packs)
 #   threatpipe scan     full scan of normalized events
 #   rsigma eval         the same events as the flat documents our Sigma rules see, through
-#                       `rsigma eval -r RULES -e @docs.ndjson` (parse + evaluate every rule +
+#                       `rsigma engine eval -r RULES -e @docs.ndjson` (parse + evaluate every rule +
 #                       print each match); its time is the wall time of that run minus the
 #                       wall time of the same command on one document (start-up and rule load)
 # Hits: per-rule counts from rsigma must equal ours when every rule runs on every document
@@ -73,9 +73,9 @@ cat "$W/ours.json"
 echo "== rsigma eval (same documents)" >&2
 head -n 1 "$W/docs.ndjson" >"$W/one.ndjson"
 t0=$(date +%s.%N)
-"${PIN[@]}" "$RSIGMA" eval -r "$W/rules" -e "@$W/one.ndjson" >/dev/null 2>"$W/rsigma-one.err"
+"${PIN[@]}" "$RSIGMA" engine eval -r "$W/rules" -e "@$W/one.ndjson" >/dev/null 2>"$W/rsigma-one.err"
 t1=$(date +%s.%N)
-"${PIN[@]}" "$RSIGMA" eval -r "$W/rules" -e "@$W/docs.ndjson" >"$W/rsigma.out" 2>"$W/rsigma.err"
+"${PIN[@]}" "$RSIGMA" engine eval -r "$W/rules" -e "@$W/docs.ndjson" >"$W/rsigma.out" 2>"$W/rsigma.err"
 t2=$(date +%s.%N)
 tail -n 2 "$W/rsigma.err" >&2
 

@@ -113,6 +113,10 @@ pub struct BenchArgs {
     /// Write Sigma hits per rule (tab-separated: rule_id, unrouted, routed) to this file.
     #[arg(long)]
     pub hits: Option<PathBuf>,
+    /// Timed lanes: ingest (raw line → normalize → scan), scan (normalized event → scan),
+    /// unrouted (every Sigma rule on every document, rsigma's semantics).
+    #[arg(long, value_delimiter = ',', default_value = "ingest,scan,unrouted")]
+    pub lanes: Vec<String>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -214,6 +218,17 @@ pub fn load_config(cli: &Cli, run: Option<&RunArgs>) -> anyhow::Result<AppConfig
     let mut vars: Vec<(String, String)> = std::env::vars().collect();
     if let Some(run) = run {
         vars.extend(overrides_from(run));
+    }
+    Ok(AppConfig::load(cli.config.as_deref(), vars)?)
+}
+
+/// The configuration for commands that take their detection content as arguments
+/// (`rules test|bench`): the configured `[scan]` paths are not used, so they are not
+/// required to exist (these commands run from any directory).
+pub fn load_config_without_scan(cli: &Cli) -> anyhow::Result<AppConfig> {
+    let mut vars: Vec<(String, String)> = std::env::vars().collect();
+    for key in ["THREATPIPE_SCAN__SIGMA", "THREATPIPE_SCAN__INTEL", "THREATPIPE_SCAN__PATTERNS"] {
+        vars.push((key.to_string(), "[]".to_string()));
     }
     Ok(AppConfig::load(cli.config.as_deref(), vars)?)
 }

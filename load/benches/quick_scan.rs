@@ -6,9 +6,10 @@
 //! Windows evtx-JSON — and generator traffic: web, DNS, LLM prompts, logins, firewall):
 //! - `scan`: `Detector::scan` on a normalized event (what quick-scan adds per event);
 //! - `stage`: the stage's full CPU cost: Avro decode + scan + Avro encode;
-//! - `rsigma_engine_all_rules` (baseline, same run): the same Sigma rules in one rsigma
-//!   `Engine::evaluate` on the same flat documents without logsource routing — what rsigma
-//!   does when it is not told where an event comes from.
+//! - `avro_decode`, `avro_encode`: the stage's codec cost alone;
+//! - `rsigma_engine_all_rules` (baseline, same run): the same Sigma rules in one plain rsigma
+//!   `Engine` (as the rsigma CLI builds it), `evaluate` on the same flat documents — no
+//!   logsource routing, no IoCs, no packs.
 //!
 //! Needs THREATPIPE_DATA (../shared/data) for the SigmaHQ rules.
 
@@ -18,11 +19,16 @@ use std::sync::Arc;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use threatpipe::bus::Record;
 use threatpipe::detect::ioc::IocSetBuilder;
-use threatpipe::detect::sigma::{self, SigmaRules};
+use rsigma_eval::event::JsonEvent;
+use threatpipe::detect::sigma;
 use threatpipe::detect::{Detector, ScanConfig};
 use threatpipe::event::{avro, Event};
 use threatpipe::generator::{EventGenerator, GeneratorConfig};
 use threatpipe::normalize::{NormalizeConfig, Normalizer};
+
+/// The binary's allocator (src/main.rs), so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const NOW: i64 = 1_736_676_000_000_000;
 
@@ -45,6 +51,28 @@ fn detector() -> Detector {
     detector.iocs = builder.build();
     eprintln!("{report}; plus {} indicators", detector.iocs.len());
     detector
+}
+
+/// One plain rsigma engine holding every rule, as the rsigma CLI builds it.
+fn rsigma_engine(paths: &[PathBuf]) -> rsigma_eval::Engine {
+    let mut files = Vec::new();
+    let mut stack = paths.to_vec();
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|e| e.path()));
+        } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+            files.push(path);
+        }
+    }
+    let mut rules = Vec::new();
+    for file in files {
+        if let Ok(collection) = std::fs::read_to_string(&file).map_err(|e| e.to_string()).and_then(|t| rsigma_parser::parse_sigma_yaml(&t).map_err(|e| e.to_string())) {
+            rules.extend(collection.rules);
+        }
+    }
+    let mut engine = rsigma_eval::Engine::new();
+    let _ = engine.add_rules(rules.iter());
+    engine
 }
 
 /// Regression-sample evtx events and generator traffic, normalized.
@@ -114,13 +142,19 @@ fn bench(c: &mut Criterion) {
             bytes
         })
     });
-    let (all_rules, _) = SigmaRules::load_all(&[data_dir().join("sigma/rules"), Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/rules")]);
+    group.bench_function("avro_decode", |b| {
+        b.iter(|| payloads.iter().map(|r| avro::decode_event(black_box(&r.payload)).map(|e| e.attrs.len()).unwrap_or(0)).sum::<usize>())
+    });
+    group.bench_function("avro_encode", |b| {
+        b.iter(|| events.iter().map(|e| avro::encode_event(black_box(e)).map(|p| p.len()).unwrap_or(0)).sum::<usize>())
+    });
+    let engine = rsigma_engine(&[data_dir().join("sigma/rules"), Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/rules")]);
     let documents: Vec<serde_json::Value> = events.iter().map(sigma::document).collect();
     group.bench_function("rsigma_engine_all_rules", |b| {
         b.iter(|| {
             let mut n = 0;
             for d in &documents {
-                n += all_rules.evaluate_document_unrouted(black_box(d)).len();
+                n += engine.evaluate(&JsonEvent::borrow(black_box(d))).len();
             }
             n
         })

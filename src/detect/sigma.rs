@@ -33,9 +33,24 @@ impl std::fmt::Display for RuleLoadError {
     }
 }
 
-/// Compiled Sigma detection rules.
+/// A rule's logsource as a partition key: (product, category, service), lowercased.
+type LogsourceKey = (Option<String>, Option<String>, Option<String>);
+
+fn rule_key(ls: &LogSource) -> LogsourceKey {
+    let lower = |v: &Option<String>| v.as_ref().map(|v| v.to_ascii_lowercase());
+    (lower(&ls.product), lower(&ls.category), lower(&ls.service))
+}
+
+/// Compiled Sigma detection rules, partitioned by logsource.
+///
+/// One rsigma [`Engine`] per distinct (product, category, service) of the rules. An event
+/// only meets the partitions its logsource satisfies (at most eight keys per logsource:
+/// each of the three either the event's value or unset), so neither rsigma's candidate
+/// index nor its always-evaluated rules see the other products' and categories' rules.
+/// rsigma alone indexes every rule together and filters by logsource per candidate.
 pub struct SigmaRules {
-    engine: Engine,
+    partitions: Vec<Engine>,
+    by_key: std::collections::HashMap<LogsourceKey, usize>,
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<RuleLoadError>) {
@@ -58,10 +73,69 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<RuleLoadError
 
 impl SigmaRules {
     pub fn empty() -> Self {
-        Self { engine: Engine::new() }
+        Self { partitions: Vec::new(), by_key: Default::default() }
     }
 
-    /// Loads every rule under each path into one engine.
+    /// Partitions the rules by logsource and compiles each partition; errors carry the index
+    /// of the rule in `rules`.
+    fn compile(rules: Vec<rsigma_parser::SigmaRule>) -> (Self, Vec<(usize, String)>) {
+        let mut groups: Vec<(LogsourceKey, Vec<usize>)> = Vec::new();
+        let mut by_key = std::collections::HashMap::new();
+        for (index, rule) in rules.iter().enumerate() {
+            let key = rule_key(&rule.logsource);
+            let slot = *by_key.entry(key.clone()).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            });
+            groups[slot].1.push(index);
+        }
+        let mut errors = Vec::new();
+        let mut partitions = Vec::with_capacity(groups.len());
+        for (_, members) in &groups {
+            let mut engine = Engine::new();
+            // One add_rules call per engine: the engine rebuilds its candidate index after
+            // each call, so adding rule by rule is quadratic.
+            for (local, error) in engine.add_rules(members.iter().map(|&i| &rules[i])) {
+                errors.push((members[local], error.to_string()));
+            }
+            partitions.push(engine);
+        }
+        (Self { partitions, by_key }, errors)
+    }
+
+    /// The partitions whose rules an event of any of `sources` may meet, each once. Every
+    /// rule of such a partition satisfies the logsource, so it is evaluated without rsigma's
+    /// per-candidate logsource check.
+    fn routes(&self, sources: &[LogSource]) -> Vec<usize> {
+        let mut routes: Vec<usize> = Vec::with_capacity(8);
+        for source in sources {
+            let (product, category, service) = rule_key(source);
+            for p in [product.clone(), None] {
+                for c in [category.clone(), None] {
+                    for s in [service.clone(), None] {
+                        let key = (p.clone(), c.clone(), s.clone());
+                        if let Some(&slot) = self.by_key.get(&key) {
+                            if !routes.contains(&slot) {
+                                routes.push(slot);
+                            }
+                        }
+                        if service.is_none() {
+                            break;
+                        }
+                    }
+                    if category.is_none() {
+                        break;
+                    }
+                }
+                if product.is_none() {
+                    break;
+                }
+            }
+        }
+        routes
+    }
+
+    /// Loads every rule under each path.
     pub fn load_all(paths: &[PathBuf]) -> (Self, Vec<RuleLoadError>) {
         let mut files = Vec::new();
         let mut errors = Vec::new();
@@ -90,7 +164,6 @@ impl SigmaRules {
     }
 
     fn load_files(files: Vec<PathBuf>, mut errors: Vec<RuleLoadError>) -> (Self, Vec<RuleLoadError>) {
-        let mut engine = Engine::new();
         let mut rules = Vec::new();
         let mut rule_files = Vec::new();
         for file in files {
@@ -116,64 +189,69 @@ impl SigmaRules {
                 rule_files.push(file.clone());
             }
         }
-        // One add_rules call: the engine rebuilds its candidate index after each call, so
-        // adding file by file is quadratic (minutes for SigmaHQ instead of about a second).
-        for (index, error) in engine.add_rules(rules.iter()) {
-            errors.push(RuleLoadError { path: rule_files[index].clone(), reason: error.to_string() });
+        let (compiled, compile_errors) = Self::compile(rules);
+        for (index, reason) in compile_errors {
+            errors.push(RuleLoadError { path: rule_files[index].clone(), reason });
         }
-        (Self { engine }, errors)
+        (compiled, errors)
     }
 
     /// Rules from YAML text (one or more documents); for tests and `rules test`.
     pub fn from_yaml(text: &str) -> (Self, Vec<String>) {
-        let mut engine = Engine::new();
-        let mut errors = Vec::new();
         match rsigma_parser::parse_sigma_yaml(text) {
             Ok(collection) => {
-                errors.extend(collection.errors.iter().map(ToString::to_string));
-                errors.extend(engine.add_rules(collection.rules.iter()).into_iter().map(|(_, e)| e.to_string()));
+                let mut errors: Vec<String> = collection.errors.iter().map(ToString::to_string).collect();
+                let (rules, compile_errors) = Self::compile(collection.rules);
+                errors.extend(compile_errors.into_iter().map(|(_, e)| e));
+                (rules, errors)
             }
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => (Self::empty(), vec![e.to_string()]),
         }
-        (Self { engine }, errors)
     }
 
     /// Ids (or titles) of the rules a raw JSON document matches, under `logsource`.
     pub fn evaluate_document(&self, document: &Value, logsource: &LogSource) -> Vec<String> {
-        self.engine
-            .evaluate_with_logsource(&JsonEvent::borrow(document), logsource)
+        let json = JsonEvent::borrow(document);
+        self.routes(std::slice::from_ref(logsource))
             .into_iter()
+            .flat_map(|slot| self.partitions[slot].evaluate(&json))
             .map(|r| r.header.rule_id.clone().unwrap_or_else(|| r.header.rule_title.clone()))
             .collect()
     }
 
     /// Ids (or titles) of the rules a flat document matches with no logsource routing (every
     /// rule runs): what the `rsigma` CLI does, which is never told where an event comes from.
-    /// For comparisons with it and as a benchmark baseline.
+    /// For comparisons with it.
     pub fn evaluate_document_unrouted(&self, document: &Value) -> Vec<String> {
-        self.engine
-            .evaluate(&JsonEvent::borrow(document))
-            .into_iter()
+        let json = JsonEvent::borrow(document);
+        self.partitions
+            .iter()
+            .flat_map(|engine| engine.evaluate(&json))
             .map(|r| r.header.rule_id.clone().unwrap_or_else(|| r.header.rule_title.clone()))
             .collect()
     }
 
     pub fn rule_count(&self) -> usize {
-        self.engine.rule_count()
+        self.partitions.iter().map(Engine::rule_count).sum()
+    }
+
+    /// Number of logsource partitions (distinct product/category/service of the rules).
+    pub fn partition_count(&self) -> usize {
+        self.partitions.len()
     }
 
     /// Every rule of the event's logsource that matches it.
     pub fn evaluate(&self, event: &Event) -> Vec<Match> {
+        let sources = logsources(event);
+        let routes = self.routes(&sources);
+        if routes.is_empty() {
+            return Vec::new();
+        }
         let doc = document(event);
         let json = JsonEvent::borrow(&doc);
-        let sources = logsources(event);
-        let mut results = self.engine.evaluate_with_logsource(&json, &sources[0]);
-        for extra in &sources[1..] {
-            for result in self.engine.evaluate_with_logsource(&json, extra) {
-                if !results.iter().any(|r| r.header.rule_id == result.header.rule_id && r.header.rule_title == result.header.rule_title) {
-                    results.push(result);
-                }
-            }
+        let mut results = Vec::new();
+        for slot in routes {
+            results.extend(self.partitions[slot].evaluate(&json));
         }
         results
             .into_iter()

@@ -25,7 +25,8 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use apache_avro::schema_compatibility::SchemaCompatibility;
-use apache_avro::Schema;
+use apache_avro::headers::HeaderBuilder;
+use apache_avro::{GenericSingleObjectReader, Schema};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -113,7 +114,23 @@ pub enum AvroError {
 
 struct Registry {
     by_id: HashMap<u32, (KnownSchema, Schema)>,
+    /// A datum reader per schema id with the schema's named types resolved once:
+    /// `apache_avro::from_avro_datum` resolves them on every call, which was most of the
+    /// decode time of an event (39 µs of ~45 for a 1.7 KB evtx event).
+    readers: HashMap<u32, GenericSingleObjectReader>,
     current: HashMap<SchemaKind, u32>,
+}
+
+/// The Confluent wire-format header (magic byte + big-endian schema id), which is exactly
+/// the "single object" header apache-avro's reader checks before a datum.
+struct ConfluentHeader(u32);
+
+impl HeaderBuilder for ConfluentHeader {
+    fn build_header(&self) -> Vec<u8> {
+        let mut header = vec![MAGIC_BYTE];
+        header.extend_from_slice(&self.0.to_be_bytes());
+        header
+    }
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -121,19 +138,23 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     // process; a second call returns the value already set, which is fine.
     apache_avro::max_allocation_bytes(MAX_AVRO_ALLOCATION_BYTES);
     let mut by_id = HashMap::new();
+    let mut readers = HashMap::new();
     let mut current: HashMap<SchemaKind, (u32, u32)> = HashMap::new();
     for known in KNOWN_SCHEMAS {
         // The schemas are compiled into the binary and parsed by a unit test, so a parse
         // failure here is a build defect, never an input error.
         let schema = Schema::parse_str(known.json)
             .unwrap_or_else(|e| panic!("compiled-in schema {} is invalid: {e}", known.file));
+        let reader = GenericSingleObjectReader::new_with_header_builder(schema.clone(), ConfluentHeader(known.id))
+            .unwrap_or_else(|e| panic!("compiled-in schema {} does not resolve: {e}", known.file));
+        readers.insert(known.id, reader);
         by_id.insert(known.id, (*known, schema));
         let entry = current.entry(known.kind).or_insert((known.id, known.version));
         if known.version > entry.1 {
             *entry = (known.id, known.version);
         }
     }
-    Registry { by_id, current: current.into_iter().map(|(k, (id, _))| (k, id)).collect() }
+    Registry { by_id, readers, current: current.into_iter().map(|(k, (id, _))| (k, id)).collect() }
 });
 
 fn current(kind: SchemaKind) -> (u32, &'static Schema) {
@@ -175,16 +196,15 @@ pub fn frame_schema_id(bytes: &[u8]) -> Result<u32, AvroError> {
 pub fn decode<T: DeserializeOwned>(kind: SchemaKind, bytes: &[u8]) -> Result<T, AvroError> {
     let id = frame_schema_id(bytes)?;
     let registry = &*REGISTRY;
-    let (known, writer) = registry.by_id.get(&id).ok_or(AvroError::UnknownSchema(id))?;
+    let (known, _) = registry.by_id.get(&id).ok_or(AvroError::UnknownSchema(id))?;
     if known.kind != kind {
         return Err(AvroError::WrongKind { id, expected: kind.as_str(), found: known.kind.as_str() });
     }
     let (current_id, reader) = current(kind);
     let decode_err = |detail: String| AvroError::Decode { kind: kind.as_str(), id, detail };
-    let mut body = &bytes[FRAME_HEADER_BYTES..];
-    let reader_schema = (current_id != id).then_some(reader);
-    let value = apache_avro::from_avro_datum(writer, &mut body, reader_schema)
-        .map_err(|e| decode_err(e.to_string()))?;
+    let mut body = bytes;
+    let value = registry.readers[&id].read_value(&mut body).map_err(|e| decode_err(e.to_string()))?;
+    let value = if current_id == id { value } else { value.resolve(reader).map_err(|e| decode_err(e.to_string()))? };
     if !body.is_empty() {
         return Err(decode_err(format!("{} trailing bytes after the datum", body.len())));
     }

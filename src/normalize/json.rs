@@ -23,6 +23,7 @@ pub const MAX_ATTR_VALUE_BYTES: usize = 1024;
 const MAX_ATTR_DEPTH: usize = 6;
 
 const EVTX_DATA: &str = "Event.EventData.";
+const EVTX_USER_DATA: &str = "Event.UserData.";
 
 /// One bit of a 64-bit presence mask for a key: cheap (length and two bytes, no hashing of
 /// the whole key) because it runs for every alias of every event.
@@ -403,7 +404,15 @@ fn collect_attrs(
             other => {
                 if let Some(text) = scalar_text(other) {
                     // Windows EventData fields are what Sigma rules name; keep them by bare name.
-                    let name = path.strip_prefix(EVTX_DATA).map(str::to_string).unwrap_or(path);
+                    // UserData holds one provider-named element (`UserData.LogFileCleared.…`,
+                    // `UserData.Operation_ClientFailure.…`) whose children rules name bare too.
+                    let name = match path.strip_prefix(EVTX_DATA) {
+                        Some(bare) => bare.to_string(),
+                        None => match path.strip_prefix(EVTX_USER_DATA).and_then(|rest| rest.split_once('.')) {
+                            Some((_, bare)) if !attrs.contains_key(bare) => bare.to_string(),
+                            _ => path,
+                        },
+                    };
                     attrs.insert(name, fields::truncate(text, MAX_ATTR_VALUE_BYTES));
                 }
             }
