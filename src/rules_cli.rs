@@ -26,10 +26,8 @@ fn classify(path: &Path, config: &mut ScanConfig) {
     match ext.as_str() {
         "yml" | "yaml" => config.sigma.push(path.to_path_buf()),
         "txt" | "csv" | "list" => config.intel.push(path.to_path_buf()),
-        "toml" => {
-            if std::fs::read_to_string(path).is_ok_and(|t| t.contains("[[pattern]]")) {
-                config.patterns.push(path.to_path_buf());
-            }
+        "toml" if std::fs::read_to_string(path).is_ok_and(|t| t.contains("[[pattern]]")) => {
+            config.patterns.push(path.to_path_buf());
         }
         "json" => {
             let stix = std::fs::read_to_string(path).is_ok_and(|t| t.contains("\"indicator\"") && t.contains("\"pattern\""));
@@ -173,7 +171,7 @@ fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
 
     let passes = args.repeat.max(1);
     let lane = |name: &str| args.lanes.iter().any(|l| l == name);
-    for unknown in args.lanes.iter().filter(|l| !["ingest", "scan", "unrouted"].contains(&l.as_str())) {
+    if let Some(unknown) = args.lanes.iter().find(|l| !["ingest", "scan", "unrouted"].contains(&l.as_str())) {
         anyhow::bail!("unknown lane {unknown:?}: use ingest, scan or unrouted");
     }
     let started = std::time::Instant::now();

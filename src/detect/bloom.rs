@@ -28,7 +28,7 @@ impl BlockedBloom {
     fn locate(&self, key: &[u8]) -> (usize, u64) {
         let hash = xxh3_64(key);
         let block = (hash as usize) & (self.blocks.len() - 1);
-        (block, hash >> 32 | hash << 32)
+        (block, hash.rotate_left(32))
     }
 
     fn bit_positions(seed: u64) -> impl Iterator<Item = (usize, u64)> {

@@ -111,7 +111,7 @@ pub fn luhn(text: &str) -> bool {
         .enumerate()
         .map(|(i, &d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// US SSN: area not 000, 666 or 9xx; group not 00; serial not 0000.
