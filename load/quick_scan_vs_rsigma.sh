@@ -102,7 +102,7 @@ print(f"events {n}, mean {ours['mean_event_bytes']} bytes; load: ours {ours['loa
 print(f"{'lane':<34}{'events/s (1 core)':>18}{'vs rsigma':>11}")
 for name, eps in [("threatpipe ingest (normalize+scan)", ours["ingest_events_per_sec"]),
                   ("threatpipe scan", ours["scan_events_per_sec"]),
-                  ("rsigma engine, every rule (in-proc)", ours["sigma_unrouted_events_per_sec"]),
+                  ("threatpipe Sigma only, unrouted", ours["sigma_unrouted_events_per_sec"]),
                   ("rsigma eval CLI", rsigma_eps)]:
     print(f"{name:<34}{eps:>18,.0f}{eps / rsigma_eps:>10.2f}x")
 print(f"sigma hits: rsigma {sum(theirs.values())}, ours unrouted {ours['sigma_hits_unrouted']}, "
