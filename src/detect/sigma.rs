@@ -11,9 +11,10 @@
 //! Loading never stops at a bad rule: every file or document that does not parse or compile
 //! is reported with its path and reason, and the rest are loaded.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use rsigma_eval::event::JsonEvent;
+use rsigma_eval::event::{EventValue, JsonEvent};
 use rsigma_eval::Engine;
 use rsigma_parser::LogSource;
 use serde_json::{Map, Value};
@@ -247,11 +248,10 @@ impl SigmaRules {
         if routes.is_empty() {
             return Vec::new();
         }
-        let doc = document(event);
-        let json = JsonEvent::borrow(&doc);
+        let doc = sigma_fields(event);
         let mut results = Vec::new();
         for slot in routes {
-            results.extend(self.partitions[slot].evaluate(&json));
+            results.extend(self.partitions[slot].evaluate(&doc));
         }
         results
             .into_iter()
@@ -435,55 +435,112 @@ pub fn logsources(event: &Event) -> Vec<LogSource> {
     vec![ls]
 }
 
-fn put(doc: &mut Map<String, Value>, name: &str, value: Option<&str>) {
-    if let Some(v) = value {
-        doc.entry(name.to_string()).or_insert_with(|| Value::String(v.to_string()));
+/// The event's fields as Sigma sees them: producer fields by their own names (Windows
+/// EventData names come through `attrs` unchanged), plus the canonical fields under the
+/// names SigmaHQ rules use for them, where the producer did not already use that name.
+fn sigma_fields(event: &Event) -> SigmaDoc<'_> {
+    let mut doc = SigmaDoc { fields: ahash::AHashMap::with_capacity(event.attrs.len() + 12) };
+    for (k, v) in &event.attrs {
+        doc.fields.insert(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()));
+    }
+    if let Some(p) = &event.process {
+        doc.put("CommandLine", p.command_line.as_deref());
+        doc.put("Image", p.path.as_deref().or(p.name.as_deref()));
+        doc.put("ParentImage", p.parent_name.as_deref());
+        doc.put("ParentCommandLine", p.parent_command_line.as_deref());
+        doc.put_owned("ProcessId", p.pid.map(|pid| pid.to_string()));
+    }
+    doc.put("User", event.user());
+    doc.put("Computer", event.host.as_deref());
+    if let Some(src) = &event.src {
+        doc.put("SourceIp", src.ip.as_deref());
+        doc.put("SourceHostname", src.hostname.as_deref());
+        doc.put_owned("SourcePort", src.port.map(|port| port.to_string()));
+    }
+    if let Some(dst) = &event.dst {
+        doc.put("DestinationIp", dst.ip.as_deref());
+        doc.put("DestinationHostname", dst.hostname.as_deref());
+        doc.put_owned("DestinationPort", dst.port.map(|port| port.to_string()));
+    }
+    if let Some(dns) = &event.dns {
+        doc.put("QueryName", dns.query.as_deref());
+    }
+    if let Some(file) = &event.file {
+        doc.put("TargetFilename", file.path.as_deref());
+    }
+    if let Some(http) = &event.http {
+        doc.put("cs-method", http.method.as_deref());
+        doc.put("cs-uri-query", http.url.as_deref());
+        doc.put("cs-user-agent", http.user_agent.as_deref());
+    }
+    doc
+}
+
+/// The event as a flat JSON object of strings, as Sigma sees it (see [`sigma_fields`]): for
+/// `rules bench --documents` and for other engines.
+pub fn document(event: &Event) -> Value {
+    let doc = sigma_fields(event);
+    let map: Map<String, Value> = doc.fields.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
+    Value::Object(map)
+}
+
+/// A normalized event as rsigma evaluates it: flat string fields borrowed from the event,
+/// in a hash map. Evaluates exactly as rsigma's `JsonEvent` over [`document`] (a flat object
+/// of strings, where a dotted path can only be an exact key) without building that object
+/// per event: no per-field string copies, no ordered-map lookups.
+pub struct SigmaDoc<'e> {
+    fields: ahash::AHashMap<Cow<'e, str>, Cow<'e, str>>,
+}
+
+impl<'e> SigmaDoc<'e> {
+    fn put(&mut self, name: &'static str, value: Option<&'e str>) {
+        if let Some(v) = value {
+            self.fields.entry(Cow::Borrowed(name)).or_insert(Cow::Borrowed(v));
+        }
+    }
+
+    fn put_owned(&mut self, name: &'static str, value: Option<String>) {
+        if let Some(v) = value {
+            self.fields.entry(Cow::Borrowed(name)).or_insert(Cow::Owned(v));
+        }
     }
 }
 
-/// The event as Sigma sees it: producer fields by their own names (Windows EventData names
-/// come through `attrs` unchanged), plus the canonical fields under the names SigmaHQ rules
-/// use for them.
-pub fn document(event: &Event) -> Value {
-    let mut doc = Map::new();
-    for (k, v) in &event.attrs {
-        doc.insert(k.clone(), Value::String(v.clone()));
+impl rsigma_eval::Event for SigmaDoc<'_> {
+    fn get_field(&self, path: &str) -> Option<EventValue<'_>> {
+        self.fields.get(path).map(|v| EventValue::Str(Cow::Borrowed(v.as_ref())))
     }
-    if let Some(p) = &event.process {
-        put(&mut doc, "CommandLine", p.command_line.as_deref());
-        put(&mut doc, "Image", p.path.as_deref().or(p.name.as_deref()));
-        put(&mut doc, "ParentImage", p.parent_name.as_deref());
-        put(&mut doc, "ParentCommandLine", p.parent_command_line.as_deref());
-        if let Some(pid) = p.pid {
-            doc.entry("ProcessId".to_string()).or_insert_with(|| Value::String(pid.to_string()));
+
+    fn any_string_value(&self, pred: &dyn Fn(&str) -> bool) -> bool {
+        self.fields.values().any(|v| pred(v))
+    }
+
+    fn all_string_values(&self) -> Vec<Cow<'_, str>> {
+        self.fields.values().map(|v| Cow::Borrowed(v.as_ref())).collect()
+    }
+
+    fn visit_string_values(&self, visit: &mut dyn FnMut(&str)) {
+        for v in self.fields.values() {
+            visit(v);
         }
     }
-    put(&mut doc, "User", event.user());
-    put(&mut doc, "Computer", event.host.as_deref());
-    if let Some(src) = &event.src {
-        put(&mut doc, "SourceIp", src.ip.as_deref());
-        put(&mut doc, "SourceHostname", src.hostname.as_deref());
-        if let Some(port) = src.port {
-            doc.entry("SourcePort".to_string()).or_insert_with(|| Value::String(port.to_string()));
+
+    fn to_json(&self) -> Value {
+        Value::Object(self.fields.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect())
+    }
+
+    fn field_keys(&self) -> Vec<Cow<'_, str>> {
+        self.fields.keys().map(|k| Cow::Borrowed(k.as_ref())).collect()
+    }
+
+    fn top_level_keys(&self) -> Option<Vec<Cow<'_, str>>> {
+        Some(self.field_keys())
+    }
+
+    fn visit_top_level_keys(&self, visit: &mut dyn FnMut(&str)) -> bool {
+        for k in self.fields.keys() {
+            visit(k);
         }
+        true
     }
-    if let Some(dst) = &event.dst {
-        put(&mut doc, "DestinationIp", dst.ip.as_deref());
-        put(&mut doc, "DestinationHostname", dst.hostname.as_deref());
-        if let Some(port) = dst.port {
-            doc.entry("DestinationPort".to_string()).or_insert_with(|| Value::String(port.to_string()));
-        }
-    }
-    if let Some(dns) = &event.dns {
-        put(&mut doc, "QueryName", dns.query.as_deref());
-    }
-    if let Some(file) = &event.file {
-        put(&mut doc, "TargetFilename", file.path.as_deref());
-    }
-    if let Some(http) = &event.http {
-        put(&mut doc, "cs-method", http.method.as_deref());
-        put(&mut doc, "cs-uri-query", http.url.as_deref());
-        put(&mut doc, "cs-user-agent", http.user_agent.as_deref());
-    }
-    Value::Object(doc)
 }
