@@ -24,6 +24,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Match};
 
+/// A content file (Sigma rule file or document, pattern pack or one of its patterns) that
+/// did not load, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
+}
+
 pub use reload::DetectorHandle;
 
 /// `[scan]`: what the quick-scan stage loads, and how often it looks for changes.

@@ -33,6 +33,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::Regex;
 use serde::Deserialize;
 
+use super::FileError;
 use crate::event::{Event, Match};
 
 /// Longest text a pattern looks at, per field: bounded work on oversized input.
@@ -225,19 +226,6 @@ struct Pattern {
     fields: Vec<String>,
 }
 
-/// A pattern pack file that did not load, or a pattern in it.
-#[derive(Debug, Clone)]
-pub struct PackLoadError {
-    pub path: PathBuf,
-    pub reason: String,
-}
-
-impl std::fmt::Display for PackLoadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.reason)
-    }
-}
-
 /// Every loaded pattern and the automaton over their literals.
 pub struct PatternPacks {
     patterns: Vec<Pattern>,
@@ -297,13 +285,13 @@ impl PatternPacks {
 
     /// Loads every `.toml` pack under `path` (file or directory). A pack or pattern that
     /// does not compile is reported and left out; the rest load.
-    pub fn load(path: &Path) -> (Self, Vec<PackLoadError>) {
+    pub fn load(path: &Path) -> (Self, Vec<FileError>) {
         let mut files = Vec::new();
         let mut errors = Vec::new();
         if path.is_dir() {
             match std::fs::read_dir(path) {
                 Ok(entries) => files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "toml"))),
-                Err(e) => errors.push(PackLoadError { path: path.to_path_buf(), reason: e.to_string() }),
+                Err(e) => errors.push(FileError { path: path.to_path_buf(), reason: e.to_string() }),
             }
         } else {
             files.push(path.to_path_buf());
@@ -313,7 +301,7 @@ impl PatternPacks {
         for file in files {
             match std::fs::read_to_string(&file) {
                 Ok(text) => sources.push((file, text)),
-                Err(e) => errors.push(PackLoadError { path: file, reason: e.to_string() }),
+                Err(e) => errors.push(FileError { path: file, reason: e.to_string() }),
             }
         }
         let (packs, more) = Self::from_sources(&sources);
@@ -322,7 +310,7 @@ impl PatternPacks {
     }
 
     /// Builds packs from (path, TOML text) pairs.
-    pub fn from_sources(sources: &[(PathBuf, String)]) -> (Self, Vec<PackLoadError>) {
+    pub fn from_sources(sources: &[(PathBuf, String)]) -> (Self, Vec<FileError>) {
         let mut errors = Vec::new();
         let mut patterns = Vec::new();
         let mut literals: Vec<String> = Vec::new();
@@ -335,14 +323,14 @@ impl PatternPacks {
             let pack: PackFile = match toml::from_str(text) {
                 Ok(pack) => pack,
                 Err(e) => {
-                    errors.push(PackLoadError { path: path.clone(), reason: e.to_string() });
+                    errors.push(FileError { path: path.clone(), reason: e.to_string() });
                     continue;
                 }
             };
             let _ = &pack.description;
             packs.push(pack.name.clone());
             for spec in pack.patterns {
-                let fail = |reason: String| PackLoadError { path: path.clone(), reason: format!("pattern {}: {reason}", spec.id) };
+                let fail = |reason: String| FileError { path: path.clone(), reason: format!("pattern {}: {reason}", spec.id) };
                 if let Some(other) = seen_ids.get(&spec.id) {
                     errors.push(fail(format!("duplicate id (also in {})", other.display())));
                     continue;
@@ -390,7 +378,7 @@ impl PatternPacks {
             match AhoCorasickBuilder::new().ascii_case_insensitive(true).match_kind(MatchKind::Standard).build(&literals) {
                 Ok(ac) => Some(ac),
                 Err(e) => {
-                    errors.push(PackLoadError { path: PathBuf::from("<packs>"), reason: format!("literal automaton: {e}") });
+                    errors.push(FileError { path: PathBuf::from("<packs>"), reason: format!("literal automaton: {e}") });
                     None
                 }
             }

@@ -19,20 +19,8 @@ use rsigma_eval::Engine;
 use rsigma_parser::LogSource;
 use serde_json::{Map, Value};
 
+use super::FileError;
 use crate::event::{Event, EventClass, Match};
-
-/// A rule file or document that did not load, and why.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RuleLoadError {
-    pub path: PathBuf,
-    pub reason: String,
-}
-
-impl std::fmt::Display for RuleLoadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.reason)
-    }
-}
 
 /// A rule's logsource as a partition key: (product, category, service), lowercased.
 type LogsourceKey = (Option<String>, Option<String>, Option<String>);
@@ -54,11 +42,11 @@ pub struct SigmaRules {
     by_key: std::collections::HashMap<LogsourceKey, usize>,
 }
 
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<RuleLoadError>) {
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<FileError>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
-            errors.push(RuleLoadError { path: dir.to_path_buf(), reason: e.to_string() });
+            errors.push(FileError { path: dir.to_path_buf(), reason: e.to_string() });
             return;
         }
     };
@@ -109,27 +97,19 @@ impl SigmaRules {
     /// per-candidate logsource check.
     fn routes(&self, sources: &[LogSource]) -> Vec<usize> {
         let mut routes: Vec<usize> = Vec::with_capacity(8);
+        // Each of the three either the event's value or unset (the rule does not ask).
+        let options = |v: &Option<String>| [v.clone(), None].into_iter().take(if v.is_some() { 2 } else { 1 });
         for source in sources {
             let (product, category, service) = rule_key(source);
-            for p in [product.clone(), None] {
-                for c in [category.clone(), None] {
-                    for s in [service.clone(), None] {
-                        let key = (p.clone(), c.clone(), s.clone());
-                        if let Some(&slot) = self.by_key.get(&key) {
+            for p in options(&product) {
+                for c in options(&category) {
+                    for s in options(&service) {
+                        if let Some(&slot) = self.by_key.get(&(p.clone(), c.clone(), s)) {
                             if !routes.contains(&slot) {
                                 routes.push(slot);
                             }
                         }
-                        if service.is_none() {
-                            break;
-                        }
                     }
-                    if category.is_none() {
-                        break;
-                    }
-                }
-                if product.is_none() {
-                    break;
                 }
             }
         }
@@ -137,7 +117,7 @@ impl SigmaRules {
     }
 
     /// Loads every rule under each path.
-    pub fn load_all(paths: &[PathBuf]) -> (Self, Vec<RuleLoadError>) {
+    pub fn load_all(paths: &[PathBuf]) -> (Self, Vec<FileError>) {
         let mut files = Vec::new();
         let mut errors = Vec::new();
         for path in paths {
@@ -152,38 +132,30 @@ impl SigmaRules {
     }
 
     /// Loads every `.yml`/`.yaml` under `path` (a file or a directory, recursively).
-    pub fn load(path: &Path) -> (Self, Vec<RuleLoadError>) {
-        let mut files = Vec::new();
-        let mut errors = Vec::new();
-        if path.is_dir() {
-            yaml_files(path, &mut files, &mut errors);
-        } else {
-            files.push(path.to_path_buf());
-        }
-        files.sort();
-        Self::load_files(files, errors)
+    pub fn load(path: &Path) -> (Self, Vec<FileError>) {
+        Self::load_all(&[path.to_path_buf()])
     }
 
-    fn load_files(files: Vec<PathBuf>, mut errors: Vec<RuleLoadError>) -> (Self, Vec<RuleLoadError>) {
+    fn load_files(files: Vec<PathBuf>, mut errors: Vec<FileError>) -> (Self, Vec<FileError>) {
         let mut rules = Vec::new();
         let mut rule_files = Vec::new();
         for file in files {
             let text = match std::fs::read_to_string(&file) {
                 Ok(text) => text,
                 Err(e) => {
-                    errors.push(RuleLoadError { path: file, reason: e.to_string() });
+                    errors.push(FileError { path: file, reason: e.to_string() });
                     continue;
                 }
             };
             let collection = match rsigma_parser::parse_sigma_yaml(&text) {
                 Ok(collection) => collection,
                 Err(e) => {
-                    errors.push(RuleLoadError { path: file, reason: e.to_string() });
+                    errors.push(FileError { path: file, reason: e.to_string() });
                     continue;
                 }
             };
             for error in &collection.errors {
-                errors.push(RuleLoadError { path: file.clone(), reason: error.to_string() });
+                errors.push(FileError { path: file.clone(), reason: error.to_string() });
             }
             for rule in collection.rules {
                 rules.push(rule);
@@ -192,7 +164,7 @@ impl SigmaRules {
         }
         let (compiled, compile_errors) = Self::compile(rules);
         for (index, reason) in compile_errors {
-            errors.push(RuleLoadError { path: rule_files[index].clone(), reason });
+            errors.push(FileError { path: rule_files[index].clone(), reason });
         }
         (compiled, errors)
     }
