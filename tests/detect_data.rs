@@ -2,21 +2,16 @@
 //! prompt-injection set and the PII set. Prints precision and recall; asserts the floors
 //! measured when the packs were written (they only ever go up).
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use threatpipe::detect::ioc::{IocSet, IocSetBuilder};
 use threatpipe::detect::patterns::PatternPacks;
+use support::data_dir;
 use threatpipe::event::{Endpoint, Event, File, Http, Llm};
-
-fn data_dir() -> PathBuf {
-    let dir = std::env::var("THREATPIPE_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    assert!(dir.is_dir(), "public test data not found at {}: set THREATPIPE_DATA", dir.display());
-    dir
-}
 
 fn packs(name: &str) -> PatternPacks {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/patterns").join(name);

@@ -3,34 +3,15 @@
 //! EventData fields where rules will look for them. Data is read by path from
 //! `THREATPIPE_DATA` (scripts/test.sh sets it; default `../shared/data`), never copied in.
 
-use std::path::{Path, PathBuf};
+mod support;
 
+use support::{data_dir, files_under};
 use threatpipe::bus::Record;
 use threatpipe::normalize::{NormalizeConfig, Normalizer};
 
-fn data_dir() -> PathBuf {
-    let dir = std::env::var("THREATPIPE_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    assert!(dir.is_dir(), "public test data not found at {}: set THREATPIPE_DATA", dir.display());
-    dir
-}
-
-fn json_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            json_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "json") {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn every_sigma_regression_sample_normalizes_with_its_windows_fields() {
-    let mut files = Vec::new();
-    json_files(&data_dir().join("sigma/regression_data"), &mut files);
+    let files = files_under(&data_dir().join("sigma/regression_data"), &|p| p.extension().is_some_and(|e| e == "json"));
     assert!(files.len() >= 100, "expected the SigmaHQ regression samples, found {}", files.len());
     let normalizer = Normalizer::new(NormalizeConfig::default(), "default");
     let mut samples = Vec::new();

@@ -4,34 +4,17 @@
 //!
 //! Data is read from `THREATPIPE_DATA` (default `../shared/data`), never copied in.
 
-use std::path::{Path, PathBuf};
+mod support;
+
 use std::time::Instant;
 
+use support::{data_dir, files_under};
 use threatpipe::bus::Record;
 use threatpipe::detect::sigma::SigmaRules;
 use threatpipe::normalize::{NormalizeConfig, Normalizer};
 
 /// Samples whose rule fires exactly `match_count` times, measured 2026-11-22.
 const MIN_PASSING_SAMPLES: usize = 111;
-
-fn data_dir() -> PathBuf {
-    let dir = std::env::var("THREATPIPE_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    assert!(dir.is_dir(), "public test data not found at {}: set THREATPIPE_DATA", dir.display());
-    dir
-}
-
-fn info_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            info_files(&path, out);
-        } else if path.file_name().is_some_and(|n| n == "info.yml") {
-            out.push(path);
-        }
-    }
-}
 
 /// (rule id, match_count) from an info.yml.
 fn expectation(info: &str) -> Option<(String, usize)> {
@@ -68,8 +51,7 @@ fn sigmahq_regression_samples_fire_their_rules() {
     assert!(errors.len() * 100 <= rules.rule_count() + errors.len(), "at least 99% of rules load: {} failed", errors.len());
 
     let normalizer = Normalizer::new(NormalizeConfig::default(), "default");
-    let mut infos = Vec::new();
-    info_files(&data.join("sigma/regression_data"), &mut infos);
+    let infos = files_under(&data.join("sigma/regression_data"), &|p| p.file_name().is_some_and(|n| n == "info.yml"));
     let (mut passed, mut checked) = (0usize, 0usize);
     let mut failures = Vec::new();
     for info in &infos {

@@ -39,6 +39,33 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
+/// The shared public test data (`THREATPIPE_DATA`, default `../shared/data`), read by path.
+pub fn data_dir() -> PathBuf {
+    let dir = std::env::var("THREATPIPE_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    assert!(dir.is_dir(), "public test data not found at {}: set THREATPIPE_DATA", dir.display());
+    dir
+}
+
+/// Every file under `dir` (recursively) that `wanted` accepts, sorted.
+pub fn files_under(dir: &std::path::Path, wanted: &dyn Fn(&std::path::Path) -> bool) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if wanted(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
