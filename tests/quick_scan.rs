@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::{create_topics, produce_all, unique, StageProcess, TopicReader};
+use support::{create_topics, produce_all, unique, TopicReader};
 use threatpipe::bus::Record;
 use threatpipe::detect::{Detector, ScanConfig};
 use threatpipe::event::{avro, Event};
@@ -97,34 +97,18 @@ fn generator_attacks_match_and_background_does_not() {
 
 #[test]
 fn normalize_and_quick_scan_on_the_broker() {
-    support::require_broker();
-    let raw = unique("scan.raw");
-    let normalized = unique("scan.normalized");
+    // The normalize test environment (raw, normalized, dlq), plus the scanned topic and both stages.
+    let mut setup = support::NormalizeEnv::new("scan", 2);
     let scanned = unique("scan.scanned");
-    let dlq = unique("scan.dlq");
-    create_topics(&[&raw, &normalized, &scanned, &dlq], 2);
+    create_topics(&[&scanned], 2);
+    setup.env.insert("THREATPIPE_TOPICS__SCANNED".into(), scanned.clone());
+    setup.env.insert("THREATPIPE_PIPELINE__STAGES".into(), "normalize,quick-scan".into());
     let mut generator = generator(0);
     let records: Vec<(String, Vec<u8>)> =
         (0..3_000).map(|i| (format!("g{i}"), generator.next_record(1_736_676_000_000_000).payload)).collect();
-    produce_all(&raw, &records);
+    produce_all(&setup.raw, &records);
 
-    let mut env = std::collections::HashMap::new();
-    for (key, value) in [
-        ("TOPICS__RAW", raw.clone()),
-        ("TOPICS__NORMALIZED", normalized.clone()),
-        ("TOPICS__SCANNED", scanned.clone()),
-        ("TOPICS__DLQ", dlq.clone()),
-        ("TOPICS__CORRELATED", unique("unused.correlated")),
-        ("TOPICS__SCORED", unique("unused.scored")),
-        ("TOPICS__ALERTS", unique("unused.alerts")),
-        ("KAFKA__GROUP_PREFIX", unique("scan")),
-        ("KAFKA__CREATE_TOPICS", "false".into()),
-        ("RUNNER__COMMIT_INTERVAL", "200ms".into()),
-        ("PIPELINE__STAGES", "normalize,quick-scan".into()),
-    ] {
-        env.insert(format!("THREATPIPE_{key}"), value);
-    }
-    let mut process = StageProcess::start("scan", &[], &env);
+    let mut process = setup.start("scan");
     let mut reader = TopicReader::new(&scanned);
     let complete = reader.read_until(Duration::from_secs(180), |r| r.len() >= records.len());
     assert!(complete, "{} of {} events reached {scanned}; log:\n{}", reader.records.len(), records.len(), process.log_text());
