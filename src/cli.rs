@@ -352,14 +352,7 @@ fn normalize(cli: &Cli, args: &NormalizeArgs) -> anyhow::Result<()> {
     let mut out = stdout.lock();
     for (n, line) in reader.split(b'\n').enumerate() {
         let payload = line.context("reading input")?;
-        let record = crate::bus::Record {
-            topic: "stdin".into(),
-            partition: 0,
-            offset: n as i64,
-            key: None,
-            payload,
-            timestamp_ms: None,
-        };
+        let record = crate::bus::Record::from_line("stdin", n, payload);
         let value = match normalizer.normalize(&record, chrono::Utc::now().timestamp_micros()) {
             Ok(event) => serde_json::to_value(&event)?,
             Err(e) => serde_json::json!({"line": n + 1, "dead_letter": {"reason_code": e.reason_code(), "reason": e.to_string()}}),

@@ -116,14 +116,7 @@ fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
 
     let normalizer = crate::normalize::Normalizer::new(app.normalize.clone(), app.pipeline.default_tenant.clone());
     let now_us = chrono::Utc::now().timestamp_micros();
-    let to_record = |n: usize, payload: &[u8]| crate::bus::Record {
-        topic: "file".into(),
-        partition: 0,
-        offset: n as i64,
-        key: None,
-        payload: payload.to_vec(),
-        timestamp_ms: None,
-    };
+    let to_record = |n: usize, payload: &[u8]| crate::bus::Record::from_line("file", n, payload.to_vec());
     let file = std::fs::File::open(&args.events).with_context(|| format!("opening {}", args.events.display()))?;
     let mut lines = Vec::new();
     for line in std::io::BufReader::new(file).split(b'\n') {
@@ -272,7 +265,7 @@ pub fn run(cli: &Cli, command: &RulesCommand) -> anyhow::Result<()> {
                     continue;
                 }
                 total += 1;
-                let record = crate::bus::Record { topic: "file".into(), partition: 0, offset: n as i64, key: None, payload, timestamp_ms: None };
+                let record = crate::bus::Record::from_line("file", n, payload);
                 let event = match normalizer.normalize(&record, chrono::Utc::now().timestamp_micros()) {
                     Ok(event) => event,
                     Err(e) => {

@@ -38,6 +38,12 @@ pub struct Record {
 }
 
 impl Record {
+    /// Line `index` (0-based) of a file or stream read outside the bus (`normalize`,
+    /// `rules test|bench`), as the record a stage would have received.
+    pub fn from_line(source: &str, index: usize, payload: Vec<u8>) -> Self {
+        Self { topic: source.to_string(), partition: 0, offset: index as i64, key: None, payload, timestamp_ms: None }
+    }
+
     pub fn position(&self) -> Position {
         Position { topic: self.topic.clone(), partition: self.partition, offset: self.offset }
     }
