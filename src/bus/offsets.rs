@@ -46,6 +46,15 @@ fn owns(assignment: &Option<HashMap<(String, i32), u64>>, topic: &str, partition
     }
 }
 
+/// Where a partition may be committed: its contiguous acknowledged point, capped by the
+/// stage's checkpoint when the stage keeps state.
+fn commit_point(durable: &Option<HashMap<(String, i32), i64>>, topic: &str, partition: i32, committable: Option<i64>) -> Option<i64> {
+    match durable {
+        None => committable,
+        Some(durable) => Some(committable?.min(*durable.get(&(topic.to_string(), partition))?)),
+    }
+}
+
 /// Tracks received and acknowledged offsets per topic-partition.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
@@ -54,6 +63,10 @@ pub struct OffsetTracker {
     /// `None`: every partition is ours (in-memory bus). `Some`: only these, by generation.
     assignment: Option<HashMap<(String, i32), u64>>,
     next_generation: u64,
+    /// Stateful stages: per partition, the offset through which the stage's state is
+    /// checkpointed (exclusive). Commits never pass it, so a new owner that restores the
+    /// checkpoint resumes exactly where that state ends. `None`: stateless, no cap.
+    durable: Option<HashMap<(String, i32), i64>>,
 }
 
 impl OffsetTracker {
@@ -71,6 +84,9 @@ impl OffsetTracker {
         self.track_assignment();
         for key in partitions {
             self.next_generation += 1;
+            if let Some(durable) = self.durable.as_mut() {
+                durable.remove(key);
+            }
             if let Some(state) = self.partitions.remove(key) {
                 self.in_flight -= state.pending.iter().filter(|(_, acked)| !acked).count();
             }
@@ -130,6 +146,21 @@ impl OffsetTracker {
         }
     }
 
+    /// A stateful stage checkpointed its state through these offsets (exclusive); from now
+    /// on commits are capped by what was last reported per partition, and a partition never
+    /// reported commits nothing.
+    pub fn set_durable(&mut self, offsets: &CommitOffsets) {
+        let durable = self.durable.get_or_insert_with(HashMap::new);
+        for (topic, partition, offset) in offsets {
+            durable.insert((topic.clone(), *partition), *offset);
+        }
+    }
+
+    /// The partitions we own now (`None`: every partition, in-memory bus).
+    pub fn owned_partitions(&self) -> Option<Vec<(String, i32)>> {
+        self.assignment.as_ref().map(|a| a.keys().cloned().collect())
+    }
+
     /// Messages received but not yet fully acknowledged.
     pub fn in_flight(&self) -> usize {
         self.in_flight
@@ -141,9 +172,10 @@ impl OffsetTracker {
         let assignment = &self.assignment;
         for ((topic, partition), state) in &mut self.partitions {
             let owned = owns(assignment, topic, *partition, state.generation);
-            if owned && state.committable.is_some() && state.committable != state.last_taken {
-                state.last_taken = state.committable;
-                if let Some(offset) = state.committable {
+            let point = commit_point(&self.durable, topic, *partition, state.committable);
+            if owned && point.is_some() && point != state.last_taken {
+                state.last_taken = point;
+                if let Some(offset) = point {
                     out.push((topic.clone(), *partition, offset));
                 }
             }
@@ -159,7 +191,7 @@ impl OffsetTracker {
         let assignment = &self.assignment;
         for ((topic, partition), state) in &mut self.partitions {
             let owned = owns(assignment, topic, *partition, state.generation);
-            if let (true, Some(offset)) = (owned, state.committable) {
+            if let (true, Some(offset)) = (owned, commit_point(&self.durable, topic, *partition, state.committable)) {
                 state.last_taken = Some(offset);
                 out.push((topic.clone(), *partition, offset));
             }
@@ -178,9 +210,12 @@ impl OffsetTracker {
             }
             if let Some(state) = self.partitions.remove(key) {
                 self.in_flight -= state.pending.iter().filter(|(_, acked)| !acked).count();
-                if let Some(offset) = state.committable {
+                if let Some(offset) = commit_point(&self.durable, &key.0, key.1, state.committable) {
                     out.push((key.0.clone(), key.1, offset));
                 }
+            }
+            if let Some(durable) = self.durable.as_mut() {
+                durable.remove(key);
             }
         }
         out
@@ -270,5 +305,27 @@ mod tests {
         assert_eq!(tracker.release(&[("t".into(), 0)]), vec![("t".to_string(), 0, 2)]);
         assert_eq!(tracker.in_flight(), 0);
         assert!(tracker.take_commits().is_empty());
+    }
+
+    #[test]
+    fn commits_never_pass_a_stateful_stage_checkpoint() {
+        let mut tracker = OffsetTracker::new();
+        for offset in 0..5 {
+            tracker.received(&pos(0, offset));
+            tracker.acked(&pos(0, offset), 0);
+        }
+        tracker.received(&pos(1, 0));
+        tracker.acked(&pos(1, 0), 0);
+        // The stage's state covers partition 0 through offset 2 and nothing of partition 1.
+        tracker.set_durable(&vec![("t".to_string(), 0, 3)]);
+        assert_eq!(tracker.take_commits(), vec![("t".to_string(), 0, 3)]);
+        assert!(tracker.take_commits().is_empty());
+        tracker.set_durable(&vec![("t".to_string(), 0, 9), ("t".to_string(), 1, 1)]);
+        assert_eq!(tracker.take_commits(), vec![("t".to_string(), 0, 5), ("t".to_string(), 1, 1)]);
+        // A revoke commits no further than the checkpoint either.
+        tracker.received(&pos(0, 5));
+        tracker.acked(&pos(0, 5), 0);
+        tracker.set_durable(&vec![("t".to_string(), 0, 4)]);
+        assert_eq!(tracker.release(&[("t".into(), 0)]), vec![("t".to_string(), 0, 4)]);
     }
 }

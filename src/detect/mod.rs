@@ -12,6 +12,7 @@
 //! new detector off the hot path and swaps it in only if it loaded no worse than the old one.
 
 pub mod bloom;
+pub mod correlation;
 pub mod ioc;
 pub mod patterns;
 pub mod reload;

@@ -60,6 +60,52 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<FileError>) {
     }
 }
 
+/// Sigma documents parsed from files: detection rules and correlation rules, each with the
+/// file it came from, and every file or document that did not parse.
+#[derive(Default)]
+pub struct ParsedRules {
+    pub rules: Vec<(rsigma_parser::SigmaRule, PathBuf)>,
+    pub correlations: Vec<(rsigma_parser::CorrelationRule, PathBuf)>,
+    pub errors: Vec<FileError>,
+}
+
+/// Parses every `.yml`/`.yaml` under each path (files or directories, recursively), in
+/// path order.
+pub fn parse_paths(paths: &[PathBuf]) -> ParsedRules {
+    let mut files = Vec::new();
+    let mut parsed = ParsedRules::default();
+    for path in paths {
+        if path.is_dir() {
+            yaml_files(path, &mut files, &mut parsed.errors);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files.sort();
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) => {
+                parsed.errors.push(FileError { path: file, reason: e.to_string() });
+                continue;
+            }
+        };
+        let collection = match rsigma_parser::parse_sigma_yaml(&text) {
+            Ok(collection) => collection,
+            Err(e) => {
+                parsed.errors.push(FileError { path: file, reason: e.to_string() });
+                continue;
+            }
+        };
+        for error in &collection.errors {
+            parsed.errors.push(FileError { path: file.clone(), reason: error.to_string() });
+        }
+        parsed.rules.extend(collection.rules.into_iter().map(|rule| (rule, file.clone())));
+        parsed.correlations.extend(collection.correlations.into_iter().map(|rule| (rule, file.clone())));
+    }
+    parsed
+}
+
 impl SigmaRules {
     pub fn empty() -> Self {
         Self { partitions: Vec::new(), by_key: Default::default() }
@@ -118,17 +164,14 @@ impl SigmaRules {
 
     /// Loads every rule under each path.
     pub fn load_all(paths: &[PathBuf]) -> (Self, Vec<FileError>) {
-        let mut files = Vec::new();
-        let mut errors = Vec::new();
-        for path in paths {
-            if path.is_dir() {
-                yaml_files(path, &mut files, &mut errors);
-            } else {
-                files.push(path.clone());
-            }
+        let parsed = parse_paths(paths);
+        let mut errors = parsed.errors;
+        let (rules, files): (Vec<_>, Vec<_>) = parsed.rules.into_iter().unzip();
+        let (compiled, compile_errors) = Self::compile(rules);
+        for (index, reason) in compile_errors {
+            errors.push(FileError { path: files[index].clone(), reason });
         }
-        files.sort();
-        Self::load_files(files, errors)
+        (compiled, errors)
     }
 
     /// Loads every `.yml`/`.yaml` under `path` (a file or a directory, recursively).
@@ -136,37 +179,11 @@ impl SigmaRules {
         Self::load_all(&[path.to_path_buf()])
     }
 
-    fn load_files(files: Vec<PathBuf>, mut errors: Vec<FileError>) -> (Self, Vec<FileError>) {
-        let mut rules = Vec::new();
-        let mut rule_files = Vec::new();
-        for file in files {
-            let text = match std::fs::read_to_string(&file) {
-                Ok(text) => text,
-                Err(e) => {
-                    errors.push(FileError { path: file, reason: e.to_string() });
-                    continue;
-                }
-            };
-            let collection = match rsigma_parser::parse_sigma_yaml(&text) {
-                Ok(collection) => collection,
-                Err(e) => {
-                    errors.push(FileError { path: file, reason: e.to_string() });
-                    continue;
-                }
-            };
-            for error in &collection.errors {
-                errors.push(FileError { path: file.clone(), reason: error.to_string() });
-            }
-            for rule in collection.rules {
-                rules.push(rule);
-                rule_files.push(file.clone());
-            }
-        }
-        let (compiled, compile_errors) = Self::compile(rules);
-        for (index, reason) in compile_errors {
-            errors.push(FileError { path: rule_files[index].clone(), reason });
-        }
-        (compiled, errors)
+    /// Compiles already parsed rules; errors name the rule's title.
+    pub fn from_rules(rules: Vec<rsigma_parser::SigmaRule>) -> (Self, Vec<String>) {
+        let titles: Vec<String> = rules.iter().map(|r| r.title.clone()).collect();
+        let (compiled, errors) = Self::compile(rules);
+        (compiled, errors.into_iter().map(|(i, e)| format!("{}: {e}", titles[i])).collect())
     }
 
     /// Rules from YAML text (one or more documents); for tests and `rules test`.
@@ -410,7 +427,7 @@ pub fn logsources(event: &Event) -> Vec<LogSource> {
 /// The event's fields as Sigma sees them: producer fields by their own names (Windows
 /// EventData names come through `attrs` unchanged), plus the canonical fields under the
 /// names SigmaHQ rules use for them, where the producer did not already use that name.
-fn sigma_fields(event: &Event) -> SigmaDoc<'_> {
+pub fn sigma_fields(event: &Event) -> SigmaDoc<'_> {
     let mut doc = SigmaDoc { fields: ahash::AHashMap::with_capacity(event.attrs.len() + 12) };
     for (k, v) in &event.attrs {
         doc.fields.insert(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()));
@@ -465,6 +482,11 @@ pub struct SigmaDoc<'e> {
 }
 
 impl<'e> SigmaDoc<'e> {
+    /// The value of a field as Sigma names it (`User`, `SourceIp`, an EventData name …).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(|v| v.as_ref())
+    }
+
     fn put(&mut self, name: &'static str, value: Option<&'e str>) {
         if let Some(v) = value {
             self.fields.entry(Cow::Borrowed(name)).or_insert(Cow::Borrowed(v));

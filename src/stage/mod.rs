@@ -10,7 +10,7 @@ pub mod runner;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{OutMessage, Record};
+use crate::bus::{CommitOffsets, OutMessage, Record};
 use crate::config::AppConfig;
 use crate::error::ErrorClass;
 
@@ -77,9 +77,31 @@ impl StageError {
 
 /// One step of the pipeline. Bad input must become an output on the dead-letter topic, never
 /// an `Err`: an `Err` stops the stage and the input is replayed after restart.
+///
+/// Stateful stages (correlate) also implement the partition hooks: the runner tells them when
+/// a partition of their input starts a new assignment, asks them to checkpoint before every
+/// commit, and never commits an offset their checkpoint does not cover.
 pub trait Stage: Send + 'static {
     fn kind(&self) -> StageKind;
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError>;
+
+    /// A partition of the input was assigned to this instance (or is seen for the first
+    /// time): drop anything held for it and restore its checkpoint. Called before its first
+    /// record of the assignment.
+    fn partition_assigned(&mut self, _topic: &str, _partition: i32) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    /// Called before every commit. A stateful stage makes its state durable and returns, per
+    /// partition, the offset (exclusive) through which its checkpoint covers the input; the
+    /// runner commits no further. State of partitions not in `owned` (`None`: all are owned)
+    /// is dropped, not written: their new owner has them. Stateless stages return `None`.
+    fn checkpoint(&mut self, _owned: Option<&[(String, i32)]>) -> Result<Option<CommitOffsets>, StageError> {
+        Ok(None)
+    }
+
+    /// These offsets were committed: a restart resumes no earlier.
+    fn committed(&mut self, _offsets: &CommitOffsets) {}
 }
 
 /// Shared resources stages are built with (loaded once per process, not per stage).

@@ -12,6 +12,7 @@
 //!   wait up to `drain_timeout` for acks, commit synchronously, return. What was not
 //!   acknowledged is not committed and will be replayed.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -66,6 +67,8 @@ pub struct StageRunner {
     acks: FuturesUnordered<BoxFuture<'static, AckResult>>,
     outputs: Vec<OutMessage>,
     last_commit: Instant,
+    /// Assignment generation last seen per input partition (to tell the stage about new ones).
+    generations: HashMap<(String, i32), u64>,
 }
 
 fn now_us() -> i64 {
@@ -94,6 +97,7 @@ impl StageRunner {
             acks: FuturesUnordered::new(),
             outputs: Vec::new(),
             last_commit: Instant::now(),
+            generations: HashMap::new(),
         }
     }
 
@@ -143,7 +147,7 @@ impl StageRunner {
             match step {
                 Step::Shutdown => return Ok(()),
                 Step::Acked(ack) => self.on_ack(ack)?,
-                Step::CommitTick => self.commit(CommitMode::Background),
+                Step::CommitTick => self.commit(CommitMode::Background)?,
                 Step::Received(Ok(record)) => self.handle(record).await?,
                 Step::Received(Err(BusError::Closed(topic))) => {
                     info!(stage = self.name(), %topic, "Input closed.");
@@ -180,6 +184,13 @@ impl StageRunner {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         self.outputs.clear();
         let stage = self.name();
+        let partition = (record.topic.clone(), record.partition);
+        if self.generations.get(&partition) != Some(&generation) {
+            self.stage
+                .partition_assigned(&record.topic, record.partition)
+                .map_err(|source| RunnerError::Stage { stage, source })?;
+            self.generations.insert(partition, generation);
+        }
         self.stage
             .process(&record, now_us(), &mut self.outputs)
             .map_err(|source| RunnerError::Stage { stage, source })?;
@@ -217,28 +228,37 @@ impl StageRunner {
                     self.on_ack(ack).map_err(SendError::Ack)?;
                 }
                 _ = tokio::time::sleep_until((self.last_commit + self.config.commit_interval).into()) => {
-                    self.commit(CommitMode::Background);
+                    self.commit(CommitMode::Background).map_err(SendError::Ack)?;
                 }
             }
         }
     }
 
-    fn commit(&mut self, mode: CommitMode) {
+    fn commit(&mut self, mode: CommitMode) -> Result<(), RunnerError> {
         // Set even when nothing is committed, so the blocked-send timer re-arms, not spins.
         self.last_commit = Instant::now();
+        let stage = self.name();
+        // A stateful stage checkpoints first; commits never pass what its checkpoint covers.
+        let owned = self.tracker().owned_partitions();
+        let durable = self.stage.checkpoint(owned.as_deref()).map_err(|source| RunnerError::Stage { stage, source })?;
+        if let Some(durable) = durable {
+            self.tracker().set_durable(&durable);
+        }
         let offsets = match mode {
             CommitMode::Background => self.tracker().take_commits(),
             CommitMode::Blocking => self.tracker().all_commits(),
         };
         if offsets.is_empty() {
-            return;
+            return Ok(());
         }
         match self.consumer.commit(&offsets, mode) {
             Ok(()) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stage.committed(&offsets);
             }
-            Err(error) => warn!(stage = self.name(), %error, "Commit failed; will retry with the next one."),
+            Err(error) => warn!(stage, %error, "Commit failed; will retry with the next one."),
         }
+        Ok(())
     }
 
     /// Processes what is already queued in-process (memory bus), waits for acks up to the
@@ -268,8 +288,8 @@ impl StageRunner {
                 }
             }
         }
-        self.commit(CommitMode::Blocking);
-        result
+        let committed = self.commit(CommitMode::Blocking);
+        result.and(committed)
     }
 }
 
