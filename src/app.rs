@@ -143,7 +143,17 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
     } else {
         crate::detect::DetectorHandle::new(crate::detect::Detector::empty())
     };
-    let resources = stage::StageResources { detector };
+    let correlations = if config.pipeline.stages.contains(&StageKind::Correlate) {
+        let (rules, problems) = crate::detect::correlation::CorrelationRules::load_all(&config.correlate.rules);
+        for problem in problems.iter().take(20) {
+            tracing::warn!(path = %problem.path.display(), reason = %problem.reason, "correlation rule not loaded");
+        }
+        tracing::info!(correlations = rules.rule_count(), detections = rules.detection_rule_count(), "correlation rules loaded");
+        Arc::new(rules)
+    } else {
+        Arc::new(crate::detect::correlation::CorrelationRules::empty())
+    };
+    let resources = stage::StageResources { detector, correlations };
 
     // Stages.
     let mut stages = Vec::new();
@@ -158,7 +168,7 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
             }
         };
         let runner = StageRunner::new(
-            stage::build(kind, &config, &resources),
+            stage::build(kind, &config, &resources).map_err(|source| RunnerError::Stage { stage: kind.as_str(), source })?,
             consumer,
             producer.clone(),
             config.runner.clone(),

@@ -67,7 +67,9 @@ pub enum RulesCommand {
         paths: Vec<PathBuf>,
     },
     /// Run NDJSON events (raw, in any format normalize accepts) through the rules and print
-    /// what matched, one line per match.
+    /// what matched, one line per match. Sigma correlation rules among the files then run
+    /// over the events in event-time order; each signal is printed with its group key and
+    /// window.
     ///
     /// Example: threatpipe rules test pipelines/ --events events.ndjson
     Test {

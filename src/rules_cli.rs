@@ -1,4 +1,4 @@
-//! `threatpipe rules validate|test`: the authoring loop for detection content.
+//! `threatpipe rules validate|test|bench`: the authoring loop for detection content.
 //!
 //! Paths are classified by what they hold: `.yml`/`.yaml` are Sigma rules, `.toml` files
 //! with `[[pattern]]` tables are pattern packs, `.txt`/`.csv`/`.list` and STIX `.json`
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::cli::{BenchArgs, Cli, RulesCommand};
+use crate::detect::correlation::{signal_id, CorrelationRules, PartitionState, StateLimits};
 use crate::detect::{Detector, LoadReport, ScanConfig};
 
 fn classify(path: &Path, config: &mut ScanConfig) {
@@ -214,6 +215,43 @@ fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the events through the correlation rules in event-time order (ties in file order)
+/// and prints each signal with its group key and window. Returns how many fired.
+fn print_correlations(rules: &CorrelationRules, mut events: Vec<(usize, crate::event::Event)>, json: bool, out: &mut impl Write) -> anyhow::Result<usize> {
+    events.sort_by_key(|(line, e)| (e.time_us, *line));
+    let mut state = PartitionState::default();
+    // In time order nothing is late; no key or entry limits for a file.
+    let limits = StateLimits { allowed_lateness: std::time::Duration::from_secs(u32::MAX as u64), max_entries_per_key: usize::MAX, max_keys: usize::MAX };
+    let mut fired = 0;
+    for (line, event) in &events {
+        for signal in rules.observe(&mut state, event, &limits).signals {
+            fired += 1;
+            if json {
+                let value = serde_json::json!({"line": line, "event_id": event.id, "correlation": signal, "signal_id": signal_id(&signal, &event.tenant)});
+                writeln!(out, "{value}")?;
+            } else {
+                writeln!(
+                    out,
+                    "line {line}: correlation {} [{}] {} ({}) group: {} window: {} .. {} ({} events)",
+                    signal.rule_id,
+                    signal.level,
+                    signal.title,
+                    signal.kind,
+                    if signal.group_key.is_empty() { "-" } else { &signal.group_key },
+                    time_text(signal.window_start_us),
+                    time_text(signal.window_end_us),
+                    signal.count
+                )?;
+            }
+        }
+    }
+    Ok(fired)
+}
+
+fn time_text(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_else(|| us.to_string())
+}
+
 pub fn run(cli: &Cli, command: &RulesCommand) -> anyhow::Result<()> {
     match command {
         RulesCommand::Bench(args) => bench(cli, args),
@@ -225,17 +263,27 @@ pub fn run(cli: &Cli, command: &RulesCommand) -> anyhow::Result<()> {
             for problem in &report.problems {
                 writeln!(out, "{problem}")?;
             }
+            // Correlation rules: what the parser accepted but our engine cannot run (unknown
+            // references are fine: quick-scan's matches may supply them).
+            let (correlations, correlation_problems) = CorrelationRules::load_all(&config.sigma);
+            let correlation_problems: Vec<_> = correlation_problems.into_iter().filter(|p| p.reason.starts_with("correlation")).collect();
+            for problem in &correlation_problems {
+                writeln!(out, "[correlation] {}: {}", problem.path.display(), problem.reason)?;
+            }
+            if !correlations.is_empty() {
+                eprintln!("{} correlation rules loaded", correlations.rule_count());
+            }
             let ungated: Vec<&str> = detector.patterns.ungated().collect();
             if !ungated.is_empty() {
                 eprintln!("note: patterns without literals run on every text: {}", ungated.join(", "));
             }
             print_report(&report, &config);
-            if report.problems.is_empty() {
+            if report.problems.is_empty() && correlation_problems.is_empty() {
                 Ok(())
             } else {
-                let failed = report.problems.len() + report.indicators_rejected.saturating_sub(
-                    report.problems.iter().filter(|p| p.source == "intel").count(),
-                );
+                let failed = report.problems.len()
+                    + correlation_problems.len()
+                    + report.indicators_rejected.saturating_sub(report.problems.iter().filter(|p| p.source == "intel").count());
                 eprintln!("{failed} did not load");
                 std::process::exit(1);
             }
@@ -248,6 +296,15 @@ pub fn run(cli: &Cli, command: &RulesCommand) -> anyhow::Result<()> {
                 eprintln!("not loaded: {problem}");
             }
             print_report(&report, &config);
+            let (correlations, problems) = CorrelationRules::load_all(&config.sigma);
+            for problem in problems.iter().filter(|p| p.reason.starts_with("correlation")).take(10) {
+                eprintln!("not loaded: {}: {}", problem.path.display(), problem.reason);
+            }
+            if !correlations.is_empty() {
+                eprintln!("{} correlation rules ({} detection rules of their own)", correlations.rule_count(), correlations.detection_rule_count());
+            }
+            // Events kept for the correlation pass: (line, event with its matches).
+            let mut kept: Vec<(usize, crate::event::Event)> = Vec::new();
             let normalizer = crate::normalize::Normalizer::new(app.normalize.clone(), app.pipeline.default_tenant.clone());
             let reader: Box<dyn BufRead> = if events.as_os_str() == "-" {
                 Box::new(std::io::stdin().lock())
@@ -266,7 +323,7 @@ pub fn run(cli: &Cli, command: &RulesCommand) -> anyhow::Result<()> {
                 }
                 total += 1;
                 let record = crate::bus::Record::from_line("file", n, payload);
-                let event = match normalizer.normalize(&record, chrono::Utc::now().timestamp_micros()) {
+                let mut event = match normalizer.normalize(&record, chrono::Utc::now().timestamp_micros()) {
                     Ok(event) => event,
                     Err(e) => {
                         rejected += 1;
@@ -293,8 +350,16 @@ pub fn run(cli: &Cli, command: &RulesCommand) -> anyhow::Result<()> {
                         writeln!(out, "line {}: no match", n + 1)?;
                     }
                 }
+                if !correlations.is_empty() {
+                    event.matches = matches;
+                    kept.push((n + 1, event));
+                }
             }
             eprintln!("{total} events, {matched} with matches, {rejected} not events");
+            if !correlations.is_empty() {
+                let fired = print_correlations(&correlations, kept, *json, &mut out)?;
+                eprintln!("{fired} correlation signals");
+            }
             Ok(())
         }
     }

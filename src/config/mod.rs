@@ -69,6 +69,8 @@ pub struct AppConfig {
     pub progress: ProgressConfig,
     #[serde(default)]
     pub scan: crate::detect::ScanConfig,
+    #[serde(default)]
+    pub correlate: crate::stage::correlate::CorrelateConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -326,6 +328,9 @@ impl AppConfig {
         errors.extend(self.generator.validate());
         if self.pipeline.stages.contains(&StageKind::QuickScan) {
             errors.extend(self.scan.validate());
+        }
+        if self.pipeline.stages.contains(&StageKind::Correlate) {
+            errors.extend(self.correlate.validate());
         }
         let topics = self.topics.all();
         for (i, topic) in topics.iter().enumerate() {

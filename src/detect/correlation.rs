@@ -272,8 +272,8 @@ impl CorrelationRules {
 
     /// Feeds one event into `state` and returns the signals it completes.
     ///
-    /// Detection hits are the event's own Sigma matches (quick-scan's) plus those of the
-    /// detection rules loaded beside the correlations.
+    /// Detection hits are quick-scan's matches on the event (Sigma rule, IoC and pattern
+    /// ids) plus the detection rules loaded beside the correlations.
     pub fn observe(&self, state: &mut PartitionState, event: &Event, limits: &StateLimits) -> Observed {
         let mut observed = Observed::default();
         if self.rules.is_empty() {
@@ -287,13 +287,14 @@ impl CorrelationRules {
         }
         state.watermark_us = state.watermark_us.max(t);
 
-        let mut hits: Vec<&str> = event.matches.iter().filter(|m| m.kind == "sigma").map(|m| m.rule_id.as_str()).collect();
-        let own = if self.detections.rule_count() > 0 { self.detections.evaluate(event) } else { Vec::new() };
-        hits.extend(own.iter().map(|m| m.rule_id.as_str()));
+        // Hits: every quick-scan match (Sigma, IoC or pattern id) and the correlate-side
+        // detection rules.
+        let doc = sigma::normalized_fields(event);
+        let own = if self.detections.rule_count() > 0 { self.detections.evaluate_normalized(event, &doc) } else { Vec::new() };
+        let mut hits: Vec<&str> = event.matches.iter().chain(&own).map(|m| m.rule_id.as_str()).collect();
         hits.sort_unstable();
         hits.dedup();
 
-        let doc = sigma::sigma_fields(event);
         let fields = EventFields { event, doc: &doc };
         // (correlation, slot, time, contributing id) still to apply; chains append to it.
         let mut work: Vec<(usize, usize, i64, String, usize)> = Vec::new();

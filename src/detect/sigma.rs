@@ -237,10 +237,26 @@ impl SigmaRules {
         if routes.is_empty() {
             return Vec::new();
         }
-        let doc = sigma_fields(event);
+        self.evaluate_routes(&routes, &sigma_fields(event))
+    }
+
+    /// Every rule that matches the event as the correlate stage sees it (`doc` is
+    /// [`normalized_fields`] of `event`): rules of the event's logsources and of
+    /// `product: threatpipe, category: <class>`.
+    pub fn evaluate_normalized(&self, event: &Event, doc: &SigmaDoc<'_>) -> Vec<Match> {
+        let mut sources = logsources(event);
+        sources.push(LogSource { product: Some("threatpipe".into()), category: Some(event.class.as_str().into()), ..LogSource::default() });
+        let routes = self.routes(&sources);
+        if routes.is_empty() {
+            return Vec::new();
+        }
+        self.evaluate_routes(&routes, doc)
+    }
+
+    fn evaluate_routes(&self, routes: &[usize], doc: &SigmaDoc<'_>) -> Vec<Match> {
         let mut results = Vec::new();
-        for slot in routes {
-            results.extend(self.partitions[slot].evaluate(&doc));
+        for &slot in routes {
+            results.extend(self.partitions[slot].evaluate(doc));
         }
         results
             .into_iter()
@@ -461,6 +477,44 @@ pub fn sigma_fields(event: &Event) -> SigmaDoc<'_> {
         doc.put("cs-method", http.method.as_deref());
         doc.put("cs-uri-query", http.url.as_deref());
         doc.put("cs-user-agent", http.user_agent.as_deref());
+    }
+    doc
+}
+
+/// Sigma's view of the event ([`sigma_fields`]) plus our normalized fields under lower-case
+/// names, whatever format the event came in: `tenant`, `class`, `action`, `outcome`, `user`,
+/// `host`, `src_ip`, `dst_ip`, `dst_port`, `session_id`, `prompt`, `model`, `url`, `status`,
+/// `src_country`, and `match_ids` (the ids of quick-scan's matches, space-separated). What the correlate
+/// stage's own detection rules and group-by fields see.
+pub fn normalized_fields(event: &Event) -> SigmaDoc<'_> {
+    let mut doc = sigma_fields(event);
+    doc.put("tenant", Some(event.tenant.as_str()));
+    doc.put("class", Some(event.class.as_str()));
+    doc.put("action", event.action.as_deref());
+    doc.put("outcome", event.outcome.as_deref());
+    doc.put("user", event.user());
+    doc.put("host", event.host.as_deref());
+    doc.put("src_ip", event.src_ip());
+    doc.put("dst_ip", event.dst_ip());
+    doc.put_owned("dst_port", event.dst.as_ref().and_then(|d| d.port).map(|p| p.to_string()));
+    let session = event.llm.as_ref().and_then(|l| l.session_id.as_deref()).or_else(|| event.actor.as_ref().and_then(|a| a.session_id.as_deref()));
+    doc.put("session_id", session);
+    if let Some(llm) = &event.llm {
+        doc.put("prompt", llm.prompt.as_deref());
+        doc.put("model", llm.model.as_deref());
+    }
+    if let Some(http) = &event.http {
+        doc.put("url", http.url.as_deref());
+        doc.put_owned("status", http.status.map(|s| s.to_string()));
+    }
+    // The login's country, where the producer (an identity provider) gave it.
+    let country = ["src_country", "geo.country", "client.geographicalContext.country", "location.countryOrRegion", "source.geo.country_iso_code"]
+        .iter()
+        .find_map(|k| event.attrs.get(*k));
+    doc.put("src_country", country.map(String::as_str));
+    if !event.matches.is_empty() {
+        let ids: Vec<&str> = event.matches.iter().map(|m| m.rule_id.as_str()).collect();
+        doc.put_owned("match_ids", Some(ids.join(" ")));
     }
     doc
 }

@@ -9,7 +9,7 @@
 //!
 //! Pure and synchronous: the caller supplies the clock; the same seed gives the same stream.
 
-mod scenarios;
+pub mod scenarios;
 
 use std::collections::VecDeque;
 
@@ -121,6 +121,17 @@ impl EventGenerator {
     pub fn new(config: GeneratorConfig) -> Self {
         let rng = Rng::new(config.seed);
         Self { config, rng, queued: VecDeque::new(), sequence: 0 }
+    }
+
+    /// One burst of the attack scenario `name` (one of [`scenarios::ATTACKS`]), stamped with
+    /// event time `now_us`, for tests and load scenarios that need a known attack. `None`
+    /// for an unknown name.
+    pub fn attack_burst(&mut self, name: &str, now_us: i64) -> Option<Vec<GeneratedRecord>> {
+        let kind = scenarios::ATTACKS.iter().position(|a| *a == name)?;
+        self.sequence += 1;
+        let tenant = self.rng.pick(&self.config.tenants).clone();
+        let mut ctx = scenarios::Ctx { rng: &mut self.rng, now_us, tenant: &tenant, sequence: self.sequence, serial: 0 };
+        Some(scenarios::attack_of_kind(&mut ctx, kind))
     }
 
     /// The next record, stamped with event time `now_us`.

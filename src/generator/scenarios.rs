@@ -177,11 +177,28 @@ pub fn background(ctx: &mut Ctx<'_>) -> GeneratedRecord {
     }
 }
 
-/// One attack scenario as a burst of records (at least one).
+/// Attack scenarios by name, in the order [`attack`] draws them.
+pub const ATTACKS: [&str; 7] =
+    ["ssh_brute_force", "password_spray", "port_scan", "encoded_powershell", "sql_injection", "prompt_injection", "c2_beacon"];
+
+/// One attack scenario, drawn at random, as a burst of records (at least one).
 pub fn attack(ctx: &mut Ctx<'_>) -> Vec<GeneratedRecord> {
     let attacker = ip(ctx.rng, false);
     let victim = *ctx.rng.pick(USERS);
-    match ctx.rng.below(7) {
+    let kind = ctx.rng.below(ATTACKS.len() as u64) as usize;
+    burst(ctx, kind, &attacker, victim)
+}
+
+/// The scenario `ATTACKS[kind]` as a burst of records.
+pub fn attack_of_kind(ctx: &mut Ctx<'_>, kind: usize) -> Vec<GeneratedRecord> {
+    let attacker = ip(ctx.rng, false);
+    let victim = *ctx.rng.pick(USERS);
+    burst(ctx, kind, &attacker, victim)
+}
+
+fn burst(ctx: &mut Ctx<'_>, kind: usize, attacker: &str, victim: &str) -> Vec<GeneratedRecord> {
+    let attacker = attacker.to_string();
+    match kind {
         0 => {
             let origin = Origin::Attack("ssh_brute_force");
             let mut burst: Vec<_> = (0..20).map(|_| sshd_line(ctx, victim, &attacker, false, origin)).collect();

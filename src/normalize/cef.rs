@@ -162,7 +162,8 @@ pub(super) fn map(text: &str, event: &mut Event) -> Result<Parsed, NormalizeErro
     event.attrs.insert("cef.signature_id".into(), header[4].clone());
     event.attrs.insert("cef.name".into(), header[5].clone());
     event.attrs.insert("cef.device_version".into(), header[3].clone());
-    // Custom strings carry their label: cs1Label=Policy cs1=Default → attrs["Policy"].
+    // Custom strings carry their label: cs1Label=Policy cs1=Default → attrs["Policy"]; a
+    // custom string labelled Tenant names the tenant.
     let labels: Vec<(String, String)> = ext
         .iter()
         .filter(|(k, _)| k.ends_with("Label"))
@@ -171,6 +172,11 @@ pub(super) fn map(text: &str, event: &mut Event) -> Result<Parsed, NormalizeErro
     for (slot, label) in labels {
         if let Some(value) = ext.remove(&slot) {
             ext.remove(&format!("{slot}Label"));
+            // Firewalls that serve several tenants label a custom string with the tenant.
+            if parsed.tenant.is_none() && label.eq_ignore_ascii_case("tenant") && !value.is_empty() {
+                parsed.tenant = Some(value);
+                continue;
+            }
             event.attrs.insert(label, value);
         }
     }
@@ -200,6 +206,15 @@ mod tests {
         assert_eq!(event.message.as_deref(), Some("hello world a=b"));
         assert_eq!(event.attrs.get("Policy").map(String::as_str), Some("Default Deny"));
         assert_eq!(event.action.as_deref(), Some("blocked"));
+    }
+
+    #[test]
+    fn a_custom_string_labelled_tenant_names_the_tenant() {
+        let mut event = Event::default();
+        let parsed = map("CEF:0|PAN|PAN-OS|11.1|TRAFFIC|denied|6|src=1.2.3.4 cs1Label=Tenant cs1=globex cs2Label=Zone cs2=dmz", &mut event).unwrap();
+        assert_eq!(parsed.tenant.as_deref(), Some("globex"));
+        assert!(!event.attrs.contains_key("Tenant"));
+        assert_eq!(event.attrs.get("Zone").map(String::as_str), Some("dmz"));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! nothing about transports, offsets or tasks; [`runner::StageRunner`] owns those. Stages
 //! are a closed set ([`StageKind`]), built from config by [`build`].
 
+pub mod checkpoint;
+pub mod correlate;
 mod passthrough;
 pub mod quick_scan;
 pub mod runner;
@@ -67,11 +69,17 @@ pub enum StageError {
     /// An invariant of ours broke (e.g. our own schema failed to encode).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A service the stage depends on (e.g. its checkpoint store) stayed unreachable.
+    #[error("{0}")]
+    External(String),
 }
 
 impl StageError {
     pub fn class(&self) -> ErrorClass {
-        ErrorClass::Internal
+        match self {
+            Self::Internal(_) => ErrorClass::Internal,
+            Self::External(_) => ErrorClass::External,
+        }
     }
 }
 
@@ -109,12 +117,14 @@ pub trait Stage: Send + 'static {
 pub struct StageResources {
     /// Rules, IoCs and patterns for quick-scan; hot-reloaded in place.
     pub detector: crate::detect::DetectorHandle,
+    /// Correlation rules for the correlate stage.
+    pub correlations: std::sync::Arc<crate::detect::correlation::CorrelationRules>,
 }
 
 /// Builds the stage `kind` from the application config.
-pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) -> Box<dyn Stage> {
+pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) -> Result<Box<dyn Stage>, StageError> {
     let (_, output) = kind.topics(config);
-    match kind {
+    Ok(match kind {
         StageKind::QuickScan => {
             Box::new(quick_scan::QuickScanStage::new(resources.detector.clone(), output, config.topics.dlq.clone()))
         }
@@ -123,7 +133,22 @@ pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) ->
             output,
             config.topics.dlq.clone(),
         )),
+        StageKind::Correlate => {
+            let spec = config.correlate.checkpoint_spec(config.pipeline.bus);
+            let store = checkpoint::CheckpointStore::open(&spec, &config.correlate.checkpoint_prefix)
+                .map_err(|e| StageError::External(e.to_string()))?;
+            if !store.is_durable() && config.pipeline.bus == crate::config::BusKind::Kafka {
+                tracing::warn!("correlate.checkpoint = memory on Kafka: windows restart empty after a restart or rebalance.");
+            }
+            Box::new(correlate::CorrelateStage::new(
+                resources.correlations.clone(),
+                config.correlate.state,
+                store,
+                output,
+                config.topics.dlq.clone(),
+            ))
+        }
         StageKind::Alert => Box::new(passthrough::AlertPlaceholder::new(output, config.topics.dlq.clone())),
         other => Box::new(passthrough::Passthrough::new(other, output)),
-    }
+    })
 }

@@ -1,0 +1,325 @@
+//! The correlate stage: Sigma correlation rules over `events.scanned`, one window state per
+//! input partition, checkpointed so the partition's next owner continues its windows.
+//!
+//! Every event goes on to `events.correlated` with the signals it completed attached
+//! (`correlations`); each signal also leaves as its own `finding` event, whose id is the
+//! signal's deterministic id, so a replay produces the same finding, never a second one.
+//!
+//! # Delivery
+//!
+//! - The state of a partition records the offset it includes (`applied_offset`). A record at
+//!   or below it is a replay: it is not observed again (that would count it twice) and gets
+//!   the signals it produced the first time, remembered per offset until committed.
+//! - Before every commit the runner calls [`CorrelateStage::checkpoint`]; the offsets it
+//!   returns cap the commit, so the committed offset never runs ahead of the saved state.
+//! - A checkpoint store that is down is an outside failure: processing goes on, commits stop
+//!   advancing, and the next checkpoint writes everything that changed meanwhile.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::checkpoint::{CheckpointError, CheckpointStore};
+use super::{Stage, StageError, StageKind};
+use crate::bus::{CommitOffsets, OutMessage, Record};
+use crate::detect::correlation::{signal_id, CorrelationRules, PartitionState, StateLimits};
+use crate::event::{avro, Correlation, Event, EventClass, Source};
+use crate::telemetry::names;
+
+/// Bytes of the original record kept in a dead letter.
+const DLQ_ORIGINAL_BYTES: usize = 64 * 1024;
+/// Attempts (with doubling backoff from 200 ms) to read a checkpoint before giving up.
+const RESTORE_ATTEMPTS: u32 = 8;
+
+/// `[correlate]`: which correlation rules run and where their state lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorrelateConfig {
+    /// Sigma correlation rule files or directories, with the detection rules they refer to
+    /// (rules quick-scan already matched are referred to by id).
+    pub rules: Vec<PathBuf>,
+    /// `memory` (state dies with the process) or a Redis URL. Unset: `memory` on the
+    /// in-process bus, `redis://127.0.0.1:6379` on Kafka.
+    pub checkpoint: Option<String>,
+    /// Prefix of the Redis keys (`{prefix}:{topic}:{partition}`); pipelines sharing a Redis
+    /// need different prefixes.
+    pub checkpoint_prefix: String,
+    /// Allowed lateness and state bounds.
+    pub state: StateLimits,
+}
+
+impl Default for CorrelateConfig {
+    fn default() -> Self {
+        Self {
+            rules: vec![PathBuf::from("pipelines/correlations")],
+            checkpoint: None,
+            checkpoint_prefix: "threatpipe:correlate".into(),
+            state: StateLimits::default(),
+        }
+    }
+}
+
+impl CorrelateConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for path in &self.rules {
+            if !path.exists() {
+                errors.push(format!("correlate.rules: {} does not exist (paths are relative to the working directory)", path.display()));
+            }
+        }
+        if let Some(spec) = &self.checkpoint {
+            if let Err(e) = CheckpointStore::open(spec, &self.checkpoint_prefix) {
+                errors.push(format!("correlate.checkpoint: {e} (use `memory` or redis://host:port)"));
+            }
+        }
+        if self.state.max_entries_per_key == 0 || self.state.max_keys == 0 {
+            errors.push("correlate.state.max_entries_per_key and max_keys must be at least 1".into());
+        }
+        errors
+    }
+
+    /// The checkpoint store spec for a pipeline on `bus`.
+    pub fn checkpoint_spec(&self, bus: crate::config::BusKind) -> String {
+        match (&self.checkpoint, bus) {
+            (Some(spec), _) => spec.clone(),
+            (None, crate::config::BusKind::Memory) => "memory".into(),
+            (None, crate::config::BusKind::Kafka) => "redis://127.0.0.1:6379".into(),
+        }
+    }
+}
+
+pub struct CorrelateStage {
+    rules: Arc<CorrelationRules>,
+    limits: StateLimits,
+    max_span_us: i64,
+    store: CheckpointStore,
+    /// Input topic (one per stage), learnt from the first assignment.
+    topic: String,
+    partitions: HashMap<i32, PartitionState>,
+    /// Per partition, the offset (exclusive) the last successful checkpoint covers.
+    durable: HashMap<i32, i64>,
+    output_topic: String,
+    dlq_topic: String,
+    /// Whether the last checkpoint attempt failed (to log a failure streak once).
+    store_failing: bool,
+}
+
+impl CorrelateStage {
+    pub fn new(rules: Arc<CorrelationRules>, limits: StateLimits, store: CheckpointStore, output_topic: String, dlq_topic: String) -> Self {
+        let max_span_us = rules.max_span_us();
+        Self {
+            rules,
+            limits,
+            max_span_us,
+            store,
+            topic: String::new(),
+            partitions: HashMap::new(),
+            durable: HashMap::new(),
+            output_topic,
+            dlq_topic,
+            store_failing: false,
+        }
+    }
+
+    /// Windows held across all partitions.
+    pub fn key_count(&self) -> usize {
+        self.partitions.values().map(PartitionState::key_count).sum()
+    }
+
+    /// Keeps the key budget: evicts the least recently updated windows of `partition` when
+    /// the instance holds more than `max_keys` (a hundredth of the budget at a time, so the
+    /// cost is paid rarely).
+    fn enforce_key_budget(&mut self, partition: i32) {
+        let total = self.key_count();
+        if total <= self.limits.max_keys {
+            return;
+        }
+        let excess = total - self.limits.max_keys + (self.limits.max_keys / 100).max(1);
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            let evicted = state.evict_oldest(excess);
+            metrics::counter!(names::CORRELATION_EVICTED_KEYS).increment(evicted as u64);
+        }
+    }
+
+    fn restore(&mut self, partition: i32) -> Result<PartitionState, StageError> {
+        let mut backoff = Duration::from_millis(200);
+        for attempt in 1..=RESTORE_ATTEMPTS {
+            match self.store.load(&self.topic, partition) {
+                Ok(Some(restored)) => {
+                    if restored.unreadable_windows > 0 {
+                        warn!(topic = %self.topic, partition, dropped = restored.unreadable_windows, "Unreadable windows in the checkpoint were dropped.");
+                    }
+                    return Ok(restored.state);
+                }
+                Ok(None) => return Ok(PartitionState::default()),
+                Err(CheckpointError::Corrupt { key, detail }) => {
+                    metrics::counter!(names::CORRELATION_CHECKPOINT_FAILURES, "op" => "restore").increment(1);
+                    tracing::error!(%key, %detail, "Correlation checkpoint unreadable; this partition's windows start empty.");
+                    return Ok(PartitionState::default());
+                }
+                Err(e) if attempt < RESTORE_ATTEMPTS => {
+                    metrics::counter!(names::CORRELATION_CHECKPOINT_FAILURES, "op" => "restore").increment(1);
+                    warn!(error = %e, attempt, "Cannot read the correlation checkpoint; retrying.");
+                    // Rare (once per assignment) and the partition cannot proceed without it.
+                    std::thread::sleep(backoff);
+                    backoff *= 2;
+                }
+                Err(e) => return Err(StageError::External(e.to_string())),
+            }
+        }
+        Err(StageError::External("correlation checkpoint unreachable".into()))
+    }
+}
+
+/// The event a signal becomes on `events.correlated`: a finding about the triggering event's
+/// entity, with the signal attached.
+pub fn finding_event(signal: &Correlation, trigger: &Event, record: &Record, now_us: i64) -> Event {
+    Event {
+        id: signal_id(signal, &trigger.tenant),
+        class: EventClass::Finding,
+        time_us: signal.window_end_us,
+        ingest_time_us: now_us,
+        tenant: trigger.tenant.clone(),
+        partition_key: trigger.partition_key.clone(),
+        source: Source {
+            format: "correlation".into(),
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            vendor: Some("threatpipe".into()),
+            product: Some("correlate".into()),
+        },
+        severity: Some(signal.level.clone()),
+        message: Some(format!("{}: {} ({} in window)", signal.title, signal.group_key, signal.count)),
+        host: trigger.host.clone(),
+        actor: trigger.actor.clone(),
+        src: trigger.src.clone(),
+        dst: trigger.dst.clone(),
+        correlations: vec![signal.clone()],
+        ..Event::default()
+    }
+}
+
+impl Stage for CorrelateStage {
+    fn kind(&self) -> StageKind {
+        StageKind::Correlate
+    }
+
+    fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
+        let mut event = match avro::decode_event(&record.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                let dead = crate::normalize::dead_letter("correlate", record, "bad_avro", e.to_string(), DLQ_ORIGINAL_BYTES, now_us);
+                let payload = avro::encode_dead_letter(&dead).map_err(|e| StageError::Internal(e.to_string()))?;
+                out.push(OutMessage { topic: self.dlq_topic.clone(), key: record.key.clone(), payload });
+                return Ok(());
+            }
+        };
+        if self.topic.is_empty() {
+            self.topic = record.topic.clone();
+        }
+        let state = self.partitions.entry(record.partition).or_default();
+        let signals = if state.applied_offset.is_some_and(|applied| record.offset <= applied) {
+            // Replay of a record this state already includes.
+            state.recalled_signals(record.offset)
+        } else {
+            let observed = self.rules.observe(state, &event, &self.limits);
+            if observed.late {
+                metrics::counter!(names::CORRELATION_LATE_EVENTS).increment(1);
+            }
+            if observed.truncated_entries > 0 {
+                metrics::counter!(names::CORRELATION_TRUNCATED_ENTRIES).increment(observed.truncated_entries);
+            }
+            state.applied_offset = Some(record.offset);
+            state.remember_signals(record.offset, &observed.signals);
+            state.sweep(&self.limits, self.max_span_us, false);
+            for signal in &observed.signals {
+                metrics::counter!(names::CORRELATION_SIGNALS, "rule" => signal.rule_id.clone()).increment(1);
+            }
+            observed.signals
+        };
+        self.enforce_key_budget(record.partition);
+
+        let findings: Vec<Event> = signals.iter().map(|s| finding_event(s, &event, record, now_us)).collect();
+        event.correlations = signals;
+        let payload = avro::encode_event(&event).map_err(|e| StageError::Internal(e.to_string()))?;
+        out.push(OutMessage { topic: self.output_topic.clone(), key: record.key.clone(), payload });
+        for finding in findings {
+            let payload = avro::encode_event(&finding).map_err(|e| StageError::Internal(e.to_string()))?;
+            out.push(OutMessage { topic: self.output_topic.clone(), key: record.key.clone(), payload });
+        }
+        Ok(())
+    }
+
+    fn partition_assigned(&mut self, topic: &str, partition: i32) -> Result<(), StageError> {
+        self.topic = topic.to_string();
+        self.partitions.remove(&partition);
+        self.durable.remove(&partition);
+        let state = self.restore(partition)?;
+        if let Some(applied) = state.applied_offset {
+            self.durable.insert(partition, applied + 1);
+        }
+        info!(topic, partition, keys = state.key_count(), applied_offset = ?state.applied_offset, "Correlation state restored.");
+        self.partitions.insert(partition, state);
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, owned: Option<&[(String, i32)]>) -> Result<Option<CommitOffsets>, StageError> {
+        if let Some(owned) = owned {
+            let keep = |p: &i32| owned.iter().any(|(t, op)| *op == *p && *t == self.topic);
+            let gone: Vec<i32> = self.partitions.keys().copied().filter(|p| !keep(p)).collect();
+            for partition in gone {
+                // Revoked: the new owner restores the last checkpoint and replays the rest.
+                self.partitions.remove(&partition);
+                self.durable.remove(&partition);
+            }
+        }
+        metrics::gauge!(names::CORRELATION_ACTIVE_KEYS).set(self.key_count() as f64);
+        if !self.store.is_durable() {
+            for state in self.partitions.values_mut() {
+                state.take_changes();
+            }
+            return Ok(None);
+        }
+        let mut failed = None;
+        for (&partition, state) in &mut self.partitions {
+            match self.store.save(&self.topic, partition, state) {
+                Ok(_) => {
+                    if let Some(applied) = state.applied_offset {
+                        self.durable.insert(partition, applied + 1);
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(names::CORRELATION_CHECKPOINT_FAILURES, "op" => "save").increment(1);
+                    failed = Some(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) if !self.store_failing => {
+                warn!(error = %e, "Correlation checkpoint failed; commits wait until it succeeds.");
+                self.store_failing = true;
+            }
+            None if self.store_failing => {
+                info!("Correlation checkpoints succeed again.");
+                self.store_failing = false;
+            }
+            _ => {}
+        }
+        Ok(Some(self.durable.iter().map(|(&p, &o)| (self.topic.clone(), p, o)).collect()))
+    }
+
+    fn committed(&mut self, offsets: &CommitOffsets) {
+        for (topic, partition, offset) in offsets {
+            if *topic == self.topic {
+                if let Some(state) = self.partitions.get_mut(partition) {
+                    state.forget_signals_before(*offset);
+                }
+            }
+        }
+    }
+}
