@@ -8,7 +8,7 @@ mod support;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use support::{produce_all, NormalizeEnv, ReadRecord, TopicReader};
+use support::{produce_all, wait_assigned, NormalizeEnv, ReadRecord, TopicReader};
 use threatpipe::event::avro;
 
 /// Small event limit for these tests so "oversized" records stay cheap to produce.
@@ -106,17 +106,6 @@ fn check_dead_letters(data: &Dataset, records: &[ReadRecord], raw_topic: &str) {
     }
     let expected: HashSet<String> = data.malformed.keys().cloned().collect();
     assert_eq!(seen, expected, "every malformed record is dead-lettered");
-}
-
-fn wait_assigned(processes: &[&support::StageProcess]) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::time::Instant::now() < deadline {
-        if processes.iter().all(|p| p.log_text().contains("Partitions assigned.")) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("instances did not get partitions; logs:\n{}", processes.iter().map(|p| p.log_text()).collect::<Vec<_>>().join("\n---\n"));
 }
 
 fn env_with_limit(test: &str) -> NormalizeEnv {

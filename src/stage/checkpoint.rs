@@ -46,7 +46,7 @@ pub struct Restored {
 pub enum CheckpointStore {
     /// Nothing leaves the process.
     Memory,
-    Redis(RedisCheckpoints),
+    Redis(Box<RedisCheckpoints>),
 }
 
 impl CheckpointStore {
@@ -56,7 +56,7 @@ impl CheckpointStore {
             return Ok(Self::Memory);
         }
         let client = redis::Client::open(spec).map_err(|e| CheckpointError::Store { url: spec.into(), detail: e.to_string() })?;
-        Ok(Self::Redis(RedisCheckpoints { url: spec.into(), client, connection: None, prefix: prefix.into() }))
+        Ok(Self::Redis(Box::new(RedisCheckpoints { url: spec.into(), client, connection: None, prefix: prefix.into() })))
     }
 
     pub fn is_durable(&self) -> bool {

@@ -251,6 +251,43 @@ impl Drop for StageProcess {
     }
 }
 
+/// Config overrides for `stages` under test: every topic unused until the caller names it,
+/// the test's own consumer groups, short timeouts so rebalances finish quickly.
+pub fn stage_env(test: &str, stages: &str) -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    for (key, value) in [
+        ("TOPICS__RAW", unique("unused.raw")),
+        ("TOPICS__NORMALIZED", unique("unused.normalized")),
+        ("TOPICS__SCANNED", unique("unused.scanned")),
+        ("TOPICS__CORRELATED", unique("unused.correlated")),
+        ("TOPICS__SCORED", unique("unused.scored")),
+        ("TOPICS__ALERTS", unique("unused.alerts")),
+        ("TOPICS__DLQ", unique("unused.dlq")),
+        ("KAFKA__GROUP_PREFIX", unique(test)),
+        ("KAFKA__CREATE_TOPICS", "false".into()),
+        ("KAFKA__SESSION_TIMEOUT", "6s".into()),
+        ("KAFKA__MAX_POLL_INTERVAL", "10s".into()),
+        ("RUNNER__DRAIN_TIMEOUT", "4s".into()),
+        ("RUNNER__COMMIT_INTERVAL", "200ms".into()),
+        ("PIPELINE__STAGES", stages.into()),
+    ] {
+        env.insert(format!("THREATPIPE_{key}"), value);
+    }
+    env
+}
+
+/// Waits until every process logged a partition assignment.
+pub fn wait_assigned(processes: &[&StageProcess]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if processes.iter().all(|p| p.log_text().contains("Partitions assigned.")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("instances did not get partitions; logs:\n{}", processes.iter().map(|p| p.log_text()).collect::<Vec<_>>().join("\n---\n"));
+}
+
 /// Topic names and overrides for one normalize deployment under test.
 pub struct NormalizeEnv {
     pub raw: String,
@@ -266,24 +303,9 @@ impl NormalizeEnv {
         let normalized = unique(&format!("{test}.normalized"));
         let dlq = unique(&format!("{test}.dlq"));
         create_topics(&[&raw, &normalized, &dlq], partitions);
-        let mut env = HashMap::new();
-        for (key, value) in [
-            ("TOPICS__RAW", raw.clone()),
-            ("TOPICS__NORMALIZED", normalized.clone()),
-            ("TOPICS__DLQ", dlq.clone()),
-            ("TOPICS__SCANNED", unique("unused.scanned")),
-            ("TOPICS__CORRELATED", unique("unused.correlated")),
-            ("TOPICS__SCORED", unique("unused.scored")),
-            ("TOPICS__ALERTS", unique("unused.alerts")),
-            ("KAFKA__GROUP_PREFIX", unique(test)),
-            ("KAFKA__CREATE_TOPICS", "false".into()),
-            ("KAFKA__SESSION_TIMEOUT", "6s".into()),
-            ("KAFKA__MAX_POLL_INTERVAL", "10s".into()),
-            ("RUNNER__DRAIN_TIMEOUT", "4s".into()),
-            ("RUNNER__COMMIT_INTERVAL", "200ms".into()),
-            ("PIPELINE__STAGES", "normalize".into()),
-        ] {
-            env.insert(format!("THREATPIPE_{key}"), value);
+        let mut env = stage_env(test, "normalize");
+        for (key, value) in [("TOPICS__RAW", &raw), ("TOPICS__NORMALIZED", &normalized), ("TOPICS__DLQ", &dlq)] {
+            env.insert(format!("THREATPIPE_{key}"), value.clone());
         }
         Self { raw, normalized, dlq, env }
     }
