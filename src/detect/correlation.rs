@@ -290,8 +290,8 @@ impl CorrelationRules {
         // Hits: every quick-scan match (Sigma, IoC or pattern id) and the correlate-side
         // detection rules.
         let doc = sigma::normalized_fields(event);
-        let own = if self.detections.rule_count() > 0 { self.detections.evaluate_normalized(event, &doc) } else { Vec::new() };
-        let mut hits: Vec<&str> = event.matches.iter().chain(&own).map(|m| m.rule_id.as_str()).collect();
+        let own = if self.detections.rule_count() > 0 { self.detections.matching_ids_normalized(event, &doc) } else { Vec::new() };
+        let mut hits: Vec<&str> = event.matches.iter().map(|m| m.rule_id.as_str()).chain(own.iter().map(String::as_str)).collect();
         hits.sort_unstable();
         hits.dedup();
 
@@ -340,13 +340,11 @@ impl CorrelationRules {
         key.push_str(&rule.rule_id);
         key.push('\u{1f}');
         key.push_str(&fields.event.tenant);
-        let mut group_display = Vec::with_capacity(rule.group_by.len());
         for (name, per_slot) in &rule.group_by {
             let field = per_slot.get(slot).map(String::as_str).unwrap_or(name);
             let value = fields.get(field)?;
             key.push('\u{1f}');
             key.push_str(&value);
-            group_display.push(format!("{name}={value}"));
         }
         let value = match rule.kind {
             Kind::ValueCount | Kind::ValuePercentile => Some(EntryValue::Text(fields.get(rule.field.as_deref()?)?.into_owned())),
@@ -383,7 +381,7 @@ impl CorrelationRules {
                     title: rule.title.clone(),
                     level: rule.level.clone(),
                     kind: rule.kind.as_str().into(),
-                    group_key: group_display.join(", "),
+                    group_key: rule.group_display(slot, fields),
                     window_start_us: entries[range.start].ts,
                     window_end_us: end,
                     count,
@@ -505,6 +503,19 @@ fn compare(op: ConditionOperator, left: f64, right: f64) -> bool {
 }
 
 impl Rule {
+    /// `name=value, …` of the group-by fields, for signals (values known to be present).
+    fn group_display(&self, slot: usize, fields: &EventFields<'_>) -> String {
+        let parts: Vec<String> = self
+            .group_by
+            .iter()
+            .map(|(name, per_slot)| {
+                let field = per_slot.get(slot).map(String::as_str).unwrap_or(name);
+                format!("{name}={}", fields.get(field).unwrap_or_default())
+            })
+            .collect();
+        parts.join(", ")
+    }
+
     fn holds(&self, value: f64) -> bool {
         self.predicates.iter().all(|&(op, threshold)| compare(op, value, threshold))
     }
@@ -742,16 +753,16 @@ pub struct PartitionState {
     pub watermark_us: i64,
     /// Input offset through which this state includes every event (set by the stage).
     pub applied_offset: Option<i64>,
-    windows: HashMap<String, Window>,
+    windows: HashMap<String, Window, ahash::RandomState>,
     /// Signals fired per input offset not yet known to be committed, so a replayed record
     /// (offset ≤ `applied_offset`) carries the same signals it carried the first time.
     #[serde(default)]
     recent_signals: BTreeMap<i64, Vec<Correlation>>,
     /// Keys changed / removed since the last checkpoint (not saved).
     #[serde(skip)]
-    dirty: HashSet<String>,
+    dirty: HashSet<String, ahash::RandomState>,
     #[serde(skip)]
-    removed: HashSet<String>,
+    removed: HashSet<String, ahash::RandomState>,
     #[serde(skip)]
     observations_since_sweep: u32,
 }
@@ -761,10 +772,10 @@ impl Default for PartitionState {
         Self {
             watermark_us: i64::MIN,
             applied_offset: None,
-            windows: HashMap::new(),
+            windows: HashMap::default(),
             recent_signals: BTreeMap::new(),
-            dirty: HashSet::new(),
-            removed: HashSet::new(),
+            dirty: HashSet::default(),
+            removed: HashSet::default(),
             observations_since_sweep: 0,
         }
     }
@@ -775,10 +786,12 @@ const SWEEP_EVERY: u32 = 4096;
 
 impl PartitionState {
     fn window_mut(&mut self, key: &str, now_us: i64) -> &mut Window {
+        // Look up by &str first: the key is only allocated for a new window.
         if !self.windows.contains_key(key) {
             self.removed.remove(key);
+            self.windows.insert(key.to_string(), Window::default());
         }
-        let window = self.windows.entry(key.to_string()).or_default();
+        let Some(window) = self.windows.get_mut(key) else { unreachable!("inserted above") };
         window.touched_us = window.touched_us.max(now_us);
         window
     }
@@ -867,6 +880,11 @@ impl PartitionState {
             }
         }
         self.dirty.extend(dirty.into_iter().filter(|k| self.windows.contains_key(k)));
+    }
+
+    /// Window keys (rule, tenant, group values).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.windows.keys().map(String::as_str)
     }
 
     pub fn window(&self, key: &str) -> Option<&Window> {

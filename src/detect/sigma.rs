@@ -240,17 +240,20 @@ impl SigmaRules {
         self.evaluate_routes(&routes, &sigma_fields(event))
     }
 
-    /// Every rule that matches the event as the correlate stage sees it (`doc` is
-    /// [`normalized_fields`] of `event`): rules of the event's logsources and of
+    /// Ids (or titles) of the rules that match the event as the correlate stage sees it
+    /// (`doc` is [`normalized_fields`] of `event`): rules of the event's logsources and of
     /// `product: threatpipe, category: <class>`.
-    pub fn evaluate_normalized(&self, event: &Event, doc: &SigmaDoc<'_>) -> Vec<Match> {
+    pub fn matching_ids_normalized(&self, event: &Event, doc: &SigmaDoc<'_>) -> Vec<String> {
         let mut sources = logsources(event);
         sources.push(LogSource { product: Some("threatpipe".into()), category: Some(event.class.as_str().into()), ..LogSource::default() });
-        let routes = self.routes(&sources);
-        if routes.is_empty() {
-            return Vec::new();
+        let mut ids = Vec::new();
+        for slot in self.routes(&sources) {
+            for result in self.partitions[slot].evaluate(doc) {
+                let header = result.header;
+                ids.push(header.rule_id.unwrap_or(header.rule_title));
+            }
         }
-        self.evaluate_routes(&routes, doc)
+        ids
     }
 
     fn evaluate_routes(&self, routes: &[usize], doc: &SigmaDoc<'_>) -> Vec<Match> {
