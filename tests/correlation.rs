@@ -92,6 +92,24 @@ fn a_new_window_fires_again_after_the_timespan() {
 }
 
 #[test]
+fn range_and_equality_conditions() {
+    let with = |condition: &str| rules(&EVENT_COUNT.replace("        gte: 5", condition));
+    let events = |n: u32| -> Vec<Event> { (0..n).map(|i| hit(i, i as i64, "failed", "alice")).collect() };
+    // A range: fires when the count enters it, not before.
+    let range = with("        gt: 2\n        lte: 4");
+    assert!(run(&range, &events(2)).is_empty());
+    let signals = run(&range, &events(6));
+    assert_eq!(signals.len(), 1);
+    assert_eq!(signals[0].count, 3);
+    // An empty range never fires.
+    assert!(run(&with("        gt: 2\n        lt: 3"), &events(10)).is_empty());
+    // Equality.
+    let eq = with("        eq: 2");
+    assert!(run(&eq, &events(1)).is_empty());
+    assert_eq!(run(&eq, &events(2)).iter().map(|s| s.count).collect::<Vec<_>>(), vec![2]);
+}
+
+#[test]
 fn group_by_keys_and_tenants_are_isolated() {
     let rules = rules(EVENT_COUNT);
     // 3 for alice, 3 for bob: six failures, but five for no single user.

@@ -27,6 +27,10 @@ async fn embedded_pipeline_delivers_every_generated_event_through_every_stage() 
     assert_eq!(report.generated, EVENTS);
     assert!(report.malformed_injected > 50, "the generator injected malformed records: {report:?}");
     let valid = EVENTS - report.malformed_injected;
+    // Correlate adds one finding event per correlation signal; the generator's attacks
+    // complete some chains.
+    let correlated = report.stages.iter().find(|s| s.0 == StageKind::Correlate).map(|s| s.2).unwrap();
+    assert!(correlated > valid, "correlate added findings: {report:?}");
     for (stage, received, produced, dead) in &report.stages {
         match stage {
             StageKind::Normalize => {
@@ -34,12 +38,18 @@ async fn embedded_pipeline_delivers_every_generated_event_through_every_stage() 
                 assert_eq!(*produced, valid, "normalize produced every valid event");
                 assert_eq!(*dead, report.malformed_injected, "normalize dead-lettered every malformed record");
             }
-            StageKind::Alert => assert_eq!(*received, valid, "alert saw every event"),
-            other => {
-                assert_eq!(*received, valid, "{other} saw every event");
-                assert_eq!(*produced, valid, "{other} passed every event on");
+            StageKind::QuickScan | StageKind::Correlate => {
+                assert_eq!(*received, valid, "{stage} saw every event");
+                assert_eq!(*dead, 0);
             }
+            StageKind::MlScore => {
+                assert_eq!(*received, correlated, "ml-score saw every event and finding");
+                assert_eq!(*produced, correlated, "ml-score passed them on");
+            }
+            StageKind::Alert => assert_eq!(*received, correlated, "alert saw every event and finding"),
         }
     }
+    let scanned = report.stages.iter().find(|s| s.0 == StageKind::QuickScan).map(|s| s.2).unwrap();
+    assert_eq!(scanned, valid, "quick-scan passed every event on");
     assert_eq!(report.dead_letters, report.malformed_injected, "every dead letter reached the dead-letter topic");
 }
