@@ -1,9 +1,9 @@
 //! Stand-ins for stages not built yet, so the pipeline runs end to end today.
 //!
 //! [`Passthrough`] forwards each record unchanged (same key, same Avro event) to the next
-//! topic. [`AlertPlaceholder`] raises an alert only for events that already carry a match,
-//! a correlation or a high risk score, which no event does until the detection stages land;
-//! it dead-letters records that are not events, as the real alert stage will.
+//! topic. [`AlertPlaceholder`] raises an alert for every event that carries a match, a
+//! correlation or a high risk score, without the real alert stage's policy or
+//! deduplication; it dead-letters records that are not events, as the real stage will.
 
 use crate::bus::{OutMessage, Record};
 use crate::event::{avro, Alert, Severity};
