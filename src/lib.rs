@@ -20,6 +20,8 @@ pub mod detect;
 pub mod error;
 pub mod event;
 pub mod generator;
+pub mod ml;
+pub mod ml_cli;
 pub mod normalize;
 pub mod progress;
 pub mod rules_cli;

@@ -70,9 +70,12 @@ fn scenario() -> Scenario {
     out
 }
 
-/// (rule id, group key) → distinct finding ids, and the ids of the forwarded events.
-fn signals(reader: &TopicReader) -> (BTreeMap<(String, String), BTreeSet<String>>, BTreeSet<String>) {
-    let mut findings: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+/// (rule id, group key) → distinct finding ids.
+type Findings = BTreeMap<(String, String), BTreeSet<String>>;
+
+/// The findings read so far, and the ids of the forwarded events.
+fn signals(reader: &TopicReader) -> (Findings, BTreeSet<String>) {
+    let mut findings = Findings::new();
     let mut events = BTreeSet::new();
     for record in &reader.records {
         let event = avro::decode_event(&record.payload).unwrap();
