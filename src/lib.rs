@@ -27,4 +27,5 @@ pub mod progress;
 pub mod rules_cli;
 pub mod serve;
 pub mod stage;
+pub mod state;
 pub mod telemetry;

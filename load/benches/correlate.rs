@@ -33,6 +33,7 @@ use threatpipe::event::{avro, Actor, Endpoint, Event, EventClass};
 use threatpipe::stage::checkpoint::CheckpointStore;
 use threatpipe::stage::correlate::CorrelateStage;
 use threatpipe::stage::Stage;
+use threatpipe::state::Checkpointed;
 
 /// The allocator the binary uses (mimalloc), counting live bytes.
 struct Counting;
@@ -131,7 +132,7 @@ fn main() {
         signals += rules.observe(&mut state, event, &limits).signals.len();
     }
     let observe = per_second(n, t.elapsed());
-    state.take_changes();
+    state.entries_mut().take_changes();
     let keys = state.key_count();
     let entries = state.entry_count();
     let bytes = LIVE.load(Ordering::Relaxed) - live_before;
@@ -167,7 +168,7 @@ fn main() {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = format!("tp-bench:{}", std::process::id());
     let Ok(mut store) = CheckpointStore::open(&url, &prefix) else { return };
-    state.requeue(state_keys(&state), Vec::new());
+    state.entries_mut().mark_all_changed();
     let t = Instant::now();
     match store.save("bench", 0, &mut state) {
         Ok(written) => {
@@ -179,9 +180,9 @@ fn main() {
                 later.time_us += 1;
                 rules.observe(&mut state, &later, &limits);
             }
-            let (dirty, removed) = state.take_changes();
+            let (dirty, removed) = state.entries_mut().take_changes();
             let changed = dirty.len();
-            state.requeue(dirty, removed);
+            state.entries_mut().requeue(dirty, removed);
             let t = Instant::now();
             store.save("bench", 0, &mut state).unwrap();
             let incremental = t.elapsed();

@@ -32,7 +32,7 @@
 //! Group keys always include the tenant, so tenants never share a window.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
 use rsigma_parser::{ConditionExpr, ConditionOperator, CorrelationCondition, CorrelationRule, CorrelationType, Quantifier, SelectorPattern};
@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use super::sigma::{self, SigmaDoc, SigmaRules};
 use super::FileError;
 use crate::event::{Correlation, Event};
+use crate::state::{Checkpointed, RecentResults, TrackedMap};
 
 /// How many contributing event ids a signal lists.
 pub const SIGNAL_EVENT_IDS: usize = 20;
@@ -391,7 +392,6 @@ impl CorrelationRules {
                 break;
             }
         }
-        state.touch(&key);
         fired
     }
 }
@@ -747,23 +747,16 @@ impl Window {
 }
 
 /// The correlation state of one input partition: what a checkpoint saves and restores.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct PartitionState {
     /// Highest event time seen (µs); `i64::MIN` before the first event.
     pub watermark_us: i64,
     /// Input offset through which this state includes every event (set by the stage).
     pub applied_offset: Option<i64>,
-    windows: HashMap<String, Window, ahash::RandomState>,
+    windows: TrackedMap<Window>,
     /// Signals fired per input offset not yet known to be committed, so a replayed record
     /// (offset ≤ `applied_offset`) carries the same signals it carried the first time.
-    #[serde(default)]
-    recent_signals: BTreeMap<i64, Vec<Correlation>>,
-    /// Keys changed / removed since the last checkpoint (not saved).
-    #[serde(skip)]
-    dirty: HashSet<String, ahash::RandomState>,
-    #[serde(skip)]
-    removed: HashSet<String, ahash::RandomState>,
-    #[serde(skip)]
+    recent_signals: RecentResults<Vec<Correlation>>,
     observations_since_sweep: u32,
 }
 
@@ -772,10 +765,8 @@ impl Default for PartitionState {
         Self {
             watermark_us: i64::MIN,
             applied_offset: None,
-            windows: HashMap::default(),
-            recent_signals: BTreeMap::new(),
-            dirty: HashSet::default(),
-            removed: HashSet::default(),
+            windows: TrackedMap::default(),
+            recent_signals: RecentResults::default(),
             observations_since_sweep: 0,
         }
     }
@@ -786,20 +777,9 @@ const SWEEP_EVERY: u32 = 4096;
 
 impl PartitionState {
     fn window_mut(&mut self, key: &str, now_us: i64) -> &mut Window {
-        // Look up by &str first: the key is only allocated for a new window.
-        if !self.windows.contains_key(key) {
-            self.removed.remove(key);
-            self.windows.insert(key.to_string(), Window::default());
-        }
-        let Some(window) = self.windows.get_mut(key) else { unreachable!("inserted above") };
+        let window = self.windows.entry_mut(key);
         window.touched_us = window.touched_us.max(now_us);
         window
-    }
-
-    fn touch(&mut self, key: &str) {
-        if !self.dirty.contains(key) {
-            self.dirty.insert(key.to_string());
-        }
     }
 
     pub fn key_count(&self) -> usize {
@@ -820,101 +800,35 @@ impl PartitionState {
         self.observations_since_sweep = 0;
         let lateness = i64::try_from(limits.allowed_lateness.as_micros()).unwrap_or(i64::MAX);
         let horizon = self.watermark_us.saturating_sub(lateness).saturating_sub(max_span_us);
-        let expired: Vec<String> = self.windows.iter().filter(|(_, w)| w.newest().is_none_or(|n| n < horizon)).map(|(k, _)| k.clone()).collect();
-        for key in &expired {
-            self.remove(key);
-        }
-        expired.len()
-    }
-
-    fn remove(&mut self, key: &str) {
-        self.windows.remove(key);
-        self.dirty.remove(key);
-        self.removed.insert(key.to_string());
+        self.windows.remove_where(|w| w.newest().is_none_or(|n| n < horizon))
     }
 
     /// Evicts the `count` least recently updated windows (the key budget).
     pub fn evict_oldest(&mut self, count: usize) -> usize {
-        let mut by_age: Vec<(i64, String)> = self.windows.iter().map(|(k, w)| (w.touched_us, k.clone())).collect();
-        let count = count.min(by_age.len());
-        if count == 0 {
-            return 0;
-        }
-        by_age.select_nth_unstable(count - 1);
-        for (_, key) in by_age.into_iter().take(count) {
-            self.remove(&key);
-        }
-        count
+        self.windows.evict_oldest(count, |w| w.touched_us)
     }
 
     /// Remembers the signals the record at `offset` produced (see `recent_signals`).
     pub fn remember_signals(&mut self, offset: i64, signals: &[Correlation]) {
         if !signals.is_empty() {
-            self.recent_signals.insert(offset, signals.to_vec());
+            self.recent_signals.remember(offset, signals.to_vec());
         }
     }
 
     /// The signals the record at `offset` produced when it was first observed.
     pub fn recalled_signals(&self, offset: i64) -> Vec<Correlation> {
-        self.recent_signals.get(&offset).cloned().unwrap_or_default()
-    }
-
-    /// Offsets below `offset` were committed: they are never replayed to this state again.
-    pub fn forget_signals_before(&mut self, offset: i64) {
-        self.recent_signals = self.recent_signals.split_off(&offset);
-    }
-
-    /// Keys changed and keys removed since the last call; clears both sets. If writing them
-    /// fails, hand them back with [`Self::requeue`].
-    pub fn take_changes(&mut self) -> (Vec<String>, Vec<String>) {
-        let dirty = std::mem::take(&mut self.dirty).into_iter().filter(|k| self.windows.contains_key(k)).collect();
-        let removed = std::mem::take(&mut self.removed).into_iter().collect();
-        (dirty, removed)
-    }
-
-    /// Changes whose checkpoint write failed: written with the next one.
-    pub fn requeue(&mut self, dirty: Vec<String>, removed: Vec<String>) {
-        for key in removed {
-            if !self.windows.contains_key(&key) {
-                self.removed.insert(key);
-            }
-        }
-        self.dirty.extend(dirty.into_iter().filter(|k| self.windows.contains_key(k)));
+        self.recent_signals.recall(offset).unwrap_or_default()
     }
 
     /// Window keys (rule, tenant, group values).
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.windows.keys().map(String::as_str)
+        self.windows.keys()
     }
 
     pub fn window(&self, key: &str) -> Option<&Window> {
         self.windows.get(key)
     }
-
-    /// Checkpoint metadata: everything but the windows.
-    pub fn meta(&self) -> StateMeta {
-        StateMeta {
-            version: STATE_VERSION,
-            watermark_us: self.watermark_us,
-            applied_offset: self.applied_offset,
-            recent_signals: self.recent_signals.clone(),
-        }
-    }
-
-    /// Rebuilds a state from checkpointed parts.
-    pub fn restore(meta: StateMeta, windows: impl IntoIterator<Item = (String, Window)>) -> Self {
-        Self {
-            watermark_us: meta.watermark_us,
-            applied_offset: meta.applied_offset,
-            windows: windows.into_iter().collect(),
-            recent_signals: meta.recent_signals,
-            ..Self::default()
-        }
-    }
 }
-
-/// Version of the checkpoint layout ([`StateMeta`] and [`Window`] as JSON).
-pub const STATE_VERSION: u32 = 1;
 
 /// A partition state's checkpoint metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -923,7 +837,52 @@ pub struct StateMeta {
     pub watermark_us: i64,
     pub applied_offset: Option<i64>,
     #[serde(default)]
-    pub recent_signals: BTreeMap<i64, Vec<Correlation>>,
+    pub recent_signals: RecentResults<Vec<Correlation>>,
+}
+
+impl Checkpointed for PartitionState {
+    type Meta = StateMeta;
+    type Entry = Window;
+    const VERSION: u32 = 1;
+
+    fn meta(&self) -> StateMeta {
+        StateMeta {
+            version: Self::VERSION,
+            watermark_us: self.watermark_us,
+            applied_offset: self.applied_offset,
+            recent_signals: self.recent_signals.clone(),
+        }
+    }
+
+    fn meta_version(meta: &StateMeta) -> u32 {
+        meta.version
+    }
+
+    fn applied_offset(&self) -> Option<i64> {
+        self.applied_offset
+    }
+
+    fn entries(&self) -> &TrackedMap<Window> {
+        &self.windows
+    }
+
+    fn entries_mut(&mut self) -> &mut TrackedMap<Window> {
+        &mut self.windows
+    }
+
+    fn restore(meta: StateMeta, windows: TrackedMap<Window>) -> Self {
+        Self {
+            watermark_us: meta.watermark_us,
+            applied_offset: meta.applied_offset,
+            windows,
+            recent_signals: meta.recent_signals,
+            observations_since_sweep: 0,
+        }
+    }
+
+    fn committed_before(&mut self, offset: i64) {
+        self.recent_signals.forget_before(offset);
+    }
 }
 
 impl CorrelationRules {

@@ -1,12 +1,13 @@
-//! Where the correlate stage keeps its per-partition window state between owners.
+//! Where stateful stages keep their per-partition state between owners.
 //!
-//! A partition of `events.scanned` belongs to one instance at a time; when it moves (restart,
-//! crash, rebalance) its windows must move with it, or a brute force half-seen by the old
-//! owner is never completed by the new one. Each partition's state is a Redis hash:
+//! A partition of a stage's input belongs to one instance at a time; when it moves (restart,
+//! crash, rebalance) its state must move with it, or a brute force half-seen by the old
+//! owner is never completed by the new one, and a baseline learnt for weeks is forgotten.
+//! Each partition's state ([`Checkpointed`]) is a Redis hash:
 //!
 //! ```text
-//! {prefix}:{topic}:{partition}   __meta → {"version", "watermark_us", "applied_offset", "recent_signals"}
-//!                                <window key> → window JSON (entries, suppression, touch time)
+//! {prefix}:{topic}:{partition}   __meta → the state's metadata (layout version, applied offset, …)
+//!                                <key>  → one entry as JSON (a correlation window, a baseline)
 //! ```
 //!
 //! A checkpoint writes only the windows changed since the previous one, plus the metadata, in
@@ -21,7 +22,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::detect::correlation::{PartitionState, StateMeta, Window, STATE_VERSION};
+use crate::state::{Checkpointed, TrackedMap};
 
 /// Field of the partition hash that holds [`StateMeta`].
 const META_FIELD: &str = "__meta";
@@ -37,10 +38,10 @@ pub enum CheckpointError {
 }
 
 /// A restored partition state and what had to be skipped on the way.
-pub struct Restored {
-    pub state: PartitionState,
-    /// Windows whose JSON did not parse (dropped, counted).
-    pub unreadable_windows: usize,
+pub struct Restored<S> {
+    pub state: S,
+    /// Entries whose JSON did not parse (dropped, counted).
+    pub unreadable_entries: usize,
 }
 
 pub enum CheckpointStore {
@@ -64,7 +65,7 @@ impl CheckpointStore {
     }
 
     /// The checkpoint of one partition, or `None` when there is none.
-    pub fn load(&mut self, topic: &str, partition: i32) -> Result<Option<Restored>, CheckpointError> {
+    pub fn load<S: Checkpointed>(&mut self, topic: &str, partition: i32) -> Result<Option<Restored<S>>, CheckpointError> {
         match self {
             Self::Memory => Ok(None),
             Self::Redis(redis) => redis.load(topic, partition),
@@ -73,11 +74,11 @@ impl CheckpointStore {
 
     /// Writes what changed in `state` since its last checkpoint. On failure the changes stay
     /// queued in `state` for the next attempt.
-    pub fn save(&mut self, topic: &str, partition: i32, state: &mut PartitionState) -> Result<usize, CheckpointError> {
+    pub fn save<S: Checkpointed>(&mut self, topic: &str, partition: i32, state: &mut S) -> Result<usize, CheckpointError> {
         match self {
             Self::Memory => {
                 // Nothing to write; keep the change sets from growing.
-                state.take_changes();
+                state.entries_mut().take_changes();
                 Ok(0)
             }
             Self::Redis(redis) => redis.save(topic, partition, state),
@@ -121,33 +122,34 @@ impl RedisCheckpoints {
         })
     }
 
-    fn load(&mut self, topic: &str, partition: i32) -> Result<Option<Restored>, CheckpointError> {
+    fn load<S: Checkpointed>(&mut self, topic: &str, partition: i32) -> Result<Option<Restored<S>>, CheckpointError> {
         let key = self.key(topic, partition);
         let mut fields: HashMap<String, String> = self.with_connection(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
         let Some(meta) = fields.remove(META_FIELD) else {
             return Ok(None);
         };
-        let meta: StateMeta = serde_json::from_str(&meta).map_err(|e| CheckpointError::Corrupt { key: key.clone(), detail: e.to_string() })?;
-        if meta.version != STATE_VERSION {
-            return Err(CheckpointError::Corrupt { key, detail: format!("layout version {} (this build reads {STATE_VERSION})", meta.version) });
+        let meta: S::Meta = serde_json::from_str(&meta).map_err(|e| CheckpointError::Corrupt { key: key.clone(), detail: e.to_string() })?;
+        if S::meta_version(&meta) != S::VERSION {
+            let detail = format!("layout version {} (this build reads {})", S::meta_version(&meta), S::VERSION);
+            return Err(CheckpointError::Corrupt { key, detail });
         }
-        let mut unreadable_windows = 0;
-        let windows: Vec<(String, Window)> = fields
+        let mut unreadable_entries = 0;
+        let entries: Vec<(String, S::Entry)> = fields
             .into_iter()
             .filter_map(|(k, v)| match serde_json::from_str(&v) {
-                Ok(window) => Some((k, window)),
+                Ok(entry) => Some((k, entry)),
                 Err(_) => {
-                    unreadable_windows += 1;
+                    unreadable_entries += 1;
                     None
                 }
             })
             .collect();
-        Ok(Some(Restored { state: PartitionState::restore(meta, windows), unreadable_windows }))
+        Ok(Some(Restored { state: S::restore(meta, TrackedMap::from_entries(entries)), unreadable_entries }))
     }
 
-    fn save(&mut self, topic: &str, partition: i32, state: &mut PartitionState) -> Result<usize, CheckpointError> {
+    fn save<S: Checkpointed>(&mut self, topic: &str, partition: i32, state: &mut S) -> Result<usize, CheckpointError> {
         let key = self.key(topic, partition);
-        let (dirty, removed) = state.take_changes();
+        let (dirty, removed) = state.entries_mut().take_changes();
         let meta = serde_json::to_string(&state.meta()).map_err(|e| self.store_error(e))?;
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -156,8 +158,8 @@ impl RedisCheckpoints {
             let mut hset = redis::cmd("HSET");
             hset.arg(&key);
             for field in chunk {
-                if let Some(window) = state.window(field) {
-                    let json = serde_json::to_string(window).map_err(|e| self.store_error(e))?;
+                if let Some(entry) = state.entries().get(field) {
+                    let json = serde_json::to_string(entry).map_err(|e| self.store_error(e))?;
                     hset.arg(field).arg(json);
                 }
             }
@@ -170,7 +172,7 @@ impl RedisCheckpoints {
         match self.with_connection(|c| pipe.query::<()>(c)) {
             Ok(()) => Ok(written),
             Err(e) => {
-                state.requeue(dirty, removed);
+                state.entries_mut().requeue(dirty, removed);
                 Err(e)
             }
         }

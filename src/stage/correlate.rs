@@ -15,15 +15,13 @@
 //! - A checkpoint store that is down is an outside failure: processing goes on, commits stop
 //!   advancing, and the next checkpoint writes everything that changed meanwhile.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
 
-use super::checkpoint::{CheckpointError, CheckpointStore};
+use super::checkpoint::CheckpointStore;
+use super::partitioned::PartitionedState;
 use super::{Stage, StageError, StageKind};
 use crate::bus::{CommitOffsets, OutMessage, Record};
 use crate::detect::correlation::{signal_id, CorrelationRules, PartitionState, StateLimits};
@@ -32,8 +30,6 @@ use crate::telemetry::names;
 
 /// Bytes of the original record kept in a dead letter.
 const DLQ_ORIGINAL_BYTES: usize = 64 * 1024;
-/// Attempts (with doubling backoff from 200 ms) to read a checkpoint before giving up.
-const RESTORE_ATTEMPTS: u32 = 8;
 
 /// `[correlate]`: which correlation rules run and where their state lives.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,82 +92,33 @@ pub struct CorrelateStage {
     rules: Arc<CorrelationRules>,
     limits: StateLimits,
     max_span_us: i64,
-    store: CheckpointStore,
-    /// Input topic (one per stage), learnt from the first assignment.
-    topic: String,
-    partitions: HashMap<i32, PartitionState>,
-    /// Per partition, the offset (exclusive) the last successful checkpoint covers.
-    durable: HashMap<i32, i64>,
+    state: PartitionedState<PartitionState>,
     output_topic: String,
     dlq_topic: String,
-    /// Whether the last checkpoint attempt failed (to log a failure streak once).
-    store_failing: bool,
 }
 
 impl CorrelateStage {
     pub fn new(rules: Arc<CorrelationRules>, limits: StateLimits, store: CheckpointStore, output_topic: String, dlq_topic: String) -> Self {
         let max_span_us = rules.max_span_us();
-        Self {
-            rules,
-            limits,
-            max_span_us,
-            store,
-            topic: String::new(),
-            partitions: HashMap::new(),
-            durable: HashMap::new(),
-            output_topic,
-            dlq_topic,
-            store_failing: false,
-        }
+        Self { rules, limits, max_span_us, state: PartitionedState::new("correlate", store), output_topic, dlq_topic }
     }
 
     /// Windows held across all partitions.
     pub fn key_count(&self) -> usize {
-        self.partitions.values().map(PartitionState::key_count).sum()
+        self.state.key_count()
     }
 
     /// Keeps the key budget: evicts the least recently updated windows of `partition` when
     /// the instance holds more than `max_keys` (a hundredth of the budget at a time, so the
     /// cost is paid rarely).
-    fn enforce_key_budget(&mut self, partition: i32) {
+    fn enforce_key_budget(&mut self, topic: &str, partition: i32) {
         let total = self.key_count();
         if total <= self.limits.max_keys {
             return;
         }
         let excess = total - self.limits.max_keys + (self.limits.max_keys / 100).max(1);
-        if let Some(state) = self.partitions.get_mut(&partition) {
-            let evicted = state.evict_oldest(excess);
-            metrics::counter!(names::CORRELATION_EVICTED_KEYS).increment(evicted as u64);
-        }
-    }
-
-    fn restore(&mut self, partition: i32) -> Result<PartitionState, StageError> {
-        let mut backoff = Duration::from_millis(200);
-        for attempt in 1..=RESTORE_ATTEMPTS {
-            match self.store.load(&self.topic, partition) {
-                Ok(Some(restored)) => {
-                    if restored.unreadable_windows > 0 {
-                        warn!(topic = %self.topic, partition, dropped = restored.unreadable_windows, "Unreadable windows in the checkpoint were dropped.");
-                    }
-                    return Ok(restored.state);
-                }
-                Ok(None) => return Ok(PartitionState::default()),
-                Err(CheckpointError::Corrupt { key, detail }) => {
-                    metrics::counter!(names::CORRELATION_CHECKPOINT_FAILURES, "op" => "restore").increment(1);
-                    tracing::error!(%key, %detail, "Correlation checkpoint unreadable; this partition's windows start empty.");
-                    return Ok(PartitionState::default());
-                }
-                Err(e) if attempt < RESTORE_ATTEMPTS => {
-                    metrics::counter!(names::CORRELATION_CHECKPOINT_FAILURES, "op" => "restore").increment(1);
-                    warn!(error = %e, attempt, "Cannot read the correlation checkpoint; retrying.");
-                    // Rare (once per assignment) and the partition cannot proceed without it.
-                    std::thread::sleep(backoff);
-                    backoff *= 2;
-                }
-                Err(e) => return Err(StageError::External(e.to_string())),
-            }
-        }
-        Err(StageError::External("correlation checkpoint unreachable".into()))
+        let evicted = self.state.get_mut(topic, partition).evict_oldest(excess);
+        metrics::counter!(names::CORRELATION_EVICTED_KEYS).increment(evicted as u64);
     }
 }
 
@@ -219,10 +166,7 @@ impl Stage for CorrelateStage {
                 return Ok(());
             }
         };
-        if self.topic.is_empty() {
-            self.topic = record.topic.clone();
-        }
-        let state = self.partitions.entry(record.partition).or_default();
+        let state = self.state.get_mut(&record.topic, record.partition);
         let signals = if state.applied_offset.is_some_and(|applied| record.offset <= applied) {
             // Replay of a record this state already includes.
             state.recalled_signals(record.offset)
@@ -242,7 +186,7 @@ impl Stage for CorrelateStage {
             }
             observed.signals
         };
-        self.enforce_key_budget(record.partition);
+        self.enforce_key_budget(&record.topic, record.partition);
 
         let findings: Vec<Event> = signals.iter().map(|s| finding_event(s, &event, record, now_us)).collect();
         event.correlations = signals;
@@ -256,70 +200,16 @@ impl Stage for CorrelateStage {
     }
 
     fn partition_assigned(&mut self, topic: &str, partition: i32) -> Result<(), StageError> {
-        self.topic = topic.to_string();
-        self.partitions.remove(&partition);
-        self.durable.remove(&partition);
-        let state = self.restore(partition)?;
-        if let Some(applied) = state.applied_offset {
-            self.durable.insert(partition, applied + 1);
-        }
-        info!(topic, partition, keys = state.key_count(), applied_offset = ?state.applied_offset, "Correlation state restored.");
-        self.partitions.insert(partition, state);
-        Ok(())
+        self.state.assigned(topic, partition)
     }
 
     fn checkpoint(&mut self, owned: Option<&[(String, i32)]>) -> Result<Option<CommitOffsets>, StageError> {
-        if let Some(owned) = owned {
-            let keep = |p: &i32| owned.iter().any(|(t, op)| *op == *p && *t == self.topic);
-            let gone: Vec<i32> = self.partitions.keys().copied().filter(|p| !keep(p)).collect();
-            for partition in gone {
-                // Revoked: the new owner restores the last checkpoint and replays the rest.
-                self.partitions.remove(&partition);
-                self.durable.remove(&partition);
-            }
-        }
+        let durable = self.state.checkpoint(owned);
         metrics::gauge!(names::CORRELATION_ACTIVE_KEYS).set(self.key_count() as f64);
-        if !self.store.is_durable() {
-            for state in self.partitions.values_mut() {
-                state.take_changes();
-            }
-            return Ok(None);
-        }
-        let mut failed = None;
-        for (&partition, state) in &mut self.partitions {
-            match self.store.save(&self.topic, partition, state) {
-                Ok(_) => {
-                    if let Some(applied) = state.applied_offset {
-                        self.durable.insert(partition, applied + 1);
-                    }
-                }
-                Err(e) => {
-                    metrics::counter!(names::CORRELATION_CHECKPOINT_FAILURES, "op" => "save").increment(1);
-                    failed = Some(e);
-                }
-            }
-        }
-        match failed {
-            Some(e) if !self.store_failing => {
-                warn!(error = %e, "Correlation checkpoint failed; commits wait until it succeeds.");
-                self.store_failing = true;
-            }
-            None if self.store_failing => {
-                info!("Correlation checkpoints succeed again.");
-                self.store_failing = false;
-            }
-            _ => {}
-        }
-        Ok(Some(self.durable.iter().map(|(&p, &o)| (self.topic.clone(), p, o)).collect()))
+        Ok(durable)
     }
 
     fn committed(&mut self, offsets: &CommitOffsets) {
-        for (topic, partition, offset) in offsets {
-            if *topic == self.topic {
-                if let Some(state) = self.partitions.get_mut(partition) {
-                    state.forget_signals_before(*offset);
-                }
-            }
-        }
+        self.state.committed(offsets);
     }
 }

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod correlate;
 mod passthrough;
+pub mod partitioned;
 pub mod quick_scan;
 pub mod runner;
 

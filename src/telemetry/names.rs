@@ -18,4 +18,4 @@ pub const CORRELATION_LATE_EVENTS: &str = "threatpipe_correlation_late_events_to
 pub const CORRELATION_EVICTED_KEYS: &str = "threatpipe_correlation_evicted_keys_total";
 pub const CORRELATION_TRUNCATED_ENTRIES: &str = "threatpipe_correlation_truncated_entries_total";
 pub const CORRELATION_ACTIVE_KEYS: &str = "threatpipe_correlation_active_keys";
-pub const CORRELATION_CHECKPOINT_FAILURES: &str = "threatpipe_correlation_checkpoint_failures_total";
+pub const STATE_CHECKPOINT_FAILURES: &str = "threatpipe_state_checkpoint_failures_total";
