@@ -91,7 +91,7 @@ fn signals(reader: &TopicReader) -> (Findings, BTreeSet<String>) {
 
 fn restored_keys(log: &str) -> Vec<usize> {
     log.lines()
-        .filter(|l| l.contains("Correlation state restored."))
+        .filter(|l| l.contains("State restored.") && l.contains("correlate"))
         .filter_map(|l| l.split("keys=").nth(1)?.split_whitespace().next()?.parse().ok())
         .collect()
 }
