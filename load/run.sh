@@ -52,7 +52,6 @@ measure() { # lane stage env...
 }
 
 for round in 1 2; do
-  # ml-score is still a pass-through stage (it becomes real with the ml-score issue)
-  measure "pass-$round" ml-score "THREATPIPE_TOPICS__CORRELATED=$S.raw" "THREATPIPE_TOPICS__SCORED=$S.unused$round"
+  measure "pass-$round" normalize THREATPIPE_PIPELINE__PASSTHROUGH=true "THREATPIPE_TOPICS__RAW=$S.raw" "THREATPIPE_TOPICS__NORMALIZED=$S.unused$round"
   measure "normalize-$round" normalize "THREATPIPE_TOPICS__RAW=$S.raw" "THREATPIPE_TOPICS__NORMALIZED=$S.norm$round"
 done

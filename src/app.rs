@@ -153,7 +153,26 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
     } else {
         Arc::new(crate::detect::correlation::CorrelationRules::empty())
     };
-    let resources = stage::StageResources { detector, correlations };
+    let mut model_thread = None;
+    let (model, exemplars): (crate::ml::handle::ModelHandle, Arc<dyn crate::ml::similarity::ThreatIndex>) =
+        if config.pipeline.stages.contains(&StageKind::MlScore) {
+            let (model, error) = crate::ml::handle::ModelHandle::open(config.ml.model.clone());
+            match (error, model.current()) {
+                (Some(error), _) => tracing::warn!(%error, "no model loaded; scores use rules, baselines and similarity (train one with `threatpipe train`)"),
+                (None, Some(m)) => tracing::info!(version = %m.version(), "model loaded"),
+                (None, None) => {}
+            }
+            model_thread = model.watch(config.ml.reload_interval, reload_stop.clone());
+            let (index, problems) = crate::ml::similarity::ExactIndex::load(&config.ml.exemplars);
+            for (path, reason) in &problems {
+                tracing::warn!(path = %path.display(), %reason, "exemplar file not loaded");
+            }
+            tracing::info!(exemplars = crate::ml::similarity::ThreatIndex::len(&index), "known-threat exemplars loaded");
+            (model, Arc::new(index))
+        } else {
+            (crate::ml::handle::ModelHandle::none(), Arc::new(crate::ml::similarity::ExactIndex::default()))
+        };
+    let resources = stage::StageResources { detector, correlations, model, exemplars };
 
     // Stages.
     let mut stages = Vec::new();
@@ -279,6 +298,7 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
     }
     reload_stop.cancel();
     drop(reload_thread); // wakes within one reload interval and exits; nothing to flush
+    drop(model_thread);
     sinks_stop.cancel();
     for sink in sinks {
         let _ = tokio::time::timeout(SHUTDOWN_SLACK, sink).await;

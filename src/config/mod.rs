@@ -71,6 +71,8 @@ pub struct AppConfig {
     pub scan: crate::detect::ScanConfig,
     #[serde(default)]
     pub correlate: crate::stage::correlate::CorrelateConfig,
+    #[serde(default)]
+    pub ml: crate::stage::ml_score::MlConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +90,10 @@ pub struct PipelineConfig {
     /// Capacity of each in-memory topic (memory bus only), in messages.
     #[serde(default = "default_memory_topic_capacity")]
     pub memory_topic_capacity: usize,
+    /// Run every stage as a pass-through that forwards records unchanged: the transport
+    /// baseline that load tests quote throughput against.
+    #[serde(default)]
+    pub passthrough: bool,
 }
 
 fn default_bus() -> BusKind {
@@ -110,6 +116,7 @@ impl Default for PipelineConfig {
             stages: default_stages(),
             default_tenant: default_tenant(),
             memory_topic_capacity: default_memory_topic_capacity(),
+            passthrough: false,
         }
     }
 }
@@ -331,6 +338,9 @@ impl AppConfig {
         }
         if self.pipeline.stages.contains(&StageKind::Correlate) {
             errors.extend(self.correlate.validate());
+        }
+        if self.pipeline.stages.contains(&StageKind::MlScore) {
+            errors.extend(self.ml.validate());
         }
         let topics = self.topics.all();
         for (i, topic) in topics.iter().enumerate() {

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use super::baseline::BaselineState;
 use super::features::event_features;
 use super::train::{Sample, NORMAL};
 use crate::bus::Record;
@@ -32,6 +33,7 @@ pub fn generated(n: usize, seed: u64, attack_every: u64) -> Vec<Sample> {
     // Spread over a week of event time, so time of day varies as in real traffic.
     let start = 1_763_596_800_000_000i64;
     let step = 7 * 86_400_000_000i64 / n.max(1) as i64;
+    let mut baselines = BaselineState::default();
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
         let now = start + i as i64 * step;
@@ -46,9 +48,17 @@ pub fn generated(n: usize, seed: u64, attack_every: u64) -> Vec<Sample> {
         if let Some(detector) = &detector {
             event.matches = detector.scan(&event);
         }
-        samples.push(Sample { features: event_features(&event), label });
+        samples.push(Sample { features: features_with_baseline(&event, &mut baselines), label });
     }
     samples
+}
+
+/// Event features plus its baseline deviations, learning as it goes (events in order), as
+/// the ml-score stage computes them.
+fn features_with_baseline(event: &Event, baselines: &mut BaselineState) -> crate::ml::features::Features {
+    let mut features = event_features(event);
+    features.extend(baselines.observe(&event.partition_key, event));
+    features
 }
 
 /// Raw NDJSON events (any format normalize accepts); the label is the JSON field
@@ -59,6 +69,7 @@ pub fn ndjson(path: &Path, label_field: &str) -> anyhow::Result<(Vec<Sample>, us
     let detector = detector();
     let now = chrono::Utc::now().timestamp_micros();
     let (mut samples, mut skipped) = (Vec::new(), 0);
+    let mut baselines = BaselineState::default();
     for (n, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
         let line = line.context("reading events")?;
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -73,7 +84,7 @@ pub fn ndjson(path: &Path, label_field: &str) -> anyhow::Result<(Vec<Sample>, us
                 if let Some(detector) = &detector {
                     event.matches = detector.scan(&event);
                 }
-                samples.push(Sample { features: event_features(&event), label });
+                samples.push(Sample { features: features_with_baseline(&event, &mut baselines), label });
             }
             Err(_) => skipped += 1,
         }

@@ -6,9 +6,12 @@
 //! The core is pure and synchronous, like the detection core: the ml-score stage and the
 //! `threatpipe train` / `threatpipe score` commands are shells around it.
 
+pub mod baseline;
 pub mod data;
 pub mod features;
+pub mod handle;
 pub mod model;
+pub mod similarity;
 pub mod train;
 
 /// Fuses part risks (each 0–100) into one: the chance that at least one part is right,

@@ -77,15 +77,6 @@ impl CorrelateConfig {
         }
         errors
     }
-
-    /// The checkpoint store spec for a pipeline on `bus`.
-    pub fn checkpoint_spec(&self, bus: crate::config::BusKind) -> String {
-        match (&self.checkpoint, bus) {
-            (Some(spec), _) => spec.clone(),
-            (None, crate::config::BusKind::Memory) => "memory".into(),
-            (None, crate::config::BusKind::Kafka) => "redis://127.0.0.1:6379".into(),
-        }
-    }
 }
 
 pub struct CorrelateStage {

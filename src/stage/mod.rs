@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod correlate;
+pub mod ml_score;
 mod passthrough;
 pub mod partitioned;
 pub mod quick_scan;
@@ -120,11 +121,26 @@ pub struct StageResources {
     pub detector: crate::detect::DetectorHandle,
     /// Correlation rules for the correlate stage.
     pub correlations: std::sync::Arc<crate::detect::correlation::CorrelationRules>,
+    /// The ml-score stage's model (hot-reloaded) and known-threat exemplars.
+    pub model: crate::ml::handle::ModelHandle,
+    pub exemplars: std::sync::Arc<dyn crate::ml::similarity::ThreatIndex>,
+}
+
+/// Where stateful stages checkpoint when the config does not say: nowhere on the in-process
+/// bus (its input dies with the process too), the local Redis on Kafka.
+pub fn default_checkpoint(bus: crate::config::BusKind) -> String {
+    match bus {
+        crate::config::BusKind::Memory => "memory".into(),
+        crate::config::BusKind::Kafka => "redis://127.0.0.1:6379".into(),
+    }
 }
 
 /// Builds the stage `kind` from the application config.
 pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) -> Result<Box<dyn Stage>, StageError> {
     let (_, output) = kind.topics(config);
+    if config.pipeline.passthrough {
+        return Ok(Box::new(passthrough::Passthrough::new(kind, output)));
+    }
     Ok(match kind {
         StageKind::QuickScan => {
             Box::new(quick_scan::QuickScanStage::new(resources.detector.clone(), output, config.topics.dlq.clone()))
@@ -135,7 +151,7 @@ pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) ->
             config.topics.dlq.clone(),
         )),
         StageKind::Correlate => {
-            let spec = config.correlate.checkpoint_spec(config.pipeline.bus);
+            let spec = config.correlate.checkpoint.clone().unwrap_or_else(|| default_checkpoint(config.pipeline.bus));
             let store = checkpoint::CheckpointStore::open(&spec, &config.correlate.checkpoint_prefix)
                 .map_err(|e| StageError::External(e.to_string()))?;
             if !store.is_durable() && config.pipeline.bus == crate::config::BusKind::Kafka {
@@ -149,7 +165,18 @@ pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) ->
                 config.topics.dlq.clone(),
             ))
         }
+        StageKind::MlScore => {
+            let spec = config.ml.checkpoint.clone().unwrap_or_else(|| default_checkpoint(config.pipeline.bus));
+            let store = checkpoint::CheckpointStore::open(&spec, &config.ml.checkpoint_prefix).map_err(|e| StageError::External(e.to_string()))?;
+            Box::new(ml_score::MlScoreStage::new(
+                resources.model.clone(),
+                resources.exemplars.clone(),
+                config.ml.max_entities,
+                store,
+                output,
+                config.topics.dlq.clone(),
+            ))
+        }
         StageKind::Alert => Box::new(passthrough::AlertPlaceholder::new(output, config.topics.dlq.clone())),
-        other => Box::new(passthrough::Passthrough::new(other, output)),
     })
 }

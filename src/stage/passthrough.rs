@@ -1,7 +1,6 @@
-//! Stand-ins for stages not built yet, so the pipeline runs end to end today.
-//!
-//! [`Passthrough`] forwards each record unchanged (same key, same Avro event) to the next
-//! topic. [`AlertPlaceholder`] raises an alert for every event that carries a match, a
+//! Stand-ins: [`Passthrough`] forwards each record unchanged (same key, same bytes) to the
+//! next topic, the transport baseline load tests measure against (`pipeline.passthrough`).
+//! [`AlertPlaceholder`], until the alert stage is built, raises an alert for every event that carries a match, a
 //! correlation or a high risk score, without the real alert stage's policy or
 //! deduplication; it dead-letters records that are not events, as the real stage will.
 

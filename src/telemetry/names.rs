@@ -19,3 +19,7 @@ pub const CORRELATION_EVICTED_KEYS: &str = "threatpipe_correlation_evicted_keys_
 pub const CORRELATION_TRUNCATED_ENTRIES: &str = "threatpipe_correlation_truncated_entries_total";
 pub const CORRELATION_ACTIVE_KEYS: &str = "threatpipe_correlation_active_keys";
 pub const STATE_CHECKPOINT_FAILURES: &str = "threatpipe_state_checkpoint_failures_total";
+pub const MODEL_RELOADS: &str = "threatpipe_model_reloads_total";
+pub const ML_EVICTED_ENTITIES: &str = "threatpipe_ml_evicted_entities_total";
+pub const ML_ENTITIES: &str = "threatpipe_ml_entities";
+pub const ML_RISK: &str = "threatpipe_ml_risk";

@@ -1,0 +1,248 @@
+//! Per-entity behavioural baselines: what is normal for this user, host or address, learnt
+//! from its own events, so "alice logs in at 03:00 from a new network" and "svc-backup
+//! reached fifty hosts today" stand out without anyone writing a rule for them.
+//!
+//! An entity is the event's partition key (tenant + user, else host, else source address):
+//! the same key that puts all its events on one partition, so one instance owns its
+//! baseline. Each baseline is small and bounded (24 hour-of-day counts, up to
+//! [`MAX_PLACES`] source networks, up to [`MAX_PEERS`] peers, today's distinct peers up to
+//! [`MAX_DAY_PEERS`]); the per-partition state is checkpointed like correlation windows.
+//!
+//! Features are computed *before* the event updates its baseline: an event is judged against
+//! what was normal up to it.
+
+use serde::{Deserialize, Serialize};
+
+use super::features::{slog, Features};
+use crate::event::{Event, Score};
+use crate::state::{Checkpointed, RecentResults, TrackedMap};
+
+pub const MAX_PLACES: usize = 32;
+pub const MAX_PEERS: usize = 128;
+pub const MAX_DAY_PEERS: usize = 512;
+/// Events an entity needs before its deviations count (a new entity has no normal yet).
+pub const MATURE_EVENTS: u64 = 50;
+const DAY_US: i64 = 86_400_000_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    pub events: u64,
+    /// Events per UTC hour of day.
+    pub hours: [u32; 24],
+    /// Source networks (/24 for IPv4, /48 for IPv6) seen, most recent last.
+    pub places: Vec<String>,
+    /// Peers (destination address, host or domain) seen, most recent last.
+    pub peers: Vec<String>,
+    /// Day number (UTC) of `day_peers` and `day_events`.
+    pub day: i64,
+    pub day_events: u32,
+    pub day_peers: Vec<String>,
+    /// Completed days seen, and the running mean of their distinct peers and events.
+    pub days: u32,
+    pub mean_day_peers: f64,
+    pub mean_day_events: f64,
+    /// Event time of the last update (eviction order).
+    pub last_seen_us: i64,
+}
+
+/// The network an address belongs to, as places are compared.
+fn place_of(ip: &str) -> Option<String> {
+    match ip.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            Some(format!("{}.{}.{}.0/24", o[0], o[1], o[2]))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            Some(format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]))
+        }
+    }
+}
+
+/// Whom the event reached: destination address, else destination host, else the domain
+/// looked up.
+fn peer_of(event: &Event) -> Option<String> {
+    event
+        .dst_ip()
+        .map(str::to_string)
+        .or_else(|| event.dst.as_ref().and_then(|d| d.hostname.clone()))
+        .or_else(|| event.dns.as_ref().and_then(|d| d.query.clone()))
+}
+
+fn push_bounded(list: &mut Vec<String>, value: String, max: usize) {
+    if let Some(i) = list.iter().position(|v| *v == value) {
+        let v = list.remove(i);
+        list.push(v);
+    } else {
+        if list.len() >= max {
+            list.remove(0);
+        }
+        list.push(value);
+    }
+}
+
+impl Baseline {
+    /// How this event deviates from the baseline (features named `baseline.*`).
+    pub fn deviations(&self, event: &Event) -> Features {
+        let mut out = Features::new();
+        let mature = self.events >= MATURE_EVENTS;
+        let hour = ((event.time_us / 3_600_000_000).rem_euclid(24)) as usize;
+        let share = if self.events > 0 { f64::from(self.hours[hour]) / self.events as f64 } else { 0.0 };
+        out.insert("baseline.maturity".into(), slog(self.events as f64));
+        out.insert("baseline.hour_share".into(), share);
+        out.insert("baseline.unusual_hour".into(), f64::from(u8::from(mature && share < 0.01)));
+        let place = event.src_ip().and_then(place_of);
+        let new_place = mature && !self.places.is_empty() && place.as_ref().is_some_and(|p| !self.places.contains(p));
+        out.insert("baseline.new_place".into(), f64::from(u8::from(new_place)));
+        let peer = peer_of(event);
+        let new_peer = mature && !self.peers.is_empty() && peer.as_ref().is_some_and(|p| !self.peers.contains(p));
+        out.insert("baseline.new_peer".into(), f64::from(u8::from(new_peer)));
+        let today = event.time_us.div_euclid(DAY_US);
+        let (day_peers, day_events) = if today == self.day { (self.day_peers.len(), self.day_events) } else { (0, 0) };
+        // Distinct peers today against the usual day (at least 1, so a quiet entity that
+        // suddenly reaches many hosts stands out).
+        let usual_peers = self.mean_day_peers.max(1.0);
+        let peer_ratio = if self.days >= 3 { (day_peers as f64 + 1.0) / usual_peers } else { 1.0 };
+        out.insert("baseline.day_peers_ratio".into(), slog(peer_ratio));
+        let usual_events = self.mean_day_events.max(1.0);
+        let event_ratio = if self.days >= 3 { (f64::from(day_events) + 1.0) / usual_events } else { 1.0 };
+        out.insert("baseline.day_events_ratio".into(), slog(event_ratio));
+        out
+    }
+
+    /// Learns from one event.
+    pub fn update(&mut self, event: &Event) {
+        let today = event.time_us.div_euclid(DAY_US);
+        if self.events == 0 {
+            self.day = today;
+        } else if today > self.day {
+            // Close the day (and count skipped quiet days as days with nothing).
+            let closed = (today - self.day).min(30) as u32;
+            for i in 0..closed {
+                let (peers, events) = if i == 0 { (self.day_peers.len() as f64, f64::from(self.day_events)) } else { (0.0, 0.0) };
+                self.days += 1;
+                let n = f64::from(self.days.min(30));
+                self.mean_day_peers += (peers - self.mean_day_peers) / n;
+                self.mean_day_events += (events - self.mean_day_events) / n;
+            }
+            self.day = today;
+            self.day_peers.clear();
+            self.day_events = 0;
+        }
+        // An event from an earlier day (late) still teaches hours, places and peers.
+        self.events += 1;
+        let hour = ((event.time_us / 3_600_000_000).rem_euclid(24)) as usize;
+        self.hours[hour] = self.hours[hour].saturating_add(1);
+        if let Some(place) = event.src_ip().and_then(place_of) {
+            push_bounded(&mut self.places, place, MAX_PLACES);
+        }
+        if let Some(peer) = peer_of(event) {
+            if today == self.day && !self.day_peers.contains(&peer) && self.day_peers.len() < MAX_DAY_PEERS {
+                self.day_peers.push(peer.clone());
+            }
+            push_bounded(&mut self.peers, peer, MAX_PEERS);
+        }
+        if today == self.day {
+            self.day_events = self.day_events.saturating_add(1);
+        }
+        self.last_seen_us = self.last_seen_us.max(event.time_us);
+    }
+
+    /// A direct 0–100 risk from the deviations, for the score's `baseline` part: strong
+    /// deviations alone (a new network at an hour never used, ten times the usual peers)
+    /// are worth an analyst's look even before a model is trained.
+    pub fn risk(deviations: &Features) -> f64 {
+        let get = |k: &str| deviations.get(k).copied().unwrap_or(0.0);
+        let mut z = 0.0;
+        z += 1.2 * get("baseline.unusual_hour");
+        z += 1.0 * get("baseline.new_place");
+        z += 0.3 * get("baseline.new_peer");
+        // slog(ratio): ln(1 + ratio); ratio 10 → 2.4.
+        z += (get("baseline.day_peers_ratio") - 1.5).max(0.0) * 1.5;
+        z += (get("baseline.day_events_ratio") - 2.0).max(0.0);
+        ((1.0 - (-z).exp()) * 10_000.0).round() / 100.0
+    }
+}
+
+/// One partition's baselines.
+#[derive(Debug, Clone, Default)]
+pub struct BaselineState {
+    pub applied_offset: Option<i64>,
+    baselines: TrackedMap<Baseline>,
+    /// Scores given per input offset until committed (replays get the same score).
+    recent_scores: RecentResults<Score>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineMeta {
+    pub version: u32,
+    pub applied_offset: Option<i64>,
+    #[serde(default)]
+    pub recent_scores: RecentResults<Score>,
+}
+
+impl BaselineState {
+    /// Deviations of `event` from its entity's baseline, then the baseline learns it.
+    pub fn observe(&mut self, entity: &str, event: &Event) -> Features {
+        let baseline = self.baselines.entry_mut(entity);
+        let deviations = baseline.deviations(event);
+        baseline.update(event);
+        deviations
+    }
+
+    /// Deviations without learning (scoring a replay or a what-if).
+    pub fn deviations(&self, entity: &str, event: &Event) -> Features {
+        self.baselines.get(entity).map(|b| b.deviations(event)).unwrap_or_else(|| Baseline::default().deviations(event))
+    }
+
+    pub fn baseline(&self, entity: &str) -> Option<&Baseline> {
+        self.baselines.get(entity)
+    }
+
+    pub fn remember_score(&mut self, offset: i64, score: &Score) {
+        self.recent_scores.remember(offset, score.clone());
+    }
+
+    pub fn recalled_score(&self, offset: i64) -> Option<Score> {
+        self.recent_scores.recall(offset)
+    }
+
+    /// Evicts the `count` least recently seen entities.
+    pub fn evict_oldest(&mut self, count: usize) -> usize {
+        self.baselines.evict_oldest(count, |b| b.last_seen_us)
+    }
+}
+
+impl Checkpointed for BaselineState {
+    type Meta = BaselineMeta;
+    type Entry = Baseline;
+    const VERSION: u32 = 1;
+
+    fn meta(&self) -> BaselineMeta {
+        BaselineMeta { version: Self::VERSION, applied_offset: self.applied_offset, recent_scores: self.recent_scores.clone() }
+    }
+
+    fn meta_version(meta: &BaselineMeta) -> u32 {
+        meta.version
+    }
+
+    fn applied_offset(&self) -> Option<i64> {
+        self.applied_offset
+    }
+
+    fn entries(&self) -> &TrackedMap<Baseline> {
+        &self.baselines
+    }
+
+    fn entries_mut(&mut self) -> &mut TrackedMap<Baseline> {
+        &mut self.baselines
+    }
+
+    fn restore(meta: BaselineMeta, baselines: TrackedMap<Baseline>) -> Self {
+        Self { applied_offset: meta.applied_offset, baselines, recent_scores: meta.recent_scores }
+    }
+
+    fn committed_before(&mut self, offset: i64) {
+        self.recent_scores.forget_before(offset);
+    }
+}

@@ -1,0 +1,268 @@
+//! The ml-score stage: every event on `events.correlated` leaves for `events.scored` with a
+//! risk score (0–100), its parts and the features that drove it.
+//!
+//! Parts, each 0–100, fused into one risk ("noisy or", `ml::fuse`):
+//! - `rules`: what quick-scan and correlate found (highest level; correlation signals);
+//! - `baseline`: how far the event is from its entity's own normal (hours, networks, peers,
+//!   volume), from per-entity baselines this stage keeps, bounded and checkpointed like
+//!   correlation windows;
+//! - `similarity`: closeness of the command line, URL or prompt to known-threat exemplars;
+//! - `anomaly` and `classifier`: the trained model (hot-reloaded), when one is configured.
+//!
+//! A replayed record (offset at or below the state's applied offset) does not teach the
+//! baseline twice and carries the score it got the first time.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::CheckpointStore;
+use super::partitioned::PartitionedState;
+use super::{Stage, StageError, StageKind};
+use crate::bus::{CommitOffsets, OutMessage, Record};
+use crate::event::{avro, Event, Score};
+use crate::ml::baseline::{Baseline, BaselineState};
+use crate::ml::features::event_features;
+use crate::ml::handle::ModelHandle;
+use crate::ml::similarity::{embed, similarity_risk, ThreatIndex, TextKind};
+use crate::ml::fuse;
+use crate::telemetry::names;
+
+/// Bytes of the original record kept in a dead letter.
+const DLQ_ORIGINAL_BYTES: usize = 64 * 1024;
+/// Features named on a score.
+const TOP_FEATURES: usize = 5;
+
+/// `[ml]`: the model, exemplars and baseline state of the ml-score stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlConfig {
+    /// Model file from `threatpipe train`; hot-reloaded. Absent: scores use rules,
+    /// baselines and similarity only.
+    pub model: PathBuf,
+    /// Known-threat exemplar files or directories (`.toml`).
+    pub exemplars: Vec<PathBuf>,
+    /// How often the model file is checked for changes; `0s` turns hot reload off.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// `memory` or a Redis URL. Unset: `memory` on the in-process bus, Redis on Kafka.
+    pub checkpoint: Option<String>,
+    pub checkpoint_prefix: String,
+    /// Entity baselines per instance; the least recently seen are evicted beyond it.
+    pub max_entities: usize,
+}
+
+impl Default for MlConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::from("models/model.json"),
+            exemplars: vec![PathBuf::from("pipelines/exemplars")],
+            reload_interval: Duration::from_secs(2),
+            checkpoint: None,
+            checkpoint_prefix: "threatpipe:ml".into(),
+            max_entities: 1_000_000,
+        }
+    }
+}
+
+impl MlConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for path in &self.exemplars {
+            if !path.exists() {
+                errors.push(format!("ml.exemplars: {} does not exist (paths are relative to the working directory)", path.display()));
+            }
+        }
+        if let Some(spec) = &self.checkpoint {
+            if let Err(e) = CheckpointStore::open(spec, &self.checkpoint_prefix) {
+                errors.push(format!("ml.checkpoint: {e} (use `memory` or redis://host:port)"));
+            }
+        }
+        if self.max_entities == 0 {
+            errors.push("ml.max_entities must be at least 1".into());
+        }
+        errors
+    }
+}
+
+/// The `rules` part: the strongest finding already on the event.
+pub fn rules_risk(event: &Event) -> f64 {
+    let level = |l: &str| match l {
+        "critical" => 95.0,
+        "high" => 75.0,
+        "medium" => 50.0,
+        "low" => 25.0,
+        _ => 0.0,
+    };
+    let matches = event.matches.iter().map(|m| level(&m.level)).fold(0.0, f64::max);
+    let correlations = event.correlations.iter().map(|c| level(&c.level)).fold(0.0, f64::max);
+    matches.max(correlations)
+}
+
+pub struct MlScoreStage {
+    model: ModelHandle,
+    exemplars: Arc<dyn ThreatIndex>,
+    max_entities: usize,
+    state: PartitionedState<BaselineState>,
+    output_topic: String,
+    dlq_topic: String,
+}
+
+impl MlScoreStage {
+    pub fn new(model: ModelHandle, exemplars: Arc<dyn ThreatIndex>, max_entities: usize, store: CheckpointStore, output_topic: String, dlq_topic: String) -> Self {
+        Self { model, exemplars, max_entities, state: PartitionedState::new("ml-score", store), output_topic, dlq_topic }
+    }
+
+    /// The score of `event` given its baseline deviations.
+    pub fn score(&self, event: &Event, deviations: crate::ml::features::Features) -> Score {
+        let mut parts = std::collections::HashMap::new();
+        // (strength, feature) candidates for the explanation.
+        let mut reasons: Vec<(f64, String)> = Vec::new();
+        let rules = rules_risk(event);
+        parts.insert("rules".to_string(), rules);
+        for m in event.matches.iter().take(3) {
+            reasons.push((rules, format!("rule:{}", m.rule_id)));
+        }
+        for c in event.correlations.iter().take(3) {
+            reasons.push((rules, format!("correlation:{}", c.rule_id)));
+        }
+        let baseline = Baseline::risk(&deviations);
+        parts.insert("baseline".to_string(), baseline);
+        for (name, value) in &deviations {
+            let flag = matches!(name.as_str(), "baseline.unusual_hour" | "baseline.new_place" | "baseline.new_peer") && *value > 0.0;
+            let ratio = name.ends_with("_ratio") && *value > 1.5;
+            if flag || ratio {
+                reasons.push((baseline, name.clone()));
+            }
+        }
+        let texts = [
+            (TextKind::Command, event.process.as_ref().and_then(|p| p.command_line.as_deref())),
+            (TextKind::Url, event.http.as_ref().and_then(|h| h.url.as_deref())),
+            (TextKind::Prompt, event.llm.as_ref().and_then(|l| l.prompt.as_deref())),
+        ];
+        let mut similarity = 0.0;
+        if !self.exemplars.is_empty() {
+            for (kind, text) in texts {
+                let Some(text) = text else { continue };
+                if let Some(nearest) = self.exemplars.nearest(kind, &embed(text)) {
+                    let risk = similarity_risk(nearest.similarity);
+                    if risk > 0.0 {
+                        reasons.push((risk, format!("similar:{}", nearest.id)));
+                    }
+                    similarity = f64::max(similarity, risk);
+                }
+            }
+        }
+        parts.insert("similarity".to_string(), similarity);
+        let model = self.model.current();
+        if let Some(model) = &model {
+            let mut features = event_features(event);
+            features.extend(deviations);
+            let scored = model.score(&features);
+            for (name, part) in [("anomaly", &scored.anomaly), ("classifier", &scored.classifier)] {
+                if let Some(part) = part {
+                    parts.insert(name.to_string(), part.risk);
+                    reasons.extend(part.top_features.iter().take(3).map(|(f, _)| (part.risk, f.clone())));
+                }
+            }
+        }
+        reasons.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut top_features: Vec<String> = Vec::new();
+        for (strength, name) in reasons {
+            if strength > 0.0 && !top_features.contains(&name) && top_features.len() < TOP_FEATURES {
+                top_features.push(name);
+            }
+        }
+        Score {
+            risk: fuse(parts.values().copied()),
+            model_version: model.map(|m| m.version().to_string()).unwrap_or_else(|| "none".into()),
+            parts,
+            top_features,
+        }
+    }
+
+    fn enforce_entity_budget(&mut self, topic: &str, partition: i32) {
+        let total = self.state.key_count();
+        if total <= self.max_entities {
+            return;
+        }
+        let excess = total - self.max_entities + (self.max_entities / 100).max(1);
+        let evicted = self.state.get_mut(topic, partition).evict_oldest(excess);
+        metrics::counter!(names::ML_EVICTED_ENTITIES).increment(evicted as u64);
+    }
+}
+
+/// The entity an event's baseline belongs to: its partition key (tenant + user, host or
+/// source address), else tenant + host.
+fn entity_of(event: &Event) -> String {
+    if !event.partition_key.is_empty() {
+        return event.partition_key.clone();
+    }
+    format!("{}|{}", event.tenant, event.host.as_deref().unwrap_or("-"))
+}
+
+impl Stage for MlScoreStage {
+    fn kind(&self) -> StageKind {
+        StageKind::MlScore
+    }
+
+    fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
+        let mut event = match avro::decode_event(&record.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                let dead = crate::normalize::dead_letter("ml-score", record, "bad_avro", e.to_string(), DLQ_ORIGINAL_BYTES, now_us);
+                let payload = avro::encode_dead_letter(&dead).map_err(|e| StageError::Internal(e.to_string()))?;
+                out.push(OutMessage { topic: self.dlq_topic.clone(), key: record.key.clone(), payload });
+                return Ok(());
+            }
+        };
+        let entity = entity_of(&event);
+        let state = self.state.get_mut(&record.topic, record.partition);
+        let replayed = state.applied_offset.is_some_and(|applied| record.offset <= applied);
+        let score = match (replayed, replayed.then(|| state.recalled_score(record.offset)).flatten()) {
+            (true, Some(score)) => score,
+            (true, None) => {
+                // Committed long ago and replayed anyway (a reset): judge without learning.
+                let deviations = state.deviations(&entity, &event);
+                self.score(&event, deviations)
+            }
+            (false, _) => {
+                // Findings made by correlate describe other events; they teach no baseline.
+                let deviations = if event.class == crate::event::EventClass::Finding {
+                    state.deviations(&entity, &event)
+                } else {
+                    state.observe(&entity, &event)
+                };
+                state.applied_offset = Some(record.offset);
+                let score = self.score(&event, deviations);
+                let state = self.state.get_mut(&record.topic, record.partition);
+                state.remember_score(record.offset, &score);
+                score
+            }
+        };
+        if !replayed {
+            self.enforce_entity_budget(&record.topic, record.partition);
+        }
+        metrics::histogram!(names::ML_RISK).record(score.risk);
+        event.score = Some(score);
+        let payload = avro::encode_event(&event).map_err(|e| StageError::Internal(e.to_string()))?;
+        out.push(OutMessage { topic: self.output_topic.clone(), key: record.key.clone(), payload });
+        Ok(())
+    }
+
+    fn partition_assigned(&mut self, topic: &str, partition: i32) -> Result<(), StageError> {
+        self.state.assigned(topic, partition)
+    }
+
+    fn checkpoint(&mut self, owned: Option<&[(String, i32)]>) -> Result<Option<CommitOffsets>, StageError> {
+        let durable = self.state.checkpoint(owned);
+        metrics::gauge!(names::ML_ENTITIES).set(self.state.key_count() as f64);
+        Ok(durable)
+    }
+
+    fn committed(&mut self, offsets: &CommitOffsets) {
+        self.state.committed(offsets);
+    }
+}
