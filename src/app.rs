@@ -104,6 +104,26 @@ impl RunReport {
     }
 }
 
+/// The known-threat index: Qdrant when configured and reachable, else the embedded one.
+async fn similarity_index(config: &crate::stage::ml_score::MlConfig, exemplars: Vec<crate::ml::similarity::Exemplar>) -> Arc<dyn crate::ml::similarity::ThreatIndex> {
+    let count = exemplars.len();
+    if let Some(url) = config.qdrant.clone() {
+        let collection = config.qdrant_collection.clone();
+        let copy = exemplars.clone();
+        // The client's setup blocks on its own runtime: keep it off this one.
+        match tokio::task::spawn_blocking(move || crate::ml::qdrant::QdrantIndex::connect(&url, &collection, copy)).await {
+            Ok(Ok(index)) => {
+                tracing::info!(exemplars = count, url = config.qdrant.as_deref().unwrap_or_default(), "known-threat exemplars on Qdrant");
+                return Arc::new(index);
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "Qdrant unavailable; using the embedded exemplar index"),
+            Err(error) => tracing::warn!(%error, "Qdrant setup panicked; using the embedded exemplar index"),
+        }
+    }
+    tracing::info!(exemplars = count, "known-threat exemplars loaded (embedded index)");
+    Arc::new(crate::ml::similarity::ExactIndex::new(exemplars))
+}
+
 /// Runs the configured pipeline until `shutdown_signal` resolves (or a stage fails, or a
 /// generator with a `total` finished and the pipeline drained).
 pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + Send) -> Result<RunReport, AppError> {
@@ -163,12 +183,11 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
                 (None, None) => {}
             }
             model_thread = model.watch(config.ml.reload_interval, reload_stop.clone());
-            let (index, problems) = crate::ml::similarity::ExactIndex::load(&config.ml.exemplars);
+            let (exemplars, problems) = crate::ml::similarity::load_exemplars(&config.ml.exemplars);
             for (path, reason) in &problems {
                 tracing::warn!(path = %path.display(), %reason, "exemplar file not loaded");
             }
-            tracing::info!(exemplars = crate::ml::similarity::ThreatIndex::len(&index), "known-threat exemplars loaded");
-            (model, Arc::new(index))
+            (model, similarity_index(&config.ml, exemplars).await)
         } else {
             (crate::ml::handle::ModelHandle::none(), Arc::new(crate::ml::similarity::ExactIndex::default()))
         };

@@ -194,3 +194,16 @@ fn baselines_survive_a_change_of_owner_through_redis() {
     assert!(score.parts["baseline"] >= 80.0, "the restored baseline knows alice's normal: {score:?}");
     assert!(score.top_features.iter().any(|f| f == "baseline.new_place"), "{score:?}");
 }
+
+#[test]
+fn an_unreachable_qdrant_is_reported_at_start_not_per_event() {
+    // No Qdrant server can run on these machines (DESIGN.md); what can be checked here is
+    // that the backend fails fast and clearly when the server is not there, so the
+    // application falls back to the embedded index at start.
+    let (exemplars, _) = threatpipe::ml::similarity::load_exemplars(&["pipelines/exemplars".into()]);
+    let started = std::time::Instant::now();
+    let result = threatpipe::ml::qdrant::QdrantIndex::connect("http://127.0.0.1:1", "threatpipe_test", exemplars);
+    let error = result.err().expect("nothing listens on port 1");
+    assert!(error.contains("127.0.0.1:1"), "the error names the server: {error}");
+    assert!(started.elapsed() < Duration::from_secs(10), "fails within the connect timeout");
+}

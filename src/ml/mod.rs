@@ -11,6 +11,7 @@ pub mod data;
 pub mod features;
 pub mod handle;
 pub mod model;
+pub mod qdrant;
 pub mod similarity;
 pub mod train;
 

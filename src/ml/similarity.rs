@@ -118,9 +118,17 @@ impl ExactIndex {
         Self { exemplars: exemplars.into_iter().map(|e| { let v = embed(&e.text); (e, v) }).collect() }
     }
 
-    /// Loads every `.toml` file under `paths` (`[[exemplar]]` tables with id, kind, title,
-    /// text). Returns the index and the files that did not load, with reasons.
+    /// Loads every `.toml` file under `paths` (see [`load_exemplars`]).
     pub fn load(paths: &[PathBuf]) -> (Self, Vec<(PathBuf, String)>) {
+        let (exemplars, problems) = load_exemplars(paths);
+        (Self::new(exemplars), problems)
+    }
+}
+
+/// Every exemplar in the `.toml` files under `paths` (`[[exemplar]]` tables with id, kind,
+/// title, text), and the files that did not load, with reasons.
+pub fn load_exemplars(paths: &[PathBuf]) -> (Vec<Exemplar>, Vec<(PathBuf, String)>) {
+    {
         let mut files = Vec::new();
         for path in paths {
             collect(path, &mut files);
@@ -133,7 +141,7 @@ impl ExactIndex {
                 Err(reason) => problems.push((file, reason)),
             }
         }
-        (Self::new(exemplars), problems)
+        (exemplars, problems)
     }
 }
 

@@ -52,6 +52,10 @@ pub struct MlConfig {
     pub checkpoint_prefix: String,
     /// Entity baselines per instance; the least recently seen are evicted beyond it.
     pub max_entities: usize,
+    /// Search exemplars on this Qdrant server (gRPC URL, e.g. `http://qdrant:6334`) instead
+    /// of the embedded index. Unreachable at start: the embedded index is used (logged).
+    pub qdrant: Option<String>,
+    pub qdrant_collection: String,
 }
 
 impl Default for MlConfig {
@@ -63,6 +67,8 @@ impl Default for MlConfig {
             checkpoint: None,
             checkpoint_prefix: "threatpipe:ml".into(),
             max_entities: 1_000_000,
+            qdrant: None,
+            qdrant_collection: "threatpipe_exemplars".into(),
         }
     }
 }

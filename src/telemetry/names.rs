@@ -23,3 +23,4 @@ pub const MODEL_RELOADS: &str = "threatpipe_model_reloads_total";
 pub const ML_EVICTED_ENTITIES: &str = "threatpipe_ml_evicted_entities_total";
 pub const ML_ENTITIES: &str = "threatpipe_ml_entities";
 pub const ML_RISK: &str = "threatpipe_ml_risk";
+pub const SIMILARITY_ERRORS: &str = "threatpipe_similarity_errors_total";
