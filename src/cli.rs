@@ -64,6 +64,9 @@ pub enum Command {
     /// Example: threatpipe train --generated 50000 --out models/generator.json
     ///          threatpipe train --nsl-kdd ../shared/data/nsl-kdd/KDDTrain+_20Percent.txt --no-classifier
     Train(TrainArgs),
+    /// ClickHouse, where events, alerts and dead letters are kept: apply the schema.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Score NDJSON events with a model file: one JSON line per event with its risk (0-100),
     /// the parts (anomaly, classifier) and the features that drove each.
     ///
@@ -110,6 +113,23 @@ pub struct TrainArgs {
     /// Also print the evaluation as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create the database and apply every schema migration not applied yet
+    /// (schemas/clickhouse/, recorded in schema_migrations). Safe to run again and from
+    /// several instances. Refuses a migration whose text changed after it was applied.
+    ///
+    /// Example: threatpipe db migrate --url http://127.0.0.1:8123 --database threatpipe
+    Migrate {
+        /// ClickHouse HTTP interface (default: clickhouse.url).
+        #[arg(long)]
+        url: Option<String>,
+        /// Database (default: clickhouse.database).
+        #[arg(long)]
+        database: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -342,6 +362,23 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Rules(ref command)) => crate::rules_cli::run(&cli, command),
         Some(Command::Train(ref args)) => crate::ml_cli::train(args),
         Some(Command::Score(ref args)) => crate::ml_cli::score(args),
+        Some(Command::Db(DbCommand::Migrate { ref url, ref database })) => {
+            let mut config = load_config_without_scan(&cli)?.clickhouse;
+            if let Some(url) = url {
+                config.url = url.clone();
+            }
+            if let Some(database) = database {
+                config.database = database.clone();
+            }
+            let errors = config.validate();
+            anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
+            let report = crate::db::migrate(&config).await?;
+            for (version, name) in &report.applied {
+                println!("applied {version:04} {name}");
+            }
+            println!("{} applied now, {} already applied; database {} at {}", report.applied.len(), report.already, config.database, config.url);
+            Ok(())
+        }
         Some(Command::Config) => {
             let config = load_config(&cli, None)?;
             print!("{}", toml::to_string_pretty(&config).context("rendering config")?);

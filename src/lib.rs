@@ -16,6 +16,7 @@ pub mod app;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod detect;
 pub mod error;
 pub mod event;

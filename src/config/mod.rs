@@ -73,6 +73,8 @@ pub struct AppConfig {
     pub correlate: crate::stage::correlate::CorrelateConfig,
     #[serde(default)]
     pub ml: crate::stage::ml_score::MlConfig,
+    #[serde(default)]
+    pub clickhouse: crate::db::ClickHouseConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

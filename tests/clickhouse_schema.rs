@@ -1,0 +1,67 @@
+//! The warehouse schema on the real ClickHouse (18.16 here, per DESIGN.md): `db migrate`
+//! creates every table and rollup, is idempotent, refuses an applied migration whose text
+//! changed, and the rollups count what is inserted.
+
+mod support;
+
+use threatpipe::db::{migrate, ClickHouseConfig, DbError, MIGRATIONS};
+
+fn config() -> ClickHouseConfig {
+    let url = std::env::var("CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+    ClickHouseConfig { url, database: support::unique("tp_schema").replace('-', "_"), ..ClickHouseConfig::default() }
+}
+
+async fn count(config: &ClickHouseConfig, sql: &str) -> u64 {
+    config.client().query(sql).fetch_one::<u64>().await.unwrap()
+}
+
+#[test]
+fn migrate_creates_the_schema_once_and_the_rollups_count_inserts() {
+    let config = config();
+    support::runtime().block_on(async {
+        let first = migrate(&config).await.unwrap();
+        assert_eq!(first.applied.len(), MIGRATIONS.len());
+        let again = migrate(&config).await.unwrap();
+        assert!(again.applied.is_empty(), "idempotent: {again:?}");
+        assert_eq!(again.already, MIGRATIONS.len());
+        let db = &config.database;
+        for table in ["events", "alerts", "dead_letters", "alerts_per_minute", "alerts_per_hour", "events_per_class_minute", "schema_migrations"] {
+            let n = count(&config, &format!("SELECT count() FROM system.tables WHERE database = '{db}' AND name = '{table}'")).await;
+            assert_eq!(n, 1, "{table} exists");
+        }
+
+        // The rollups count what lands in the base tables.
+        let client = config.client();
+        client
+            .query(&format!("INSERT INTO {db}.alerts (day, time, id, tenant, severity, rule_ids) VALUES (today(), now(), 'a1', 'acme', 'high', ['r1', 'r2'])"))
+            .execute()
+            .await
+            .unwrap();
+        assert_eq!(count(&config, &format!("SELECT sum(alerts) FROM {db}.alerts_per_hour WHERE rule_id = 'r2'")).await, 1);
+
+        client.query(&format!("DROP DATABASE {db}")).execute().await.unwrap();
+    });
+}
+
+#[test]
+fn a_migration_changed_after_it_was_applied_is_refused() {
+    let config = config();
+    let db = config.database.clone();
+    support::runtime().block_on(async {
+        let client = config.client();
+        // A database where version 1 was applied from different text.
+        client.query(&format!("CREATE DATABASE {db}")).execute().await.unwrap();
+        client
+            .query(&format!("CREATE TABLE {db}.schema_migrations (version UInt32, name String, checksum String, applied_at DateTime) ENGINE = MergeTree ORDER BY version"))
+            .execute()
+            .await
+            .unwrap();
+        client.query(&format!("INSERT INTO {db}.schema_migrations (version, name, checksum) VALUES (1, 'events', 'not-the-same')")).execute().await.unwrap();
+        match migrate(&config).await {
+            Err(DbError::Changed { version: 1, .. }) => {}
+            other => panic!("a changed migration must be refused, got {other:?}"),
+        }
+        assert_eq!(count(&config, &format!("SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'alerts'")).await, 0, "nothing after it ran");
+        client.query(&format!("DROP DATABASE {db}")).execute().await.unwrap();
+    });
+}
