@@ -59,7 +59,8 @@ pub enum Command {
     ///
     /// Data (one of): --generated N (the built-in generator; labels are its attack
     /// scenarios), --events FILE (raw NDJSON; label in --label-field, absent = normal),
-    /// --nsl-kdd FILE (NSL-KDD connection records; labels are attack families).
+    /// --nsl-kdd FILE (NSL-KDD connection records; labels are attack families),
+    /// --clickhouse DAYS (history in the warehouse; rule-flagged events are `flagged`).
     ///
     /// Example: threatpipe train --generated 50000 --out models/generator.json
     ///          threatpipe train --nsl-kdd ../shared/data/nsl-kdd/KDDTrain+_20Percent.txt --no-classifier
@@ -75,7 +76,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("data").required(true).args(["generated", "events", "nsl_kdd"])))]
+#[command(group(clap::ArgGroup::new("data").required(true).args(["generated", "events", "nsl_kdd", "clickhouse"])))]
 pub struct TrainArgs {
     /// Train on N events of the built-in generator.
     #[arg(long, value_name = "N")]
@@ -89,6 +90,16 @@ pub struct TrainArgs {
     /// Train on NSL-KDD records (CSV: 41 features, label, difficulty).
     #[arg(long, value_name = "FILE")]
     pub nsl_kdd: Option<PathBuf>,
+    /// Train on the last N days of events in ClickHouse (clickhouse.url / database): the
+    /// anomaly model learns history; events rules flagged are held out as `flagged`.
+    #[arg(long, value_name = "DAYS")]
+    pub clickhouse: Option<u32>,
+    /// With --clickhouse: only this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// With --clickhouse: at most this many events.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub limit: u64,
     /// Share of rows held out for the evaluation.
     #[arg(long, default_value_t = 0.2)]
     pub holdout: f64,
@@ -360,7 +371,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Generate(ref args)) => generate(args).await,
         Some(Command::Normalize(ref args)) => normalize(&cli, args),
         Some(Command::Rules(ref command)) => crate::rules_cli::run(&cli, command),
-        Some(Command::Train(ref args)) => crate::ml_cli::train(args),
+        Some(Command::Train(ref args)) => crate::ml_cli::train(&cli, args).await,
         Some(Command::Score(ref args)) => crate::ml_cli::score(args),
         Some(Command::Db(DbCommand::Migrate { ref url, ref database })) => {
             let mut config = load_config_without_scan(&cli)?.clickhouse;

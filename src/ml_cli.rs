@@ -14,7 +14,7 @@ use crate::ml::train::{train as fit, TrainOptions};
 use crate::ml::{data, fuse};
 use crate::normalize::{NormalizeConfig, Normalizer};
 
-pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
+pub async fn train(cli: &crate::cli::Cli, args: &TrainArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let (samples, source) = if let Some(n) = args.generated {
         eprintln!("generating {n} events (seed {}, one attack burst per ~{} events)…", args.seed, args.attack_every);
@@ -27,8 +27,12 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         (samples, path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "events".into()))
     } else if let Some(path) = &args.nsl_kdd {
         (data::nsl_kdd(path)?, "nsl-kdd".to_string())
+    } else if let Some(days) = args.clickhouse {
+        let config = crate::cli::load_config_without_scan(cli)?.clickhouse;
+        eprintln!("reading up to {} events of the last {days} days from {} ({})…", args.limit, config.url, config.database);
+        (data::clickhouse(&config, days, args.tenant.as_deref(), args.limit).await?, format!("clickhouse-{}", config.database))
     } else {
-        anyhow::bail!("give --generated N, --events FILE or --nsl-kdd FILE");
+        anyhow::bail!("give --generated N, --events FILE, --nsl-kdd FILE or --clickhouse DAYS");
     };
     let mut by_label: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for s in &samples {

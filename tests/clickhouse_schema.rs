@@ -65,3 +65,59 @@ fn a_migration_changed_after_it_was_applied_is_refused() {
         client.query(&format!("DROP DATABASE {db}")).execute().await.unwrap();
     });
 }
+
+#[test]
+fn events_round_trip_through_the_events_table_and_train_from_history() {
+    use threatpipe::db::rows::{EventRow, EVENT_COLUMNS};
+    use threatpipe::detect::{Detector, ScanConfig};
+    use threatpipe::generator::{EventGenerator, GeneratorConfig};
+    use threatpipe::normalize::{NormalizeConfig, Normalizer};
+
+    let config = config();
+    let db = config.database.clone();
+    // Generator traffic as ml-score sees it, stamped over the last day.
+    let (detector, _) = Detector::load(&ScanConfig::default());
+    let normalizer = Normalizer::new(NormalizeConfig::default(), "default");
+    let mut generator = EventGenerator::new(GeneratorConfig { seed: 3, attack_every: 30, malformed_ratio: 0.0, ..GeneratorConfig::default() });
+    let now = chrono::Utc::now().timestamp_micros();
+    let events: Vec<_> = (0..3_000)
+        .map(|i| {
+            let t = now - 86_400_000_000 + i * 20_000_000;
+            let record = threatpipe::bus::Record::from_line("g", i as usize, generator.next_record(t).payload);
+            let mut event = normalizer.normalize(&record, t).unwrap();
+            event.matches = detector.scan(&event);
+            event
+        })
+        .collect();
+    support::runtime().block_on(async {
+        migrate(&config).await.unwrap();
+        let client = config.client().with_database(&db);
+        let mut insert = client.insert::<EventRow>("events").await.unwrap();
+        for event in &events {
+            insert.write(&EventRow::from_event(event, now)).await.unwrap();
+        }
+        insert.end().await.unwrap();
+        let back: Vec<EventRow> = client.query(&format!("SELECT {EVENT_COLUMNS} FROM events FINAL ORDER BY time_us")).fetch_all().await.unwrap();
+        assert_eq!(back.len(), events.len());
+        let first = back[0].to_event();
+        assert_eq!((first.id.as_str(), first.class, first.user()), (events[0].id.as_str(), events[0].class, events[0].user()));
+        let flagged = back.iter().filter(|r| !r.match_rule_ids.is_empty()).count();
+        assert!(flagged > 10, "attacks carry their matches: {flagged}");
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("history.json");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_threatpipe"))
+        .args(["train", "--clickhouse", "7", "--components", "1", "--out"])
+        .arg(&model)
+        .env("THREATPIPE_CLICKHOUSE__URL", &config.url)
+        .env("THREATPIPE_CLICKHOUSE__DATABASE", &db)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("flagged") && stdout.contains("ROC AUC"), "{stdout}");
+    let loaded = threatpipe::ml::model::Model::load(&model).unwrap();
+    assert!(loaded.version().starts_with("clickhouse-"), "{}", loaded.version());
+    support::runtime().block_on(async { config.client().query(&format!("DROP DATABASE {db}")).execute().await.unwrap() });
+}

@@ -92,6 +92,41 @@ pub fn ndjson(path: &Path, label_field: &str) -> anyhow::Result<(Vec<Sample>, us
     Ok((samples, skipped))
 }
 
+/// Events from the warehouse (`events`, deduplicated with FINAL) of the last `days` days,
+/// optionally one tenant, at most `limit`, in event-time order. Labels: `flagged` for events
+/// that rules or correlations flagged, `normal` for the rest (history is mostly normal; the
+/// anomaly model learns it, and the evaluation shows how much of what rules flagged it finds
+/// on its own).
+pub async fn clickhouse(config: &crate::db::ClickHouseConfig, days: u32, tenant: Option<&str>, limit: u64) -> anyhow::Result<Vec<Sample>> {
+    anyhow::ensure!(crate::db::valid_identifier(&config.database), "clickhouse.database `{}` is not a valid name", config.database);
+    let since = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0).saturating_sub(days.saturating_mul(86_400));
+    let sql = format!(
+        "SELECT {} FROM {}.events FINAL WHERE time >= ? AND (? = '' OR tenant = ?) ORDER BY time_us LIMIT ?",
+        crate::db::rows::EVENT_COLUMNS,
+        config.database
+    );
+    let tenant = tenant.unwrap_or_default();
+    let rows: Vec<crate::db::rows::EventRow> = config
+        .client()
+        .query(&sql)
+        .bind(since)
+        .bind(tenant)
+        .bind(tenant)
+        .bind(limit)
+        .fetch_all()
+        .await
+        .with_context(|| format!("reading events from ClickHouse at {}", config.url))?;
+    let mut baselines = BaselineState::default();
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let event = row.to_event();
+            let label = if event.matches.is_empty() && event.correlations.is_empty() { NORMAL } else { "flagged" };
+            Sample { features: features_with_baseline(&event, &mut baselines), label: label.to_string() }
+        })
+        .collect())
+}
+
 /// NSL-KDD's 41 feature columns, in file order.
 pub const NSL_KDD_COLUMNS: [&str; 41] = [
     "duration", "protocol_type", "service", "flag", "src_bytes", "dst_bytes", "land", "wrong_fragment", "urgent", "hot",
