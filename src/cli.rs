@@ -141,6 +141,14 @@ pub enum DbCommand {
         #[arg(long)]
         database: Option<String>,
     },
+    /// Drop day partitions older than the retention (clickhouse.retention_days, or --days)
+    /// from events, alerts, dead letters and the rollups.
+    ///
+    /// Example: threatpipe db prune --days 90
+    Prune {
+        #[arg(long)]
+        days: Option<u32>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -388,6 +396,16 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 println!("applied {version:04} {name}");
             }
             println!("{} applied now, {} already applied; database {} at {}", report.applied.len(), report.already, config.database, config.url);
+            Ok(())
+        }
+        Some(Command::Db(DbCommand::Prune { days })) => {
+            let config = load_config_without_scan(&cli)?.clickhouse;
+            let days = days.unwrap_or(config.retention_days);
+            let dropped = crate::db::prune(&config, days).await?;
+            for (table, partition) in &dropped {
+                println!("dropped {}.{table} {partition}", config.database);
+            }
+            println!("{} partitions older than {days} days dropped", dropped.len());
             Ok(())
         }
         Some(Command::Config) => {

@@ -121,3 +121,28 @@ fn events_round_trip_through_the_events_table_and_train_from_history() {
     assert!(loaded.version().starts_with("clickhouse-"), "{}", loaded.version());
     support::runtime().block_on(async { config.client().query(&format!("DROP DATABASE {db}")).execute().await.unwrap() });
 }
+
+#[test]
+fn prune_drops_only_day_partitions_beyond_the_retention() {
+    let config = config();
+    let db = config.database.clone();
+    support::runtime().block_on(async {
+        migrate(&config).await.unwrap();
+        let client = config.client();
+        for days_ago in [40, 0] {
+            client
+                .query(&format!(
+                    "INSERT INTO {db}.events (day, time, id, tenant) VALUES (today() - {days_ago}, now() - {days_ago} * 86400, 'e{days_ago}', 'acme')"
+                ))
+                .execute()
+                .await
+                .unwrap();
+        }
+        let dropped = threatpipe::db::prune(&config, 30).await.unwrap();
+        assert!(dropped.iter().any(|(table, _)| table == "events"), "{dropped:?}");
+        assert!(dropped.iter().all(|(table, _)| table != "schema_migrations"));
+        assert_eq!(count(&config, &format!("SELECT count() FROM {db}.events")).await, 1, "today's row stays");
+        assert!(threatpipe::db::prune(&config, 0).await.unwrap().is_empty(), "0 keeps everything");
+        client.query(&format!("DROP DATABASE {db}")).execute().await.unwrap();
+    });
+}

@@ -152,6 +152,49 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrateReport, DbError
     Ok(report)
 }
 
+/// Tables whose day partitions retention drops.
+pub const DAY_PARTITIONED: &[&str] = &["events", "alerts", "dead_letters", "alerts_per_minute", "alerts_per_hour", "events_per_class_minute"];
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct PartitionRow {
+    table: String,
+    partition: String,
+}
+
+/// Drops day partitions older than `days` days from every day-partitioned table; returns
+/// (table, partition) dropped. `days` = 0 keeps everything.
+pub async fn prune(config: &ClickHouseConfig, days: u32) -> Result<Vec<(String, String)>, DbError> {
+    let db = &config.database;
+    if !valid_identifier(db) {
+        return Err(DbError::BadName(db.clone()));
+    }
+    if days == 0 {
+        return Ok(Vec::new());
+    }
+    let client = config.client();
+    let err = |source| DbError::Query { url: config.url.clone(), source };
+    let cutoff = (chrono::Utc::now() - chrono::Duration::days(i64::from(days))).format("%Y-%m-%d").to_string();
+    // A day partition's id is its date as YYYYMMDD; its `partition` value is the date text.
+    let partitions: Vec<PartitionRow> = client
+        .query("SELECT DISTINCT table, partition FROM system.parts WHERE database = ? AND active AND has(?, table) AND partition_id < ?")
+        .bind(db.as_str())
+        .bind(DAY_PARTITIONED)
+        .bind(cutoff.replace('-', ""))
+        .fetch_all()
+        .await
+        .map_err(err)?;
+    let mut dropped = Vec::new();
+    for PartitionRow { table, partition } in partitions {
+        let value = partition.trim_matches('\'').to_string();
+        if !value.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+            continue; // not a day partition: leave it
+        }
+        client.query(&format!("ALTER TABLE {db}.{table} DROP PARTITION '{value}'")).execute().await.map_err(err)?;
+        dropped.push((table, value));
+    }
+    Ok(dropped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
