@@ -197,12 +197,13 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
     let mut stages = Vec::new();
     for stats in &telemetry.stages {
         let kind = stats.stage;
-        let (input, _) = kind.topics(&config);
+        let inputs = kind.inputs(&config);
         let consumer = match &memory {
-            Some(bus) => BusConsumer::Memory(bus.consumer(&input)?),
+            // Config validation keeps multi-topic roles (the sink) off the in-process bus.
+            Some(bus) => BusConsumer::Memory(bus.consumer(&inputs[0])?),
             None => {
                 let group = format!("{}.{}", config.kafka.group_prefix, kind.as_str());
-                BusConsumer::Kafka(KafkaConsumer::subscribe(&config.kafka_settings(), &group, std::slice::from_ref(&input))?)
+                BusConsumer::Kafka(KafkaConsumer::subscribe(&config.kafka_settings(), &group, &inputs)?)
             }
         };
         let runner = StageRunner::new(
@@ -230,7 +231,7 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
     let sinks_stop = CancellationToken::new();
     let mut sinks = Vec::new();
     if let Some(bus) = &memory {
-        let consumed: Vec<String> = config.pipeline.stages.iter().map(|k| k.topics(&config).0).collect();
+        let consumed: Vec<String> = config.pipeline.stages.iter().flat_map(|k| k.inputs(&config)).collect();
         for topic in config.topics.all() {
             if consumed.contains(&topic) {
                 continue;

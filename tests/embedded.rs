@@ -47,6 +47,7 @@ async fn embedded_pipeline_delivers_every_generated_event_through_every_stage() 
                 assert_eq!(*produced, correlated, "ml-score passed them on");
             }
             StageKind::Alert => assert_eq!(*received, correlated, "alert saw every event and finding"),
+            StageKind::Sink => panic!("the sink role does not run in embedded mode"),
         }
     }
     let scanned = report.stages.iter().find(|s| s.0 == StageKind::QuickScan).map(|s| s.2).unwrap();

@@ -75,6 +75,8 @@ pub struct AppConfig {
     pub ml: crate::stage::ml_score::MlConfig,
     #[serde(default)]
     pub clickhouse: crate::db::ClickHouseConfig,
+    #[serde(default)]
+    pub sink: crate::stage::sink::SinkConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -343,6 +345,15 @@ impl AppConfig {
         }
         if self.pipeline.stages.contains(&StageKind::MlScore) {
             errors.extend(self.ml.validate());
+        }
+        if self.pipeline.stages.contains(&StageKind::Sink) {
+            errors.extend(self.clickhouse.validate());
+            if self.pipeline.bus == BusKind::Memory {
+                errors.push("the sink role reads three topics and needs bus = \"kafka\" (run it with --bus kafka or pipelines/kafka.toml)".into());
+            }
+            if self.sink.batch_rows == 0 || self.sink.max_buffered_rows < self.sink.batch_rows {
+                errors.push("sink.batch_rows must be at least 1 and at most sink.max_buffered_rows".into());
+            }
         }
         let topics = self.topics.all();
         for (i, topic) in topics.iter().enumerate() {

@@ -176,3 +176,91 @@ impl EventRow {
         event
     }
 }
+
+/// One row of `alerts`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct AlertRow {
+    pub day: u16,
+    pub time: u32,
+    pub time_us: i64,
+    pub last_seen_us: i64,
+    pub id: String,
+    pub tenant: String,
+    pub severity: String,
+    pub title: String,
+    pub rule_ids: Vec<String>,
+    pub entity: String,
+    pub risk: f64,
+    pub count: i64,
+    pub attack_tactics: Vec<String>,
+    pub attack_techniques: Vec<String>,
+    pub event_ids: Vec<String>,
+    pub summary: String,
+    pub inserted_at: u32,
+}
+
+impl AlertRow {
+    pub fn from_alert(alert: &crate::event::Alert, inserted_at_us: i64) -> Self {
+        let severity = serde_json::to_value(alert.severity).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        Self {
+            day: day(alert.time_us),
+            time: seconds(alert.time_us),
+            time_us: alert.time_us,
+            last_seen_us: alert.last_seen_us,
+            id: alert.id.clone(),
+            tenant: alert.tenant.clone(),
+            severity,
+            title: alert.title.clone(),
+            rule_ids: alert.rule_ids.clone(),
+            entity: alert.entity.clone(),
+            risk: alert.risk.unwrap_or(0.0),
+            count: alert.count,
+            attack_tactics: alert.attack_tactics.clone(),
+            attack_techniques: alert.attack_techniques.clone(),
+            event_ids: alert.event_ids.clone(),
+            summary: alert.summary.clone().unwrap_or_default(),
+            inserted_at: seconds(inserted_at_us),
+        }
+    }
+}
+
+/// One row of `dead_letters`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct DeadLetterRow {
+    pub day: u16,
+    pub time: u32,
+    pub time_us: i64,
+    /// `{source_topic}:{partition}:{offset}:{stage}`: the same dead letter replayed is the
+    /// same row.
+    pub id: String,
+    pub stage: String,
+    pub reason_code: String,
+    pub reason: String,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub original_size: i64,
+    /// The original bytes, lossily as text (they failed to parse; kept for inspection).
+    pub original: String,
+    pub inserted_at: u32,
+}
+
+impl DeadLetterRow {
+    pub fn from_dead_letter(dead: &crate::event::DeadLetter, inserted_at_us: i64) -> Self {
+        Self {
+            day: day(dead.time_us),
+            time: seconds(dead.time_us),
+            time_us: dead.time_us,
+            id: format!("{}:{}:{}:{}", dead.source_topic, dead.source_partition, dead.source_offset, dead.stage),
+            stage: dead.stage.clone(),
+            reason_code: dead.reason_code.clone(),
+            reason: dead.reason.clone(),
+            source_topic: dead.source_topic.clone(),
+            source_partition: dead.source_partition,
+            source_offset: dead.source_offset,
+            original_size: dead.original_size,
+            original: String::from_utf8_lossy(&dead.original).into_owned(),
+            inserted_at: seconds(inserted_at_us),
+        }
+    }
+}

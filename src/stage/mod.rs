@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod correlate;
 pub mod ml_score;
 mod passthrough;
+pub mod sink;
 pub mod partitioned;
 pub mod quick_scan;
 pub mod runner;
@@ -31,6 +32,9 @@ pub enum StageKind {
     #[serde(alias = "ml_score")]
     MlScore,
     Alert,
+    /// Not a pipeline step: the role that writes scored events, alerts and dead letters to
+    /// ClickHouse.
+    Sink,
 }
 
 impl StageKind {
@@ -43,6 +47,7 @@ impl StageKind {
             Self::Correlate => "correlate",
             Self::MlScore => "ml-score",
             Self::Alert => "alert",
+            Self::Sink => "sink",
         }
     }
 
@@ -55,8 +60,18 @@ impl StageKind {
             Self::Correlate => (&t.scanned, &t.correlated),
             Self::MlScore => (&t.correlated, &t.scored),
             Self::Alert => (&t.scored, &t.alerts),
+            // The sink writes to ClickHouse; it has no output topic.
+            Self::Sink => (&t.scored, &t.dlq),
         };
         (input.clone(), output.clone())
+    }
+
+    /// Every topic this stage reads.
+    pub fn inputs(self, config: &AppConfig) -> Vec<String> {
+        match self {
+            Self::Sink => vec![config.topics.scored.clone(), config.topics.alerts.clone(), config.topics.dlq.clone()],
+            other => vec![other.topics(config).0],
+        }
     }
 }
 
@@ -178,5 +193,12 @@ pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) ->
             ))
         }
         StageKind::Alert => Box::new(passthrough::AlertPlaceholder::new(output, config.topics.dlq.clone())),
+        StageKind::Sink => Box::new(sink::SinkStage::new(
+            &config.clickhouse,
+            config.sink.clone(),
+            config.topics.scored.clone(),
+            config.topics.alerts.clone(),
+            config.topics.dlq.clone(),
+        )?),
     })
 }

@@ -24,3 +24,7 @@ pub const ML_EVICTED_ENTITIES: &str = "threatpipe_ml_evicted_entities_total";
 pub const ML_ENTITIES: &str = "threatpipe_ml_entities";
 pub const ML_RISK: &str = "threatpipe_ml_risk";
 pub const SIMILARITY_ERRORS: &str = "threatpipe_similarity_errors_total";
+pub const SINK_ROWS: &str = "threatpipe_sink_rows_total";
+pub const SINK_INSERT_SECONDS: &str = "threatpipe_sink_insert_seconds";
+pub const SINK_INSERT_FAILURES: &str = "threatpipe_sink_insert_failures_total";
+pub const SINK_SKIPPED: &str = "threatpipe_sink_skipped_total";
