@@ -314,3 +314,85 @@ impl NormalizeEnv {
         StageProcess::start(name, &[], &self.env)
     }
 }
+
+/// A ClickHouse server of the test's own (the same binary scripts/services.sh runs), on
+/// free ports with its own data directory, so a test can stop and restart it without
+/// touching the shared server other tests use.
+pub struct PrivateClickHouse {
+    dir: tempfile::TempDir,
+    pub http_port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl PrivateClickHouse {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (http_port, tcp_port) = (free_port(), free_port());
+        let root = dir.path().display().to_string();
+        for sub in ["data", "tmp", "log"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        let config = format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+    <logger><level>warning</level><log>{root}/log/server.log</log><errorlog>{root}/log/server.err.log</errorlog><size>10M</size><count>1</count></logger>
+    <http_port>{http_port}</http_port>
+    <tcp_port>{tcp_port}</tcp_port>
+    <listen_host>127.0.0.1</listen_host>
+    <path>{root}/data/</path>
+    <tmp_path>{root}/tmp/</tmp_path>
+    <users_config>/etc/clickhouse-server/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <mark_cache_size>268435456</mark_cache_size>
+</yandex>
+"#
+        );
+        std::fs::write(dir.path().join("config.xml"), config).unwrap();
+        let mut server = Self { dir, http_port, child: None };
+        server.resume();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    fn answers(&self) -> bool {
+        TcpStream::connect_timeout(&format!("127.0.0.1:{}", self.http_port).parse().unwrap(), Duration::from_millis(200)).is_ok()
+    }
+
+    /// Starts (again) on the same ports and data.
+    pub fn resume(&mut self) {
+        let child = Command::new("clickhouse-server")
+            .arg(format!("--config-file={}", self.dir.path().join("config.xml").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("clickhouse-server (installed by scripts/services.sh)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.answers() {
+            assert!(Instant::now() < deadline, "private ClickHouse did not start: {}", std::fs::read_to_string(self.dir.path().join("log/server.err.log")).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills the server (as an outage would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateClickHouse {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
