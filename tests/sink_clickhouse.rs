@@ -11,8 +11,8 @@ use support::{create_topics, produce_all, require_broker, stage_env, unique, wai
 use threatpipe::db::{migrate, ClickHouseConfig};
 use threatpipe::event::{avro, Alert, DeadLetter, Event, EventClass, Severity};
 
-const EVENTS: usize = 20_000;
-const ALERTS: usize = 1_000;
+const EVENTS: usize = 100_000;
+const ALERTS: usize = 5_000;
 const DEAD: usize = 300;
 
 async fn count(config: &ClickHouseConfig, sql: &str) -> u64 {
@@ -121,7 +121,7 @@ fn a_sink_killed_mid_stream_leaves_exact_counts() {
     let mut landed = 0;
     while Instant::now() < deadline {
         landed = support::runtime().block_on(count(&config, &format!("SELECT count() FROM {db}.events")));
-        if landed > 2_000 {
+        if landed > 10_000 {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
