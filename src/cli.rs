@@ -68,6 +68,11 @@ pub enum Command {
     /// ClickHouse, where events, alerts and dead letters are kept: apply the schema.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Reports over ClickHouse: threat-summary (alerts by severity and rule), top-entities,
+    /// attack-coverage, detection-latency, dead-letters, pattern (alerts per hour).
+    ///
+    /// Example: threatpipe report threat-summary --tenant acme --since 7d --format csv
+    Report(ReportArgs),
     /// Score NDJSON events with a model file: one JSON line per event with its risk (0-100),
     /// the parts (anomaly, classifier) and the features that drove each.
     ///
@@ -149,6 +154,30 @@ pub enum DbCommand {
         #[arg(long)]
         days: Option<u32>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// threat-summary, top-entities, attack-coverage, detection-latency, dead-letters, pattern.
+    pub name: String,
+    /// Only this tenant (default: all).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Time range ending now, e.g. 24h, 7d (ignored with --from).
+    #[arg(long, default_value = "24h")]
+    pub since: humantime::Duration,
+    /// Range start, RFC 3339 (e.g. 2026-11-01T00:00:00Z).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Range end, RFC 3339 (default: now).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Rows per report (per entity kind for top-entities).
+    #[arg(long, default_value_t = 20)]
+    pub limit: u64,
+    /// table, csv or json.
+    #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+    pub format: String,
 }
 
 #[derive(Debug, Args)]
@@ -396,6 +425,27 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 println!("applied {version:04} {name}");
             }
             println!("{} applied now, {} already applied; database {} at {}", report.applied.len(), report.already, config.database, config.url);
+            Ok(())
+        }
+        Some(Command::Report(ref args)) => {
+            let config = load_config_without_scan(&cli)?.clickhouse;
+            let parse = |s: &str| -> anyhow::Result<u32> {
+                let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| anyhow::anyhow!("{s:?} is not an RFC 3339 time: {e}"))?;
+                Ok(u32::try_from(t.timestamp()).unwrap_or(0))
+            };
+            let now = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+            let to = args.to.as_deref().map(parse).transpose()?.unwrap_or(now + 1);
+            let from = match args.from.as_deref() {
+                Some(from) => parse(from)?,
+                None => to.saturating_sub(u32::try_from(std::time::Duration::from(args.since).as_secs()).unwrap_or(u32::MAX)),
+            };
+            let params = crate::db::reports::ReportParams { tenant: args.tenant.clone().unwrap_or_default(), from, to, limit: args.limit };
+            let table = crate::db::reports::run(&config, &args.name, &params).await?;
+            match args.format.as_str() {
+                "csv" => print!("{}", table.to_csv()),
+                "json" => println!("{}", table.to_json()),
+                _ => print!("{}", table.to_text()),
+            }
             Ok(())
         }
         Some(Command::Db(DbCommand::Prune { days })) => {

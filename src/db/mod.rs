@@ -7,6 +7,7 @@
 //! The SQL keeps to what ClickHouse 18.16 (the DESIGN.md server) and current releases both
 //! accept: no TTL, no LowCardinality, no DateTime64; retention drops whole day partitions.
 
+pub mod reports;
 pub mod rows;
 
 use serde::{Deserialize, Serialize};
