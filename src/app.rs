@@ -276,7 +276,7 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
             .await
             .map_err(|source| AppError::Listen { addr: config.http.listen, source })?;
         info!(addr = %config.http.listen, "Serving /metrics, /health and /ready.");
-        Some(tokio::spawn(crate::serve::serve(listener, telemetry.clone(), prometheus, service_stop.clone())))
+        Some(tokio::spawn(crate::serve::serve(listener, telemetry.clone(), prometheus, config.clickhouse.clone(), service_stop.clone())))
     } else {
         None
     };

@@ -429,17 +429,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Report(ref args)) => {
             let config = load_config_without_scan(&cli)?.clickhouse;
-            let parse = |s: &str| -> anyhow::Result<u32> {
-                let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| anyhow::anyhow!("{s:?} is not an RFC 3339 time: {e}"))?;
-                Ok(u32::try_from(t.timestamp()).unwrap_or(0))
-            };
-            let now = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
-            let to = args.to.as_deref().map(parse).transpose()?.unwrap_or(now + 1);
-            let from = match args.from.as_deref() {
-                Some(from) => parse(from)?,
-                None => to.saturating_sub(u32::try_from(std::time::Duration::from(args.since).as_secs()).unwrap_or(u32::MAX)),
-            };
-            let params = crate::db::reports::ReportParams { tenant: args.tenant.clone().unwrap_or_default(), from, to, limit: args.limit };
+            let since = args.since.to_string();
+            let params = crate::db::reports::ReportParams::parse(args.tenant.as_deref(), Some(&since), args.from.as_deref(), args.to.as_deref(), Some(args.limit))
+                .map_err(|e| anyhow::anyhow!(e))?;
             let table = crate::db::reports::run(&config, &args.name, &params).await?;
             match args.format.as_str() {
                 "csv" => print!("{}", table.to_csv()),

@@ -118,12 +118,50 @@ fn every_report_matches_the_rows_loaded() {
         let per_hour: Vec<_> = pattern.iter().map(|r| r["alerts"].clone()).collect();
         assert_eq!(per_hour, vec![json!("3"), json!("1")], "{pattern:?}");
 
+        // The same over HTTP, from a running instance.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_threatpipe"))
+            .args(["run", "--no-generator", "--quiet", "--http-listen", &format!("127.0.0.1:{port}")])
+            .env("THREATPIPE_CLICKHOUSE__URL", &config.url)
+            .env("THREATPIPE_CLICKHOUSE__DATABASE", &db)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let path = format!("/reports/threat-summary?tenant=acme&from=2025-11-20T00:00:00Z&to=2025-11-27T00:00:00Z");
+        let (status, body) = http_get(port, &path);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap(), serde_json::Value::Array(summary.clone()));
+        let (status, body) = http_get(port, &format!("{path}&format=csv"));
+        assert_eq!((status, body.lines().next()), (200, Some("severity,rule_id,alerts")));
+        assert_eq!(http_get(port, "/reports/nope").0, 404);
+        assert_eq!(http_get(port, "/reports/pattern?since=soon").0, 400);
+        server.kill().unwrap();
+        server.wait().unwrap();
+
         // Parameters are bound: a tenant that is SQL text is just a tenant no row has.
         let hostile = rows(&run(&config, "threat-summary", &params("x' OR '1'='1")).await.unwrap());
         assert!(hostile.is_empty());
         assert!(run(&config, "nope", &params("")).await.unwrap_err().to_string().contains("threat-summary"));
         client.query(&format!("DROP DATABASE {db}")).execute().await.unwrap();
     });
+}
+
+/// A plain HTTP/1.1 GET on loopback (retried while the server starts): (status, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+            return (status, body);
+        }
+        assert!(std::time::Instant::now() < deadline, "no HTTP server on {port}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -30,6 +30,35 @@ pub struct ReportParams {
     pub limit: u64,
 }
 
+impl ReportParams {
+    /// Parameters from what a user types (CLI flags, URL query): a tenant (empty: all), a
+    /// range either as `since` (humantime, e.g. `24h`, `7d`) ending at `to` or now, or as
+    /// RFC 3339 `from` / `to`.
+    pub fn parse(tenant: Option<&str>, since: Option<&str>, from: Option<&str>, to: Option<&str>, limit: Option<u64>) -> Result<Self, String> {
+        let parse = |s: &str| -> Result<u32, String> {
+            let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))?;
+            u32::try_from(t.timestamp()).map_err(|_| format!("{s:?} is out of range"))
+        };
+        let now = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+        let to = to.map(parse).transpose()?.unwrap_or(now + 1);
+        let from = match from {
+            Some(from) => parse(from)?,
+            None => {
+                let since = humantime::parse_duration(since.unwrap_or("24h")).map_err(|e| format!("since: {e} (e.g. 24h, 7d)"))?;
+                to.saturating_sub(u32::try_from(since.as_secs()).unwrap_or(u32::MAX))
+            }
+        };
+        if from >= to {
+            return Err("the range is empty (from must be before to)".into());
+        }
+        let limit = limit.unwrap_or(20);
+        if limit == 0 || limit > 100_000 {
+            return Err("limit must be within 1..=100000".into());
+        }
+        Ok(Self { tenant: tenant.unwrap_or_default().to_string(), from, to, limit })
+    }
+}
+
 /// A report's result: named columns, rows of JSON values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {

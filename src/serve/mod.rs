@@ -1,5 +1,5 @@
 //! The HTTP side of every instance: `/metrics` for Prometheus, `/health` and `/ready` for
-//! orchestrators. Later issues add the live feed and reports to the same router.
+//! orchestrators, `/reports/{name}` over ClickHouse. The live feed joins the same router.
 
 use std::sync::Arc;
 
@@ -17,6 +17,31 @@ use crate::telemetry::{StageState, Telemetry};
 struct AppState {
     telemetry: Telemetry,
     prometheus: Option<Arc<PrometheusHandle>>,
+    clickhouse: Arc<crate::db::ClickHouseConfig>,
+}
+
+/// `GET /reports/{name}?tenant=&since=24h&from=&to=&limit=&format=json|csv`.
+async fn report_handler(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    use crate::db::reports::{run, ReportError, ReportParams};
+    let get = |k: &str| query.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let limit = match get("limit").map(str::parse::<u64>).transpose() {
+        Ok(limit) => limit,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("limit: {e}\n")).into_response(),
+    };
+    let params = match ReportParams::parse(get("tenant"), get("since"), get("from"), get("to"), limit) {
+        Ok(params) => params,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    match run(&state.clickhouse, &name, &params).await {
+        Ok(table) if get("format") == Some("csv") => ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], table.to_csv()).into_response(),
+        Ok(table) => axum::Json(table.to_json()).into_response(),
+        Err(e @ ReportError::Unknown { .. }) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
@@ -58,12 +83,14 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     telemetry: Telemetry,
     prometheus: Option<Arc<PrometheusHandle>>,
+    clickhouse: crate::db::ClickHouseConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let router = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/health", get(health_handler))
         .route("/ready", get(ready_handler))
-        .with_state(AppState { telemetry, prometheus });
+        .route("/reports/{name}", get(report_handler))
+        .with_state(AppState { telemetry, prometheus, clickhouse: Arc::new(clickhouse) });
     axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
