@@ -69,7 +69,7 @@ fn every_report_matches_the_rows_loaded() {
             exec(format!(
                 "INSERT INTO {db}.alerts (day, time, time_us, last_seen_us, id, tenant, severity, rule_ids, attack_techniques, event_ids) VALUES \
                  (toDate({t}), {t}, {alert_us}, {alert_us}, '{id}', '{tenant}', '{severity}', {rules}, {techniques}, {event_ids})",
-                t = T + dt as u32
+                t = T + dt
             ))
             .await;
         }
@@ -127,8 +127,8 @@ fn every_report_matches_the_rows_loaded() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let path = format!("/reports/threat-summary?tenant=acme&from=2025-11-20T00:00:00Z&to=2025-11-27T00:00:00Z");
-        let (status, body) = http_get(port, &path);
+        let path = "/reports/threat-summary?tenant=acme&from=2025-11-20T00:00:00Z&to=2025-11-27T00:00:00Z";
+        let (status, body) = http_get(port, path);
         assert_eq!(status, 200, "{body}");
         assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap(), serde_json::Value::Array(summary.clone()));
         let (status, body) = http_get(port, &format!("{path}&format=csv"));

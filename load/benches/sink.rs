@@ -44,7 +44,7 @@ fn main() {
             outcome: Some("failure".into()),
             actor: Some(Actor { user: Some(format!("user{}", i % 1000)), ..Actor::default() }),
             src: Some(Endpoint { ip: Some(format!("10.0.{}.{}", i % 250, i % 200)), ..Endpoint::default() }),
-            matches: if i % 50 == 0 { vec![Match { rule_id: "r1".into(), kind: "sigma".into(), level: "high".into(), ..Match::default() }] } else { vec![] },
+            matches: if i.is_multiple_of(50) { vec![Match { rule_id: "r1".into(), kind: "sigma".into(), level: "high".into(), ..Match::default() }] } else { vec![] },
             ..Event::default()
         };
         for round in 1..=2 {
