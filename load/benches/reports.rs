@@ -36,7 +36,7 @@ fn main() {
                  toInt64({start} + intDiv(number * 604800, {n})) * 1000000, concat('e', toString(number)), \
                  concat('t', toString(number % 3)), 'authentication', concat('user', toString(number % 1000)), \
                  concat('host', toString(number % 300)), concat('10.0.', toString(number % 250), '.', toString(number % 200)), \
-                 if(number % 50 = 0, ['r', toString(number % 7)], []), toFloat64(number % 100) FROM system.numbers LIMIT {n}"
+                 if(number % 50 = 0, [concat('r', toString(number % 7))], emptyArrayString()), toFloat64(number % 100) FROM system.numbers LIMIT {n}"
             ))
             .execute()
             .await

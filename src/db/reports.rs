@@ -93,7 +93,8 @@ fn sql(name: &str, db: &str) -> Option<String> {
              round(quantileExact(0.99)(latency_ms), 1) AS p99_ms, round(max(latency_ms), 1) AS max_ms FROM \
              (SELECT id, (any(alert_us) - min(event_us)) / 1000 AS latency_ms FROM \
               (SELECT id, time_us AS alert_us, arrayJoin(event_ids) AS event_id FROM {db}.alerts FINAL WHERE {range}) \
-              ANY INNER JOIN (SELECT id AS event_id, time_us AS event_us FROM {db}.events FINAL) USING event_id GROUP BY id)"
+              ANY INNER JOIN (SELECT id AS event_id, time_us AS event_us FROM {db}.events FINAL \
+              WHERE time >= toDateTime(? - 86400) AND time < ? AND (? = '' OR tenant = ?)) USING event_id GROUP BY id)"
         ),
         "dead-letters" => format!(
             "SELECT stage, reason_code, count() AS dead_letters FROM {db}.dead_letters FINAL \
@@ -136,7 +137,10 @@ pub async fn run(config: &ClickHouseConfig, name: &str, params: &ReportParams) -
         }
         // Dead letters carry no tenant; the tenant parameter is accepted and ignored.
         "dead-letters" => query.bind(params.from).bind(params.to).bind(params.limit),
-        "detection-latency" => binds_range(query),
+        // Alerts in the range, joined with their events of up to a day before it.
+        "detection-latency" => binds_range(binds_range(query)),
+        // Every hour of the range, whatever the row limit.
+        "pattern" => binds_range(query).bind(u64::from((params.to - params.from) / 3600 + 1)),
         _ => binds_range(query).bind(params.limit),
     };
     let err = |source| ReportError::Db(DbError::Query { url: config.url.clone(), source });
