@@ -22,7 +22,7 @@ pub struct ClickHouseConfig {
     pub user: String,
     pub password: String,
     /// Days of events, alerts and dead letters kept; older day partitions are dropped by
-    /// `threatpipe db prune` (and the sink). 0 keeps everything.
+    /// `threatpipe db prune` (run it daily: cron, a Kubernetes CronJob). 0 keeps everything.
     pub retention_days: u32,
 }
 
