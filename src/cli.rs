@@ -65,7 +65,8 @@ pub enum Command {
     /// Example: threatpipe train --generated 50000 --out models/generator.json
     ///          threatpipe train --nsl-kdd ../shared/data/nsl-kdd/KDDTrain+_20Percent.txt --no-classifier
     Train(TrainArgs),
-    /// ClickHouse, where events, alerts and dead letters are kept: apply the schema.
+    /// ClickHouse, where events, alerts and dead letters are kept: apply the schema (migrate),
+    /// drop days beyond the retention (prune).
     #[command(subcommand)]
     Db(DbCommand),
     /// Reports over ClickHouse: threat-summary (alerts by severity and rule), top-entities,
@@ -258,7 +259,8 @@ pub struct BenchArgs {
 
 #[derive(Debug, Args, Default)]
 pub struct RunArgs {
-    /// Stages to run, comma-separated: normalize,quick-scan,correlate,ml-score,alert.
+    /// Stages to run, comma-separated: normalize,quick-scan,correlate,ml-score,alert; or the
+    /// `sink` role (ClickHouse writer, Kafka only).
     #[arg(long)]
     pub stages: Option<String>,
     /// Transport: memory (one process, no services) or kafka.
@@ -267,7 +269,7 @@ pub struct RunArgs {
     /// Kafka bootstrap servers (implies --bus kafka).
     #[arg(long)]
     pub brokers: Option<String>,
-    /// Address for /metrics, /health and /ready, e.g. 127.0.0.1:8080.
+    /// Address for /metrics, /health, /ready and /reports/NAME, e.g. 127.0.0.1:8080.
     #[arg(long)]
     pub http_listen: Option<String>,
     /// Do not serve HTTP.
