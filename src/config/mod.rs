@@ -77,6 +77,8 @@ pub struct AppConfig {
     pub clickhouse: crate::db::ClickHouseConfig,
     #[serde(default)]
     pub sink: crate::stage::sink::SinkConfig,
+    #[serde(default)]
+    pub alert: crate::stage::alert::AlertConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +137,8 @@ pub struct TopicsConfig {
     pub correlated: String,
     pub scored: String,
     pub alerts: String,
+    /// JSON copy of every alert, for consumers that do not read Avro.
+    pub alerts_json: String,
     pub dlq: String,
     /// Partitions for topics threatpipe creates itself (`kafka.create_topics`).
     pub partitions: i32,
@@ -149,6 +153,7 @@ impl Default for TopicsConfig {
             correlated: "events.correlated".into(),
             scored: "events.scored".into(),
             alerts: "alerts".into(),
+            alerts_json: "alerts.json".into(),
             dlq: "events.dlq".into(),
             partitions: 6,
         }
@@ -164,6 +169,7 @@ impl TopicsConfig {
             self.correlated.clone(),
             self.scored.clone(),
             self.alerts.clone(),
+            self.alerts_json.clone(),
             self.dlq.clone(),
         ]
     }

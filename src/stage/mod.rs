@@ -4,6 +4,7 @@
 //! nothing about transports, offsets or tasks; [`runner::StageRunner`] owns those. Stages
 //! are a closed set ([`StageKind`]), built from config by [`build`].
 
+pub mod alert;
 pub mod checkpoint;
 pub mod correlate;
 pub mod ml_score;
@@ -192,7 +193,11 @@ pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) ->
                 config.topics.dlq.clone(),
             ))
         }
-        StageKind::Alert => Box::new(passthrough::AlertPlaceholder::new(output, config.topics.dlq.clone())),
+        StageKind::Alert => {
+            let spec = config.alert.dedupe.clone().unwrap_or_else(|| default_checkpoint(config.pipeline.bus));
+            let store = alert::DedupeStore::open(&spec, &config.alert.dedupe_prefix).map_err(StageError::External)?;
+            Box::new(alert::AlertStage::new(config.alert.clone(), store, output, config.topics.alerts_json.clone(), config.topics.dlq.clone()))
+        }
         StageKind::Sink => Box::new(sink::SinkStage::new(
             &config.clickhouse,
             config.sink.clone(),

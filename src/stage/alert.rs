@@ -1,0 +1,283 @@
+//! The alert stage: scored events become alerts people act on, once.
+//!
+//! Policy (`[alert]`): an event is alert-worthy at the highest of its rule levels, its
+//! correlation levels and its risk band; below the tenant's minimum severity nothing is
+//! raised. Alerts are keyed by (tenant, primary rule, entity): within the suppression window
+//! repeats do not raise new alerts but increment the count of the existing one (same id,
+//! re-emitted with the new count and last-seen time). The dedupe state lives in Redis (TTL
+//! = window) so every instance agrees, and each event counts once however often it is
+//! replayed. ATT&CK tactics and techniques come from the rules' tags.
+//!
+//! Each alert goes to `alerts` (Avro), to the JSON companion topic, and, with Redis, to the
+//! pub/sub channel the live feed subscribes to.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Stage, StageError, StageKind};
+use crate::bus::{OutMessage, Record};
+use crate::event::{avro, Alert, Event, Severity};
+
+/// `[alert]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertConfig {
+    /// Alerts below this severity are not raised.
+    pub min_severity: Severity,
+    /// Repeats of an alert (same tenant, rule and entity) within this window increment its
+    /// count instead of raising a new one.
+    #[serde(with = "humantime_serde")]
+    pub suppress: Duration,
+    /// Risk at or above which an event is medium / high / critical on its score alone.
+    pub risk_medium: f64,
+    pub risk_high: f64,
+    pub risk_critical: f64,
+    /// Per-tenant minimum severity.
+    pub tenants: BTreeMap<String, Severity>,
+    /// `memory` or a Redis URL for cross-instance dedupe and the live-feed channel. Unset:
+    /// `memory` on the in-process bus, the local Redis on Kafka.
+    pub dedupe: Option<String>,
+    pub dedupe_prefix: String,
+    /// Redis pub/sub channel alerts are published on.
+    pub channel: String,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        Self {
+            min_severity: Severity::Medium,
+            suppress: Duration::from_secs(600),
+            risk_medium: 50.0,
+            risk_high: 75.0,
+            risk_critical: 90.0,
+            tenants: BTreeMap::new(),
+            dedupe: None,
+            dedupe_prefix: "threatpipe:alert".into(),
+            channel: "threatpipe:alerts".into(),
+        }
+    }
+}
+
+fn severity_of_level(level: &str) -> Severity {
+    match level {
+        "critical" => Severity::Critical,
+        "high" => Severity::High,
+        "medium" => Severity::Medium,
+        "low" => Severity::Low,
+        _ => Severity::Informational,
+    }
+}
+
+/// What an event would raise, before deduplication.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub severity: Severity,
+    /// The rule (or correlation, or `risk`) the alert is about: part of its key.
+    pub primary: String,
+    pub title: String,
+    pub rule_ids: Vec<String>,
+    pub tactics: Vec<String>,
+    pub techniques: Vec<String>,
+}
+
+impl AlertConfig {
+    /// The policy's verdict on one event.
+    pub fn decide(&self, event: &Event) -> Option<Candidate> {
+        // (severity, rule id, title) of every finding on the event.
+        let mut findings: Vec<(Severity, String, String)> = Vec::new();
+        findings.extend(event.correlations.iter().map(|c| (severity_of_level(&c.level), c.rule_id.clone(), c.title.clone())));
+        findings.extend(event.matches.iter().map(|m| (severity_of_level(&m.level), m.rule_id.clone(), m.title.clone())));
+        if let Some(score) = &event.score {
+            let band = if score.risk >= self.risk_critical {
+                Some(Severity::Critical)
+            } else if score.risk >= self.risk_high {
+                Some(Severity::High)
+            } else if score.risk >= self.risk_medium {
+                Some(Severity::Medium)
+            } else {
+                None
+            };
+            if let Some(band) = band {
+                let why = score.top_features.first().map(|f| format!("High risk ({f})")).unwrap_or_else(|| "High risk".into());
+                findings.push((band, "risk".into(), why));
+            }
+        }
+        // Strongest first; correlations before single matches of the same level (stable sort).
+        findings.sort_by(|a, b| b.0.cmp(&a.0));
+        let (severity, primary, title) = findings.first().cloned()?;
+        let minimum = self.tenants.get(&event.tenant).copied().unwrap_or(self.min_severity);
+        if severity < minimum {
+            return None;
+        }
+        let mut tactics = Vec::new();
+        let mut techniques = Vec::new();
+        for tag in event.matches.iter().flat_map(|m| &m.tags) {
+            let Some(name) = tag.strip_prefix("attack.") else { continue };
+            let is_technique = name.len() >= 5 && name.starts_with('t') && name[1..5].bytes().all(|b| b.is_ascii_digit());
+            let list = if is_technique { &mut techniques } else { &mut tactics };
+            let value = if is_technique { name.to_ascii_uppercase() } else { name.to_string() };
+            if !list.contains(&value) {
+                list.push(value);
+            }
+        }
+        let mut rule_ids: Vec<String> = findings.iter().map(|f| f.1.clone()).collect();
+        rule_ids.dedup();
+        Some(Candidate { severity, primary, title, rule_ids, tactics, techniques })
+    }
+}
+
+/// Where alert keys, counts and counted events live.
+pub enum DedupeStore {
+    /// One process: a map with expiry (embedded mode).
+    Memory(HashMap<String, MemoryEntry>),
+    Redis { url: String, client: redis::Client, connection: Option<redis::Connection>, prefix: String },
+}
+
+pub struct MemoryEntry {
+    id: String,
+    count: i64,
+    events: HashSet<String>,
+    expires_us: i64,
+}
+
+/// The alert an event joins: its id, how many events it now counts, and whether this event
+/// was new to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joined {
+    pub id: String,
+    pub count: i64,
+    pub new_event: bool,
+}
+
+impl DedupeStore {
+    pub fn open(spec: &str, prefix: &str) -> Result<Self, String> {
+        if spec == "memory" {
+            return Ok(Self::Memory(HashMap::new()));
+        }
+        let client = redis::Client::open(spec).map_err(|e| format!("alert.dedupe {spec}: {e}"))?;
+        Ok(Self::Redis { url: spec.into(), client, connection: None, prefix: prefix.into() })
+    }
+
+    /// Joins `event_id` to the alert keyed `key` (creating it with `new_id` if none is open).
+    pub fn join(&mut self, key: &str, new_id: &str, event_id: &str, window: Duration, now_us: i64) -> Result<Joined, String> {
+        let window_us = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+        match self {
+            Self::Memory(map) => {
+                map.retain(|_, e| e.expires_us > now_us);
+                let entry = map.entry(key.to_string()).or_insert_with(|| MemoryEntry { id: new_id.into(), count: 0, events: HashSet::new(), expires_us: now_us + window_us });
+                let new_event = entry.events.insert(event_id.to_string());
+                if new_event {
+                    entry.count += 1;
+                }
+                Ok(Joined { id: entry.id.clone(), count: entry.count, new_event })
+            }
+            Self::Redis { url, client, connection, prefix } => {
+                if connection.is_none() {
+                    *connection = Some(client.get_connection_with_timeout(Duration::from_secs(2)).map_err(|e| format!("{url}: {e}"))?);
+                }
+                let Some(c) = connection.as_mut() else { unreachable!("connected above") };
+                let ttl = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+                let result = (|| -> redis::RedisResult<Joined> {
+                    let key = format!("{prefix}:key:{key}");
+                    // The first instance to see the key names the alert; the others join it.
+                    let _: Option<String> = redis::cmd("SET").arg(&key).arg(new_id).arg("NX").arg("PX").arg(ttl).query(c)?;
+                    let id: String = redis::cmd("GET").arg(&key).query::<Option<String>>(c)?.unwrap_or_else(|| new_id.to_string());
+                    let events = format!("{prefix}:events:{id}");
+                    let count_key = format!("{prefix}:count:{id}");
+                    let (added, _): (i64, i64) = redis::pipe().cmd("SADD").arg(&events).arg(event_id).cmd("PEXPIRE").arg(&events).arg(ttl).query(c)?;
+                    let count: i64 = if added == 1 {
+                        let (count, _): (i64, i64) = redis::pipe().cmd("INCR").arg(&count_key).cmd("PEXPIRE").arg(&count_key).arg(ttl).query(c)?;
+                        count
+                    } else {
+                        redis::cmd("GET").arg(&count_key).query::<Option<i64>>(c)?.unwrap_or(1)
+                    };
+                    Ok(Joined { id, count, new_event: added == 1 })
+                })();
+                result.map_err(|e| {
+                    *connection = None;
+                    format!("{url}: {e}")
+                })
+            }
+        }
+    }
+
+    /// Publishes `message` on `channel` (Redis only; the memory store has no subscribers).
+    pub fn publish(&mut self, channel: &str, message: &str) -> Result<(), String> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis { url, connection, .. } => {
+                let Some(c) = connection.as_mut() else { return Ok(()) };
+                redis::cmd("PUBLISH").arg(channel).arg(message).query::<i64>(c).map(|_| ()).map_err(|e| format!("{url}: {e}"))
+            }
+        }
+    }
+}
+
+pub struct AlertStage {
+    config: AlertConfig,
+    store: DedupeStore,
+    output_topic: String,
+    json_topic: String,
+    dlq_topic: String,
+}
+
+impl AlertStage {
+    pub fn new(config: AlertConfig, store: DedupeStore, output_topic: String, json_topic: String, dlq_topic: String) -> Self {
+        Self { config, store, output_topic, json_topic, dlq_topic }
+    }
+}
+
+impl Stage for AlertStage {
+    fn kind(&self) -> StageKind {
+        StageKind::Alert
+    }
+
+    fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
+        let event = match avro::decode_event(&record.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                let dead = crate::normalize::dead_letter("alert", record, "bad_avro", e.to_string(), 64 * 1024, now_us);
+                let payload = avro::encode_dead_letter(&dead).map_err(|e| StageError::Internal(e.to_string()))?;
+                out.push(OutMessage { topic: self.dlq_topic.clone(), key: record.key.clone(), payload });
+                return Ok(());
+            }
+        };
+        let Some(candidate) = self.config.decide(&event) else { return Ok(()) };
+        let key = format!("{}|{}|{}", event.tenant, candidate.primary, event.partition_key);
+        // Named after the event that opens it: stable if that event is replayed to open it.
+        let new_id = format!("alert-{:032x}", xxhash_rust::xxh3::xxh3_128(format!("{key}|{}", event.id).as_bytes()));
+        // An unreachable dedupe store is an outside failure: the stage stops and the record
+        // replays (it counts once when it does).
+        let joined = self.store.join(&key, &new_id, &event.id, self.config.suppress, now_us).map_err(StageError::External)?;
+        let alert = Alert {
+            id: joined.id,
+            tenant: event.tenant.clone(),
+            time_us: now_us,
+            last_seen_us: event.time_us,
+            severity: candidate.severity,
+            title: candidate.title,
+            rule_ids: candidate.rule_ids,
+            entity: event.partition_key.clone(),
+            risk: event.score.as_ref().map(|s| s.risk),
+            count: joined.count,
+            attack_tactics: candidate.tactics,
+            attack_techniques: candidate.techniques,
+            event_ids: vec![event.id.clone()],
+            summary: event.message.clone(),
+        };
+        let key_bytes = Some(alert.id.clone().into_bytes());
+        let payload = avro::encode_alert(&alert).map_err(|e| StageError::Internal(e.to_string()))?;
+        out.push(OutMessage { topic: self.output_topic.clone(), key: key_bytes.clone(), payload });
+        let json = serde_json::to_string(&alert).map_err(|e| StageError::Internal(e.to_string()))?;
+        out.push(OutMessage { topic: self.json_topic.clone(), key: key_bytes, payload: json.clone().into_bytes() });
+        if joined.new_event {
+            if let Err(error) = self.store.publish(&self.config.channel, &json) {
+                // The live feed misses one update; the alert itself is on the topics.
+                tracing::warn!(%error, "alert not published to the live feed");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! The alert stage: severity from rules, correlations and risk; tenant thresholds; ATT&CK
+//! from tags; one alert per (tenant, rule, entity) and window across instances through the
+//! real Redis, repeats counted once each however often they are replayed.
+
+mod support;
+
+use std::time::Duration;
+
+use threatpipe::bus::{OutMessage, Record};
+use threatpipe::event::{avro, Alert, Correlation, Event, Match, Score, Severity};
+use threatpipe::stage::alert::{AlertConfig, AlertStage, DedupeStore};
+use threatpipe::stage::Stage;
+
+fn event(id: &str, tenant: &str, user: &str) -> Event {
+    Event { id: id.into(), tenant: tenant.into(), partition_key: format!("{tenant}|{user}"), time_us: 1_763_596_800_000_000, ..Event::default() }
+}
+
+fn with_match(mut e: Event, rule: &str, level: &str, tags: &[&str]) -> Event {
+    e.matches.push(Match { rule_id: rule.into(), title: format!("{rule} title"), level: level.into(), kind: "sigma".into(), tags: tags.iter().map(|t| t.to_string()).collect(), ..Match::default() });
+    e
+}
+
+#[test]
+fn the_policy_picks_severity_title_and_attack_tags() {
+    let policy = AlertConfig { tenants: [("quiet".to_string(), Severity::Critical)].into_iter().collect(), ..AlertConfig::default() };
+    let e = with_match(event("e1", "acme", "alice"), "r-ps", "high", &["attack.execution", "attack.t1059.001", "attack.defense-evasion"]);
+    let c = policy.decide(&e).unwrap();
+    assert_eq!((c.severity, c.primary.as_str(), c.title.as_str()), (Severity::High, "r-ps", "r-ps title"));
+    assert_eq!(c.techniques, vec!["T1059.001"]);
+    assert_eq!(c.tactics, vec!["execution", "defense-evasion"]);
+    // A critical correlation outranks it.
+    let mut chained = e.clone();
+    chained.correlations.push(Correlation { rule_id: "c-chain".into(), title: "chain".into(), level: "critical".into(), ..Correlation::default() });
+    assert_eq!(policy.decide(&chained).unwrap().primary, "c-chain");
+    // Risk alone, by band.
+    let mut risky = event("e2", "acme", "bob");
+    risky.score = Some(Score { risk: 92.0, top_features: vec!["baseline.new_place".into()], ..Score::default() });
+    let c = policy.decide(&risky).unwrap();
+    assert_eq!((c.severity, c.primary.as_str()), (Severity::Critical, "risk"));
+    assert!(c.title.contains("baseline.new_place"));
+    // Below the minimum (medium by default; critical for tenant `quiet`): nothing.
+    assert!(policy.decide(&with_match(event("e3", "acme", "x"), "r-low", "low", &[])).is_none());
+    assert!(policy.decide(&with_match(event("e4", "quiet", "x"), "r-ps", "high", &[])).is_none());
+    assert!(policy.decide(&event("e5", "acme", "x")).is_none());
+}
+
+fn record(e: &Event, offset: i64) -> Record {
+    Record { topic: "events.scored".into(), partition: 0, offset, key: None, payload: avro::encode_event(e).unwrap(), timestamp_ms: None }
+}
+
+fn alert_of(out: &[OutMessage]) -> Alert {
+    let avro_out: Vec<_> = out.iter().filter(|m| m.topic == "alerts").collect();
+    assert_eq!(avro_out.len(), 1);
+    let json = out.iter().find(|m| m.topic == "alerts.json").expect("JSON companion");
+    let alert = avro::decode_alert(&avro_out[0].payload).unwrap();
+    assert_eq!(serde_json::from_slice::<Alert>(&json.payload).unwrap(), alert);
+    alert
+}
+
+fn stage(prefix: &str, window: Duration) -> AlertStage {
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let config = AlertConfig { suppress: window, ..AlertConfig::default() };
+    AlertStage::new(config, DedupeStore::open(&redis, prefix).unwrap(), "alerts".into(), "alerts.json".into(), "events.dlq".into())
+}
+
+fn run(stage: &mut AlertStage, e: &Event, offset: i64) -> Vec<OutMessage> {
+    let mut out = Vec::new();
+    stage.process(&record(e, offset), 1_763_596_900_000_000, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn two_instances_raise_one_alert_and_count_each_repeat_once() {
+    let prefix = support::unique("tp-test:alert");
+    let (mut a, mut b) = (stage(&prefix, Duration::from_secs(2)), stage(&prefix, Duration::from_secs(2)));
+    let brute = |id: &str| with_match(event(id, "acme", "alice"), "r-brute", "high", &["attack.t1110"]);
+    let first = alert_of(&run(&mut a, &brute("e1"), 0));
+    assert_eq!(first.count, 1);
+    let second = alert_of(&run(&mut b, &brute("e2"), 1));
+    assert_eq!((second.id.as_str(), second.count), (first.id.as_str(), 2), "the other instance joins the same alert");
+    // A replay of e1 (either instance) re-emits the alert but does not count again.
+    assert_eq!(alert_of(&run(&mut b, &brute("e1"), 0)).count, 2);
+    // Another entity or rule is another alert.
+    let other = alert_of(&run(&mut a, &with_match(event("e3", "acme", "bob"), "r-brute", "high", &[]), 2));
+    assert_ne!(other.id, first.id);
+    // After the window, the same key opens a new alert.
+    std::thread::sleep(Duration::from_millis(2_200));
+    let later = alert_of(&run(&mut a, &brute("e4"), 3));
+    assert_ne!(later.id, first.id);
+    assert_eq!(later.count, 1);
+    // Nothing alert-worthy: no output.
+    assert!(run(&mut a, &event("e5", "acme", "carol"), 4).is_empty());
+}
+
+#[test]
+fn alerts_are_published_for_the_live_feed() {
+    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = support::unique("tp-test:alert-pub");
+    let channel = format!("{prefix}:channel");
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut subscriber = client.get_connection().unwrap();
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.subscribe(&channel).unwrap();
+    pubsub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let config = AlertConfig { channel: channel.clone(), ..AlertConfig::default() };
+    let mut stage = AlertStage::new(config, DedupeStore::open(&redis_url, &prefix).unwrap(), "alerts".into(), "alerts.json".into(), "events.dlq".into());
+    let out = run(&mut stage, &with_match(event("p1", "acme", "alice"), "r-x", "critical", &[]), 0);
+    let alert = alert_of(&out);
+    let message: String = pubsub.get_message().unwrap().get_payload().unwrap();
+    assert_eq!(serde_json::from_str::<Alert>(&message).unwrap(), alert);
+}
