@@ -105,7 +105,7 @@ impl AlertConfig {
             }
         }
         // Strongest first; correlations before single matches of the same level (stable sort).
-        findings.sort_by(|a, b| b.0.cmp(&a.0));
+        findings.sort_by_key(|f| std::cmp::Reverse(f.0));
         let (severity, primary, title) = findings.first().cloned()?;
         let minimum = self.tenants.get(&event.tenant).copied().unwrap_or(self.min_severity);
         if severity < minimum {
@@ -132,7 +132,14 @@ impl AlertConfig {
 pub enum DedupeStore {
     /// One process: a map with expiry (embedded mode).
     Memory(HashMap<String, MemoryEntry>),
-    Redis { url: String, client: redis::Client, connection: Option<redis::Connection>, prefix: String },
+    Redis(Box<RedisDedupe>),
+}
+
+pub struct RedisDedupe {
+    url: String,
+    client: redis::Client,
+    connection: Option<redis::Connection>,
+    prefix: String,
 }
 
 pub struct MemoryEntry {
@@ -157,7 +164,7 @@ impl DedupeStore {
             return Ok(Self::Memory(HashMap::new()));
         }
         let client = redis::Client::open(spec).map_err(|e| format!("alert.dedupe {spec}: {e}"))?;
-        Ok(Self::Redis { url: spec.into(), client, connection: None, prefix: prefix.into() })
+        Ok(Self::Redis(Box::new(RedisDedupe { url: spec.into(), client, connection: None, prefix: prefix.into() })))
     }
 
     /// Joins `event_id` to the alert keyed `key` (creating it with `new_id` if none is open).
@@ -173,7 +180,8 @@ impl DedupeStore {
                 }
                 Ok(Joined { id: entry.id.clone(), count: entry.count, new_event })
             }
-            Self::Redis { url, client, connection, prefix } => {
+            Self::Redis(redis) => {
+                let RedisDedupe { url, client, connection, prefix } = &mut **redis;
                 if connection.is_none() {
                     *connection = Some(client.get_connection_with_timeout(Duration::from_secs(2)).map_err(|e| format!("{url}: {e}"))?);
                 }
@@ -207,7 +215,8 @@ impl DedupeStore {
     pub fn publish(&mut self, channel: &str, message: &str) -> Result<(), String> {
         match self {
             Self::Memory(_) => Ok(()),
-            Self::Redis { url, connection, .. } => {
+            Self::Redis(redis) => {
+                let RedisDedupe { url, connection, .. } = &mut **redis;
                 let Some(c) = connection.as_mut() else { return Ok(()) };
                 redis::cmd("PUBLISH").arg(channel).arg(message).query::<i64>(c).map(|_| ()).map_err(|e| format!("{url}: {e}"))
             }
