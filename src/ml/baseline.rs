@@ -59,6 +59,14 @@ fn place_of(ip: &str) -> Option<String> {
     }
 }
 
+/// Where the entity acted from: the source network of events with a user (logins, user
+/// activity). Events without one (a server receiving internet traffic) say where its
+/// clients are, not where it is, and teach no places.
+fn acting_place(event: &Event) -> Option<String> {
+    event.user()?;
+    event.src_ip().and_then(place_of)
+}
+
 /// Whom the event reached: destination address, else destination host, else the domain
 /// looked up.
 fn peer_of(event: &Event) -> Option<String> {
@@ -91,9 +99,16 @@ impl Baseline {
         out.insert("baseline.maturity".into(), slog(self.events as f64));
         out.insert("baseline.hour_share".into(), share);
         out.insert("baseline.unusual_hour".into(), f64::from(u8::from(mature && share < 0.01)));
-        let place = event.src_ip().and_then(place_of);
+        let place = acting_place(event);
         let new_place = mature && !self.places.is_empty() && place.as_ref().is_some_and(|p| !self.places.contains(p));
         out.insert("baseline.new_place".into(), f64::from(u8::from(new_place)));
+        // A new public network is worth more than a new internal subnet (DHCP, Wi-Fi, VPN
+        // pools move people between internal /24s all day).
+        let public = event.src_ip().and_then(|ip| ip.parse::<std::net::IpAddr>().ok()).is_some_and(|ip| match ip {
+            std::net::IpAddr::V4(v4) => !(v4.is_private() || v4.is_loopback() || v4.is_link_local()),
+            std::net::IpAddr::V6(v6) => !(v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00),
+        });
+        out.insert("baseline.new_public_place".into(), f64::from(u8::from(new_place && public)));
         let peer = peer_of(event);
         let new_peer = mature && !self.peers.is_empty() && peer.as_ref().is_some_and(|p| !self.peers.contains(p));
         out.insert("baseline.new_peer".into(), f64::from(u8::from(new_peer)));
@@ -133,7 +148,7 @@ impl Baseline {
         self.events += 1;
         let hour = ((event.time_us / 3_600_000_000).rem_euclid(24)) as usize;
         self.hours[hour] = self.hours[hour].saturating_add(1);
-        if let Some(place) = event.src_ip().and_then(place_of) {
+        if let Some(place) = acting_place(event) {
             push_bounded(&mut self.places, place, MAX_PLACES);
         }
         if let Some(peer) = peer_of(event) {
@@ -149,14 +164,16 @@ impl Baseline {
     }
 
     /// A direct 0–100 risk from the deviations, for the score's `baseline` part: strong
-    /// deviations alone (a new network at an hour never used, ten times the usual peers)
-    /// are worth an analyst's look even before a model is trained.
+    /// deviations (a new public network at an hour never used, ten times the usual peers)
+    /// are worth an analyst's look even before a model is trained; one weak deviation alone
+    /// (a new internal subnet, a new peer) stays well below the alerting bands.
     pub fn risk(deviations: &Features) -> f64 {
         let get = |k: &str| deviations.get(k).copied().unwrap_or(0.0);
         let mut z = 0.0;
         z += 1.2 * get("baseline.unusual_hour");
-        z += 1.0 * get("baseline.new_place");
-        z += 0.3 * get("baseline.new_peer");
+        z += 0.2 * get("baseline.new_place");
+        z += 0.8 * get("baseline.new_public_place");
+        z += 0.2 * get("baseline.new_peer");
         // slog(ratio): ln(1 + ratio); ratio 10 → 2.4.
         z += (get("baseline.day_peers_ratio") - 1.5).max(0.0) * 1.5;
         z += (get("baseline.day_events_ratio") - 2.0).max(0.0);

@@ -137,7 +137,7 @@ impl MlScoreStage {
         let baseline = Baseline::risk(&deviations);
         parts.insert("baseline".to_string(), baseline);
         for (name, value) in &deviations {
-            let flag = matches!(name.as_str(), "baseline.unusual_hour" | "baseline.new_place" | "baseline.new_peer") && *value > 0.0;
+            let flag = matches!(name.as_str(), "baseline.unusual_hour" | "baseline.new_place" | "baseline.new_public_place" | "baseline.new_peer") && *value > 0.0;
             let ratio = name.ends_with("_ratio") && *value > 1.5;
             if flag || ratio {
                 reasons.push((baseline, name.clone()));
