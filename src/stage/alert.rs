@@ -244,15 +244,7 @@ impl Stage for AlertStage {
     }
 
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let event = match avro::decode_event(&record.payload) {
-            Ok(event) => event,
-            Err(e) => {
-                let dead = crate::normalize::dead_letter("alert", record, "bad_avro", e.to_string(), 64 * 1024, now_us);
-                let payload = avro::encode_dead_letter(&dead).map_err(|e| StageError::Internal(e.to_string()))?;
-                out.push(OutMessage { topic: self.dlq_topic.clone(), key: record.key.clone(), payload });
-                return Ok(());
-            }
-        };
+        let Some(event) = super::decode_or_dead_letter("alert", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
         let Some(candidate) = self.config.decide(&event) else { return Ok(()) };
         let key = format!("{}|{}|{}", event.tenant, candidate.primary, event.partition_key);
         // Named after the event that opens it: stable if that event is replayed to open it.

@@ -28,8 +28,6 @@ use crate::detect::correlation::{signal_id, CorrelationRules, PartitionState, St
 use crate::event::{avro, Correlation, Event, EventClass, Source};
 use crate::telemetry::names;
 
-/// Bytes of the original record kept in a dead letter.
-const DLQ_ORIGINAL_BYTES: usize = 64 * 1024;
 
 /// `[correlate]`: which correlation rules run and where their state lives.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,17 +97,12 @@ impl CorrelateStage {
         self.state.key_count()
     }
 
-    /// Keeps the key budget: evicts the least recently updated windows of `partition` when
-    /// the instance holds more than `max_keys` (a hundredth of the budget at a time, so the
-    /// cost is paid rarely).
+    /// Keeps the key budget (`max_keys` windows per instance).
     fn enforce_key_budget(&mut self, topic: &str, partition: i32) {
-        let total = self.key_count();
-        if total <= self.limits.max_keys {
-            return;
+        let evicted = self.state.enforce_key_budget(topic, partition, self.limits.max_keys, PartitionState::evict_oldest);
+        if evicted > 0 {
+            metrics::counter!(names::CORRELATION_EVICTED_KEYS).increment(evicted as u64);
         }
-        let excess = total - self.limits.max_keys + (self.limits.max_keys / 100).max(1);
-        let evicted = self.state.get_mut(topic, partition).evict_oldest(excess);
-        metrics::counter!(names::CORRELATION_EVICTED_KEYS).increment(evicted as u64);
     }
 }
 
@@ -148,15 +141,7 @@ impl Stage for CorrelateStage {
     }
 
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let mut event = match avro::decode_event(&record.payload) {
-            Ok(event) => event,
-            Err(e) => {
-                let dead = crate::normalize::dead_letter("correlate", record, "bad_avro", e.to_string(), DLQ_ORIGINAL_BYTES, now_us);
-                let payload = avro::encode_dead_letter(&dead).map_err(|e| StageError::Internal(e.to_string()))?;
-                out.push(OutMessage { topic: self.dlq_topic.clone(), key: record.key.clone(), payload });
-                return Ok(());
-            }
-        };
+        let Some(mut event) = super::decode_or_dead_letter("correlate", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
         let state = self.state.get_mut(&record.topic, record.partition);
         let signals = if state.applied_offset.is_some_and(|applied| record.offset <= applied) {
             // Replay of a record this state already includes.

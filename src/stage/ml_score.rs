@@ -30,8 +30,6 @@ use crate::ml::similarity::{embed, similarity_risk, ThreatIndex, TextKind};
 use crate::ml::fuse;
 use crate::telemetry::names;
 
-/// Bytes of the original record kept in a dead letter.
-const DLQ_ORIGINAL_BYTES: usize = 64 * 1024;
 /// Features named on a score.
 const TOP_FEATURES: usize = 5;
 
@@ -190,13 +188,10 @@ impl MlScoreStage {
     }
 
     fn enforce_entity_budget(&mut self, topic: &str, partition: i32) {
-        let total = self.state.key_count();
-        if total <= self.max_entities {
-            return;
+        let evicted = self.state.enforce_key_budget(topic, partition, self.max_entities, BaselineState::evict_oldest);
+        if evicted > 0 {
+            metrics::counter!(names::ML_EVICTED_ENTITIES).increment(evicted as u64);
         }
-        let excess = total - self.max_entities + (self.max_entities / 100).max(1);
-        let evicted = self.state.get_mut(topic, partition).evict_oldest(excess);
-        metrics::counter!(names::ML_EVICTED_ENTITIES).increment(evicted as u64);
     }
 }
 
@@ -215,15 +210,7 @@ impl Stage for MlScoreStage {
     }
 
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let mut event = match avro::decode_event(&record.payload) {
-            Ok(event) => event,
-            Err(e) => {
-                let dead = crate::normalize::dead_letter("ml-score", record, "bad_avro", e.to_string(), DLQ_ORIGINAL_BYTES, now_us);
-                let payload = avro::encode_dead_letter(&dead).map_err(|e| StageError::Internal(e.to_string()))?;
-                out.push(OutMessage { topic: self.dlq_topic.clone(), key: record.key.clone(), payload });
-                return Ok(());
-            }
-        };
+        let Some(mut event) = super::decode_or_dead_letter("ml-score", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
         let entity = entity_of(&event);
         let state = self.state.get_mut(&record.topic, record.partition);
         let replayed = state.applied_offset.is_some_and(|applied| record.offset <= applied);

@@ -130,6 +130,29 @@ pub trait Stage: Send + 'static {
     fn committed(&mut self, _offsets: &CommitOffsets) {}
 }
 
+/// Bytes of the original record kept in a dead letter written by a stage after normalize.
+pub const DLQ_ORIGINAL_BYTES: usize = 64 * 1024;
+
+/// Decodes one of our Avro events; a record that is not one becomes a `bad_avro` dead letter
+/// on `dlq_topic` (pushed to `out`) and `None`.
+pub fn decode_or_dead_letter(
+    stage: &str,
+    record: &Record,
+    now_us: i64,
+    dlq_topic: &str,
+    out: &mut Vec<OutMessage>,
+) -> Result<Option<crate::event::Event>, StageError> {
+    match crate::event::avro::decode_event(&record.payload) {
+        Ok(event) => Ok(Some(event)),
+        Err(e) => {
+            let dead = crate::normalize::dead_letter(stage, record, "bad_avro", e.to_string(), DLQ_ORIGINAL_BYTES, now_us);
+            let payload = crate::event::avro::encode_dead_letter(&dead).map_err(|e| StageError::Internal(e.to_string()))?;
+            out.push(OutMessage { topic: dlq_topic.to_string(), key: record.key.clone(), payload });
+            Ok(None)
+        }
+    }
+}
+
 /// Shared resources stages are built with (loaded once per process, not per stage).
 #[derive(Clone)]
 pub struct StageResources {
@@ -151,6 +174,17 @@ pub fn default_checkpoint(bus: crate::config::BusKind) -> String {
     }
 }
 
+/// The checkpoint store of a stateful stage's `[section]` (`checkpoint` unset: the bus's
+/// default); warns when state would not survive a restart on Kafka.
+fn state_store(section: &str, spec: Option<&str>, prefix: &str, config: &AppConfig) -> Result<checkpoint::CheckpointStore, StageError> {
+    let spec = spec.map(str::to_string).unwrap_or_else(|| default_checkpoint(config.pipeline.bus));
+    let store = checkpoint::CheckpointStore::open(&spec, prefix).map_err(|e| StageError::External(e.to_string()))?;
+    if !store.is_durable() && config.pipeline.bus == crate::config::BusKind::Kafka {
+        tracing::warn!("{section}.checkpoint = memory on Kafka: this stage's state restarts empty after a restart or rebalance.");
+    }
+    Ok(store)
+}
+
 /// Builds the stage `kind` from the application config.
 pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) -> Result<Box<dyn Stage>, StageError> {
     let (_, output) = kind.topics(config);
@@ -167,12 +201,7 @@ pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) ->
             config.topics.dlq.clone(),
         )),
         StageKind::Correlate => {
-            let spec = config.correlate.checkpoint.clone().unwrap_or_else(|| default_checkpoint(config.pipeline.bus));
-            let store = checkpoint::CheckpointStore::open(&spec, &config.correlate.checkpoint_prefix)
-                .map_err(|e| StageError::External(e.to_string()))?;
-            if !store.is_durable() && config.pipeline.bus == crate::config::BusKind::Kafka {
-                tracing::warn!("correlate.checkpoint = memory on Kafka: windows restart empty after a restart or rebalance.");
-            }
+            let store = state_store("correlate", config.correlate.checkpoint.as_deref(), &config.correlate.checkpoint_prefix, config)?;
             Box::new(correlate::CorrelateStage::new(
                 resources.correlations.clone(),
                 config.correlate.state,
@@ -182,8 +211,7 @@ pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) ->
             ))
         }
         StageKind::MlScore => {
-            let spec = config.ml.checkpoint.clone().unwrap_or_else(|| default_checkpoint(config.pipeline.bus));
-            let store = checkpoint::CheckpointStore::open(&spec, &config.ml.checkpoint_prefix).map_err(|e| StageError::External(e.to_string()))?;
+            let store = state_store("ml", config.ml.checkpoint.as_deref(), &config.ml.checkpoint_prefix, config)?;
             Box::new(ml_score::MlScoreStage::new(
                 resources.model.clone(),
                 resources.exemplars.clone(),

@@ -54,6 +54,19 @@ impl<S: Checkpointed> PartitionedState<S> {
         self.partitions.iter_mut()
     }
 
+    /// Keeps the key budget: when the instance holds more than `max_keys`, `evict` removes
+    /// the given number of least recently used keys from `partition` (the one growing), a
+    /// hundredth of the budget beyond the excess at a time so the cost is paid rarely.
+    /// Returns how many went.
+    pub fn enforce_key_budget(&mut self, topic: &str, partition: i32, max_keys: usize, evict: impl FnOnce(&mut S, usize) -> usize) -> usize {
+        let total = self.key_count();
+        if total <= max_keys {
+            return 0;
+        }
+        let excess = total - max_keys + (max_keys / 100).max(1);
+        evict(self.get_mut(topic, partition), excess)
+    }
+
     /// Keys held across all partitions.
     pub fn key_count(&self) -> usize {
         self.partitions.values().map(|s| s.entries().len()).sum()

@@ -10,8 +10,6 @@ use crate::event::avro;
 
 use super::{Stage, StageError, StageKind};
 
-/// Bytes of the original record kept in a dead letter.
-const DLQ_ORIGINAL_BYTES: usize = 64 * 1024;
 
 pub struct QuickScanStage {
     detector: DetectorHandle,
@@ -31,15 +29,7 @@ impl Stage for QuickScanStage {
     }
 
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let mut event = match avro::decode_event(&record.payload) {
-            Ok(event) => event,
-            Err(e) => {
-                let dead = crate::normalize::dead_letter("quick-scan", record, "bad_avro", e.to_string(), DLQ_ORIGINAL_BYTES, now_us);
-                let payload = avro::encode_dead_letter(&dead).map_err(|e| StageError::Internal(e.to_string()))?;
-                out.push(OutMessage { topic: self.dlq_topic.clone(), key: record.key.clone(), payload });
-                return Ok(());
-            }
-        };
+        let Some(mut event) = super::decode_or_dead_letter("quick-scan", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
         let detector = self.detector.current();
         let found = detector.scan(&event);
         for m in &found {
