@@ -47,6 +47,8 @@ pub enum AppError {
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("task {0} panicked or was aborted")]
     Task(String),
+    #[error("live feed: {0}")]
+    Feed(String),
 }
 
 fn now_us() -> i64 {
@@ -191,7 +193,59 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
         } else {
             (crate::ml::handle::ModelHandle::none(), Arc::new(crate::ml::similarity::ExactIndex::default()))
         };
-    let resources = stage::StageResources { detector, correlations, model, exemplars };
+    // Live feed (served with HTTP): the hub, its way in from Redis, its tokens.
+    let feed_stop = CancellationToken::new();
+    let mut feed_thread = None;
+    let mut dev_token = None;
+    let feed = if config.http.enabled && config.feed.enabled {
+        let redis_url = config
+            .feed
+            .redis
+            .clone()
+            .or_else(|| config.alert.dedupe.clone().filter(|d| d != "memory"))
+            .or_else(|| (config.pipeline.bus == BusKind::Kafka).then(|| stage::default_checkpoint(BusKind::Kafka)));
+        let redis_client = match &redis_url {
+            Some(url) => Some(redis::Client::open(url.as_str()).map_err(|e| AppError::Feed(format!("feed.redis {url}: {e}")))?),
+            None => None,
+        };
+        // Without Redis the hub keeps the recent alerts itself, for resuming clients.
+        let recent = if redis_client.is_none() { config.alert.stream_max_len } else { 0 };
+        let hub = crate::feed::FeedHub::new(config.feed.client_queue, config.feed.slow_client, recent);
+        let resume = match (redis_client, redis_url) {
+            (Some(client), Some(url)) => {
+                feed_thread = Some(crate::feed::redis_source::spawn_subscriber(
+                    client.clone(),
+                    url,
+                    config.alert.channel.clone(),
+                    config.alert.stream.clone(),
+                    hub.clone(),
+                    feed_stop.clone(),
+                ));
+                crate::feed::ResumeSource::Redis { client, stream: config.alert.stream.clone() }
+            }
+            _ => crate::feed::ResumeSource::Hub,
+        };
+        let mut auth = crate::feed::auth::Authenticator::new(config.feed.tokens.clone(), config.feed.jwt_secret.as_deref());
+        if config.pipeline.bus == BusKind::Memory && config.feed.dev_token {
+            let token = crate::feed::auth::random_token();
+            auth.add_token(token.clone(), crate::feed::auth::ALL_TENANTS.into());
+            match crate::feed::write_dev_token(config.http.listen.port(), &token) {
+                Ok(path) => dev_token = Some((token, Some(path))),
+                Err(error) => {
+                    warn!(%error, "cannot write the development token; `threatpipe tail` needs --token");
+                    dev_token = Some((token, None));
+                }
+            }
+        }
+        if auth.is_closed() {
+            warn!("live feed: no feed.tokens and no feed.jwt_secret, so every connection will be refused");
+        }
+        Some(Arc::new(crate::feed::Feed { hub, auth, resume, config: config.feed.clone() }))
+    } else {
+        None
+    };
+
+    let resources = stage::StageResources { detector, correlations, model, exemplars, feed: feed.as_ref().map(|f| f.hub.clone()) };
 
     // Stages.
     let mut stages = Vec::new();
@@ -275,8 +329,15 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| AppError::Listen { addr: config.http.listen, source })?;
-        info!(addr = %config.http.listen, "Serving /metrics, /health and /ready.");
-        Some(tokio::spawn(crate::serve::serve(listener, telemetry.clone(), prometheus, config.clickhouse.clone(), service_stop.clone())))
+        info!(addr = %config.http.listen, "Serving /metrics, /health, /ready, /reports and the live feed (/ and /feed).");
+        if let Some((token, path)) = &dev_token {
+            let listen = config.http.listen;
+            info!("Live threat feed: http://{listen}/#token={token}");
+            if let Some(path) = path {
+                info!("`threatpipe tail` watches it from a terminal (development token in {}).", path.display());
+            }
+        }
+        Some(tokio::spawn(crate::serve::serve(listener, telemetry.clone(), prometheus, config.clickhouse.clone(), feed.clone(), service_stop.clone())))
     } else {
         None
     };
@@ -332,6 +393,14 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
     }
     if let Some(http) = http {
         let _ = tokio::time::timeout(SHUTDOWN_SLACK, http).await;
+    }
+    feed_stop.cancel();
+    if let Some(thread) = feed_thread {
+        // Wakes within its read timeout (250 ms).
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    if let Some((_, Some(path))) = &dev_token {
+        let _ = std::fs::remove_file(path);
     }
     if config.progress.enabled {
         crate::progress::print_summary(&telemetry, started.elapsed());

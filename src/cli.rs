@@ -74,6 +74,24 @@ pub enum Command {
     ///
     /// Example: threatpipe report threat-summary --tenant acme --since 7d --format csv
     Report(ReportArgs),
+    /// Watch the live threat feed in the terminal, one alert per line (the same filters as
+    /// the web page). Against a local embedded run it needs no flags.
+    Tail(crate::feed::tail::TailArgs),
+    /// Mint an HS256 JWT for the live feed, signed with feed.jwt_secret from the config
+    /// (or THREATPIPE_FEED__JWT_SECRET).
+    ///
+    /// Example: threatpipe feed-token --tenant acme --ttl 12h
+    FeedToken {
+        /// The tenant whose alerts the token shows (`*` = every tenant).
+        #[arg(long)]
+        tenant: String,
+        /// Who the token is for (the `sub` claim, shown in the server's log).
+        #[arg(long, default_value = "threatpipe-cli")]
+        subject: String,
+        /// How long the token is valid.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
     /// Score NDJSON events with a model file: one JSON line per event with its risk (0-100),
     /// the parts (anomaly, classifier) and the features that drove each.
     ///
@@ -427,6 +445,17 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 println!("applied {version:04} {name}");
             }
             println!("{} applied now, {} already applied; database {} at {}", report.applied.len(), report.already, config.database, config.url);
+            Ok(())
+        }
+        Some(Command::Tail(ref args)) => crate::feed::tail::run(args).await,
+        Some(Command::FeedToken { ref tenant, ref subject, ttl }) => {
+            let config = load_config_without_scan(&cli)?;
+            let Some(secret) = config.feed.jwt_secret.filter(|s| !s.is_empty()) else {
+                anyhow::bail!("feed.jwt_secret is not set (in the config file or THREATPIPE_FEED__JWT_SECRET)");
+            };
+            let exp = chrono::Utc::now().timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+            let claims = serde_json::json!({"tenant": tenant, "sub": subject, "exp": exp});
+            println!("{}", crate::feed::auth::sign_hs256(&claims, secret.as_bytes()));
             Ok(())
         }
         Some(Command::Report(ref args)) => {

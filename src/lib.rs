@@ -7,7 +7,8 @@
 //!
 //! Layout: `event` (the model and its Avro schemas), `bus` (transports; the only module that
 //! touches rdkafka), `stage` (the pure stage trait and the at-least-once runner),
-//! `normalize` (the first stage), `generator` (synthetic traffic), `serve` (HTTP),
+//! `normalize` (the first stage), `generator` (synthetic traffic), `serve` (HTTP), `feed` (the live
+//! WebSocket feed and `threatpipe tail`),
 //! `telemetry`, `config`, `app` (wiring and shutdown).
 
 #![warn(clippy::unwrap_used, clippy::expect_used)]
@@ -20,6 +21,7 @@ pub mod db;
 pub mod detect;
 pub mod error;
 pub mod event;
+pub mod feed;
 pub mod generator;
 pub mod ml;
 pub mod ml_cli;

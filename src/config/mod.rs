@@ -79,6 +79,8 @@ pub struct AppConfig {
     pub sink: crate::stage::sink::SinkConfig,
     #[serde(default)]
     pub alert: crate::stage::alert::AlertConfig,
+    #[serde(default)]
+    pub feed: crate::feed::FeedConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -343,6 +345,9 @@ impl AppConfig {
         }
         errors.extend(self.normalize.validate());
         errors.extend(self.generator.validate());
+        if self.http.enabled && self.feed.enabled {
+            errors.extend(self.feed.validate());
+        }
         if self.pipeline.stages.contains(&StageKind::QuickScan) {
             errors.extend(self.scan.validate());
         }

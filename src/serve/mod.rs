@@ -1,5 +1,6 @@
 //! The HTTP side of every instance: `/metrics` for Prometheus, `/health` and `/ready` for
-//! orchestrators, `/reports/{name}` over ClickHouse. The live feed joins the same router.
+//! orchestrators, `/reports/{name}` over ClickHouse, and the live feed (`/` the web page,
+//! `/feed` its WebSocket; see [`crate::feed`]).
 
 use std::sync::Arc;
 
@@ -18,6 +19,21 @@ struct AppState {
     telemetry: Telemetry,
     prometheus: Option<Arc<PrometheusHandle>>,
     clickhouse: Arc<crate::db::ClickHouseConfig>,
+    feed: crate::feed::ws::FeedState,
+}
+
+impl axum::extract::FromRef<AppState> for crate::feed::ws::FeedState {
+    fn from_ref(state: &AppState) -> Self {
+        state.feed.clone()
+    }
+}
+
+/// `GET /`: the live threat-feed page (compiled into the binary).
+async fn page_handler(State(state): State<AppState>) -> Response {
+    if state.feed.feed.is_none() {
+        return (StatusCode::NOT_FOUND, "the live feed is disabled (feed.enabled = false)\n").into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], include_str!("../feed/page.html")).into_response()
 }
 
 /// `GET /reports/{name}?tenant=&since=24h&from=&to=&limit=&format=json|csv`.
@@ -84,13 +100,17 @@ pub async fn serve(
     telemetry: Telemetry,
     prometheus: Option<Arc<PrometheusHandle>>,
     clickhouse: crate::db::ClickHouseConfig,
+    feed: Option<Arc<crate::feed::Feed>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let feed = crate::feed::ws::FeedState { feed, shutdown: shutdown.clone() };
     let router = Router::new()
+        .route("/", get(page_handler))
+        .route("/feed", get(crate::feed::ws::handler))
         .route("/metrics", get(metrics_handler))
         .route("/health", get(health_handler))
         .route("/ready", get(ready_handler))
         .route("/reports/{name}", get(report_handler))
-        .with_state(AppState { telemetry, prometheus, clickhouse: Arc::new(clickhouse) });
+        .with_state(AppState { telemetry, prometheus, clickhouse: Arc::new(clickhouse), feed });
     axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }

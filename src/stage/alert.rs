@@ -8,8 +8,10 @@
 //! = window) so every instance agrees, and each event counts once however often it is
 //! replayed. ATT&CK tactics and techniques come from the rules' tags.
 //!
-//! Each alert goes to `alerts` (Avro), to the JSON companion topic, and, with Redis, to the
-//! pub/sub channel the live feed subscribes to.
+//! Each alert goes to `alerts` (Avro), to the JSON companion topic, and to the live feed:
+//! with Redis, published on the channel every instance's feed subscribes to and appended to
+//! a bounded stream (`alert.stream`, for clients resuming after a disconnect); without,
+//! straight to this process's feed hub.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -42,6 +44,10 @@ pub struct AlertConfig {
     pub dedupe_prefix: String,
     /// Redis pub/sub channel alerts are published on.
     pub channel: String,
+    /// Redis stream holding the latest alerts for resuming live-feed clients.
+    pub stream: String,
+    /// Alerts the stream (or, embedded, the feed's memory) holds: about this many.
+    pub stream_max_len: usize,
 }
 
 impl Default for AlertConfig {
@@ -56,6 +62,8 @@ impl Default for AlertConfig {
             dedupe: None,
             dedupe_prefix: "threatpipe:alert".into(),
             channel: "threatpipe:alerts".into(),
+            stream: "threatpipe:alerts:recent".into(),
+            stream_max_len: 10_000,
         }
     }
 }
@@ -211,14 +219,19 @@ impl DedupeStore {
         }
     }
 
-    /// Publishes `message` on `channel` (Redis only; the memory store has no subscribers).
-    pub fn publish(&mut self, channel: &str, message: &str) -> Result<(), String> {
+    /// Hands `message` to the live feed: with Redis, publishes it on `channel` and appends
+    /// it to `stream` (trimmed to about `max_len`) in one round trip; in memory, to `hub`.
+    pub fn publish(&mut self, hub: Option<&crate::feed::FeedHub>, channel: &str, stream: &str, max_len: usize, message: &str) -> Result<(), String> {
         match self {
-            Self::Memory(_) => Ok(()),
+            Self::Memory(_) => hub.map_or(Ok(()), |hub| hub.publish_json(message)),
             Self::Redis(redis) => {
                 let RedisDedupe { url, connection, .. } = &mut **redis;
                 let Some(c) = connection.as_mut() else { return Ok(()) };
-                redis::cmd("PUBLISH").arg(channel).arg(message).query::<i64>(c).map(|_| ()).map_err(|e| format!("{url}: {e}"))
+                redis::pipe()
+                    .cmd("XADD").arg(stream).arg("MAXLEN").arg("~").arg(max_len).arg("*").arg("alert").arg(message).ignore()
+                    .cmd("PUBLISH").arg(channel).arg(message).ignore()
+                    .query::<()>(c)
+                    .map_err(|e| format!("{url}: {e}"))
             }
         }
     }
@@ -227,6 +240,8 @@ impl DedupeStore {
 pub struct AlertStage {
     config: AlertConfig,
     store: DedupeStore,
+    /// This process's live feed, for the memory store (Redis reaches every instance's).
+    feed: Option<std::sync::Arc<crate::feed::FeedHub>>,
     output_topic: String,
     json_topic: String,
     dlq_topic: String,
@@ -234,7 +249,13 @@ pub struct AlertStage {
 
 impl AlertStage {
     pub fn new(config: AlertConfig, store: DedupeStore, output_topic: String, json_topic: String, dlq_topic: String) -> Self {
-        Self { config, store, output_topic, json_topic, dlq_topic }
+        Self { config, store, feed: None, output_topic, json_topic, dlq_topic }
+    }
+
+    /// Hands alerts to `hub` when there is no Redis between the stage and the feed.
+    pub fn with_feed(mut self, hub: Option<std::sync::Arc<crate::feed::FeedHub>>) -> Self {
+        self.feed = hub;
+        self
     }
 }
 
@@ -274,7 +295,8 @@ impl Stage for AlertStage {
         let json = serde_json::to_string(&alert).map_err(|e| StageError::Internal(e.to_string()))?;
         out.push(OutMessage { topic: self.json_topic.clone(), key: key_bytes, payload: json.clone().into_bytes() });
         if joined.new_event {
-            if let Err(error) = self.store.publish(&self.config.channel, &json) {
+            let (channel, stream, max_len) = (&self.config.channel, &self.config.stream, self.config.stream_max_len);
+            if let Err(error) = self.store.publish(self.feed.as_deref(), channel, stream, max_len, &json) {
                 // The live feed misses one update; the alert itself is on the topics.
                 tracing::warn!(%error, "alert not published to the live feed");
             }

@@ -163,6 +163,8 @@ pub struct StageResources {
     /// The ml-score stage's model (hot-reloaded) and known-threat exemplars.
     pub model: crate::ml::handle::ModelHandle,
     pub exemplars: std::sync::Arc<dyn crate::ml::similarity::ThreatIndex>,
+    /// This process's live feed (the alert stage hands alerts to it when there is no Redis).
+    pub feed: Option<std::sync::Arc<crate::feed::FeedHub>>,
 }
 
 /// Where stateful stages checkpoint when the config does not say: nowhere on the in-process
@@ -224,7 +226,10 @@ pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) ->
         StageKind::Alert => {
             let spec = config.alert.dedupe.clone().unwrap_or_else(|| default_checkpoint(config.pipeline.bus));
             let store = alert::DedupeStore::open(&spec, &config.alert.dedupe_prefix).map_err(StageError::External)?;
-            Box::new(alert::AlertStage::new(config.alert.clone(), store, output, config.topics.alerts_json.clone(), config.topics.dlq.clone()))
+            Box::new(
+                alert::AlertStage::new(config.alert.clone(), store, output, config.topics.alerts_json.clone(), config.topics.dlq.clone())
+                    .with_feed(resources.feed.clone()),
+            )
         }
         StageKind::Sink => Box::new(sink::SinkStage::new(
             &config.clickhouse,

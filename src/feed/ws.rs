@@ -1,0 +1,200 @@
+//! `GET /feed`: one WebSocket client of the live feed.
+//!
+//! Query: `token` (or `Authorization: Bearer`), `severity` (minimum), `rule` (comma-separated
+//! rule ids), `since` (an alert id: first send what was missed after it). The token is
+//! checked before the upgrade, so a refused client gets a plain 401 with the reason.
+//!
+//! Frames the server sends (JSON text): `hello` (tenant and filter), `alert`, `resumed`
+//! (after the missed alerts: how many, and whether `since` was still held), `lagged` (this
+//! client was too slow and skipped N alerts), `filter` (acknowledges a filter change),
+//! `error`. A client may send `{"type":"filter","min_severity":"high","rules":[..]}`.
+//! The server pings every `feed.ping_interval`; a client silent for `feed.idle_timeout` is
+//! closed as dead. A slow client only ever delays itself (see [`super::hub`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+
+use super::auth::Grant;
+use super::{Feed, Filter};
+use crate::event::Severity;
+
+/// Close code for a client disconnected by the `drop` slow-client policy.
+pub const CLOSE_LAGGED: u16 = 4008;
+
+/// Parses `severity=` and `rule=` into a filter.
+pub fn parse_filter(severity: Option<&str>, rules: Option<&str>) -> Result<Filter, String> {
+    let min_severity = match severity.filter(|s| !s.is_empty()) {
+        None => Severity::Informational,
+        Some(s) => serde_json::from_value::<Severity>(serde_json::Value::String(s.to_ascii_lowercase()))
+            .map_err(|_| format!("severity {s:?}: expected informational, low, medium, high or critical"))?,
+    };
+    let rules = rules.map(|r| r.split(',').map(str::trim).filter(|r| !r.is_empty()).map(String::from).collect()).unwrap_or_default();
+    Ok(Filter { min_severity, rules })
+}
+
+/// What the endpoint is given by the router.
+#[derive(Clone)]
+pub struct FeedState {
+    pub feed: Option<Arc<Feed>>,
+    /// Cancelled at shutdown: every client is sent a close frame.
+    pub shutdown: CancellationToken,
+}
+
+pub async fn handler(
+    State(FeedState { feed, shutdown }): State<FeedState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(feed) = feed else { return (StatusCode::NOT_FOUND, "the live feed is disabled (feed.enabled = false)\n").into_response() };
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let token = bearer.or(query.get("token").map(String::as_str));
+    let grant = match feed.auth.authenticate(token, chrono::Utc::now().timestamp()) {
+        Ok(grant) => grant,
+        Err(error) => {
+            metrics::counter!("threatpipe_feed_refused_total").increment(1);
+            tracing::info!(%error, "live feed connection refused");
+            return (StatusCode::UNAUTHORIZED, format!("{error}\n")).into_response();
+        }
+    };
+    let filter = match parse_filter(query.get("severity").map(String::as_str), query.get("rule").map(String::as_str)) {
+        Ok(filter) => filter,
+        Err(error) => return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let since = query.get("since").filter(|s| !s.is_empty()).cloned();
+    upgrade.on_upgrade(move |socket| session(socket, feed, grant, filter, since, shutdown))
+}
+
+fn notice(value: serde_json::Value) -> Message {
+    Message::Text(value.to_string().into())
+}
+
+async fn session(mut socket: WebSocket, feed: Arc<Feed>, grant: Grant, filter: Filter, since: Option<String>, shutdown: CancellationToken) {
+    let mut subscription = feed.hub.register(&grant.tenant, filter.clone());
+    tracing::debug!(tenant = %grant.tenant, subject = %grant.subject, "live feed client connected");
+    let hello = notice(serde_json::json!({"type": "hello", "tenant": grant.tenant, "filter": filter}));
+    if socket.send(hello).await.is_err() {
+        return;
+    }
+    // Registered before reading the backlog, so nothing falls between the two; an alert in
+    // both is sent once.
+    let mut replayed: HashSet<(String, i64)> = HashSet::new();
+    if let Some(since) = since {
+        match feed.missed_since(&since, &grant.tenant).await {
+            Ok((items, found)) => {
+                let mut sent = 0usize;
+                for item in items.iter().filter(|i| filter.admits(i)) {
+                    replayed.insert((item.id.clone(), item.count));
+                    if socket.send(Message::Text(item.frame.clone())).await.is_err() {
+                        return;
+                    }
+                    sent += 1;
+                }
+                let resumed = notice(serde_json::json!({"type": "resumed", "since": since, "found": found, "replayed": sent}));
+                if socket.send(resumed).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "live feed: cannot serve a resume");
+                let message = notice(serde_json::json!({"type": "error", "message": format!("cannot resume: {error}")}));
+                if socket.send(message).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let mut ping = tokio::time::interval(feed.config.ping_interval);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
+    let close = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.send(close(1001, "server shutting down"))).await;
+                break;
+            }
+            _ = subscription.slot.dropped.cancelled() => {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.send(close(CLOSE_LAGGED, "lagged: too slow; reconnect with since=<last alert id>"))).await;
+                break;
+            }
+            item = subscription.queue.recv() => {
+                let Some(item) = item else { break };
+                if !replayed.is_empty() && replayed.remove(&(item.id.clone(), item.count)) {
+                    continue;
+                }
+                let skipped = subscription.slot.take_skipped();
+                if skipped > 0 && socket.send(notice(serde_json::json!({"type": "lagged", "skipped": skipped}))).await.is_err() {
+                    break;
+                }
+                if socket.send(Message::Text(item.frame.clone())).await.is_err() {
+                    break;
+                }
+            }
+            message = socket.recv() => {
+                last_heard = Instant::now();
+                match message {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(text))) => {
+                        let reply = command(&text, &subscription.slot);
+                        if socket.send(notice(reply)).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Pings are answered by the library; pongs and binary frames only
+                    // prove the peer is alive.
+                    Some(Ok(_)) => {}
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > feed.config.idle_timeout {
+                    tracing::info!(tenant = %grant.tenant, "live feed client silent past feed.idle_timeout; closing");
+                    metrics::counter!("threatpipe_feed_dead_clients_total").increment(1);
+                    break;
+                }
+                let skipped = subscription.slot.take_skipped();
+                if skipped > 0 && socket.send(notice(serde_json::json!({"type": "lagged", "skipped": skipped}))).await.is_err() {
+                    break;
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A message from the client: a filter change.
+fn command(text: &str, slot: &super::hub::ClientSlot) -> serde_json::Value {
+    #[derive(serde::Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum Command {
+        Filter {
+            #[serde(default)]
+            min_severity: Option<String>,
+            #[serde(default)]
+            rules: Vec<String>,
+        },
+    }
+    match serde_json::from_str::<Command>(text) {
+        Ok(Command::Filter { min_severity, rules }) => match parse_filter(min_severity.as_deref(), Some(&rules.join(","))) {
+            Ok(filter) => {
+                slot.set_filter(filter.clone());
+                serde_json::json!({"type": "filter", "filter": filter})
+            }
+            Err(message) => serde_json::json!({"type": "error", "message": message}),
+        },
+        Err(e) => serde_json::json!({"type": "error", "message": format!("unknown command: {e} (expected {{\"type\":\"filter\",\"min_severity\":..,\"rules\":[..]}})")}),
+    }
+}
