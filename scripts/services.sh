@@ -3,6 +3,7 @@
 #   Tansu (Kafka protocol)  127.0.0.1:9092   memory:// storage
 #   ClickHouse              127.0.0.1:8123 (HTTP), 127.0.0.1:9000 (native)
 #   Redis                   127.0.0.1:6379
+# and Debian's Chromium for the live-feed page test (headless, driven over DevTools).
 # Idempotent: a service that already answers is left alone. Binaries and state live under
 # $THREATPIPE_CACHE (default ~/.cache/threatpipe), outside the clone, so a second run and
 # later clones reuse them. Building Tansu takes 12-20 minutes on two cores, once.
@@ -102,7 +103,14 @@ start_redis() {
   wait_port 6379 20 Redis "$STATE/redis.log"
 }
 
+# --- Chromium (the browser test of the live-feed page) ------------------------------------
+install_chromium() {
+  if command -v chromium >/dev/null 2>&1; then return; fi
+  apt_install chromium
+}
+
 start_tansu
 start_clickhouse
 start_redis
+install_chromium
 log "ready: KAFKA_BROKERS=127.0.0.1:9092 CLICKHOUSE_URL=http://127.0.0.1:8123 REDIS_URL=redis://127.0.0.1:6379"

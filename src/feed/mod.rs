@@ -31,8 +31,9 @@ pub use hub::{FeedHub, FeedItem, Filter, SlowClientPolicy};
 pub struct FeedConfig {
     /// Serve the live feed (`/feed` WebSocket, `/` web page) with the HTTP server.
     pub enabled: bool,
-    /// Static tokens: token → tenant (`*` = every tenant). Keep them out of files in
-    /// production: `THREATPIPE_FEED__TOKENS` is not splittable, so prefer JWTs there.
+    /// Static tokens: token → tenant (`*` = every tenant). From the environment:
+    /// THREATPIPE_FEED__TOKENS__<token>=<tenant> (the token is lowercased there). In
+    /// production prefer JWTs (`jwt_secret`), which carry their tenant and expire.
     pub tokens: BTreeMap<String, String>,
     /// Secret for HS256 JWTs whose `tenant` claim names the tenant (set it from the
     /// environment: THREATPIPE_FEED__JWT_SECRET).

@@ -201,11 +201,21 @@ pub struct StageProcess {
 impl StageProcess {
     /// Starts `threatpipe run` with `--bus kafka` and config overrides from `env`.
     pub fn start(name: &str, args: &[&str], env: &HashMap<String, String>) -> Self {
+        Self::start_with(name, &["--no-http"], args, env)
+    }
+
+    /// Like [`StageProcess::start`], serving HTTP (and the live feed) on `listen`.
+    pub fn start_serving(name: &str, listen: &str, args: &[&str], env: &HashMap<String, String>) -> Self {
+        Self::start_with(name, &["--http-listen", listen], args, env)
+    }
+
+    fn start_with(name: &str, http: &[&str], args: &[&str], env: &HashMap<String, String>) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_threatpipe"))
             .arg("run")
-            .args(["--brokers", &brokers(), "--no-generator", "--no-http", "--quiet"])
+            .args(["--brokers", &brokers(), "--no-generator", "--quiet"])
+            .args(http)
             .args(args)
             .envs(env)
             .env("THREATPIPE_LOG", "info,rdkafka=warn")
@@ -249,6 +259,24 @@ impl Drop for StageProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A free loopback port (bound, then released) for a server under test.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET path` on 127.0.0.1:`port`: (status, body), or None if nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
 }
 
 /// Config overrides for `stages` under test: every topic unused until the caller names it,
@@ -322,10 +350,6 @@ pub struct PrivateClickHouse {
     dir: tempfile::TempDir,
     pub http_port: u16,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl PrivateClickHouse {
