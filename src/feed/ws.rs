@@ -27,6 +27,13 @@ use crate::event::Severity;
 
 /// Close code for a client disconnected by the `drop` slow-client policy.
 pub const CLOSE_LAGGED: u16 = 4008;
+/// Per-connection buffers (tungstenite's defaults are 128 KiB each).
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 16 * 1024;
+/// The largest message a client may send (a filter command is well under 1 KiB).
+const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
+/// Alerts written to a client before one flush, when it has a backlog.
+const BATCH: usize = 64;
 
 /// Parses `severity=` and `rule=` into a filter.
 pub fn parse_filter(severity: Option<&str>, rules: Option<&str>) -> Result<Filter, String> {
@@ -73,6 +80,13 @@ pub async fn handler(
         Err(rejection) => return rejection.into_response(),
     };
     let since = query.get("since").filter(|s| !s.is_empty()).cloned();
+    // Clients only send small commands: a small read buffer and a hard cap on what they may
+    // send keep a thousand idle connections cheap and a hostile one bounded.
+    let upgrade = upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE);
     upgrade.on_upgrade(move |socket| session(socket, feed, grant, filter, since, shutdown))
 }
 
@@ -131,14 +145,27 @@ async fn session(mut socket: WebSocket, feed: Arc<Feed>, grant: Grant, filter: F
             }
             item = subscription.queue.recv() => {
                 let Some(item) = item else { break };
-                if !replayed.is_empty() && replayed.remove(&(item.id.clone(), item.count)) {
-                    continue;
+                // Whatever else is queued goes out with it, under one flush (one write
+                // syscall instead of one per alert when the client has a backlog).
+                let mut batch = vec![item];
+                while batch.len() < BATCH {
+                    match subscription.queue.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
                 }
                 let skipped = subscription.slot.take_skipped();
-                if skipped > 0 && socket.send(notice(serde_json::json!({"type": "lagged", "skipped": skipped}))).await.is_err() {
-                    break;
+                let mut frames = Vec::with_capacity(batch.len() + 1);
+                if skipped > 0 {
+                    frames.push(notice(serde_json::json!({"type": "lagged", "skipped": skipped})));
                 }
-                if socket.send(Message::Text(item.frame.clone())).await.is_err() {
+                for item in batch {
+                    if !replayed.is_empty() && replayed.remove(&(item.id.clone(), item.count)) {
+                        continue;
+                    }
+                    frames.push(Message::Text(item.frame.clone()));
+                }
+                if send_all(&mut socket, frames).await.is_err() {
                     break;
                 }
             }
@@ -173,6 +200,15 @@ async fn session(mut socket: WebSocket, feed: Arc<Feed>, grant: Grant, filter: F
             }
         }
     }
+}
+
+/// Writes `frames` and flushes once.
+async fn send_all(socket: &mut WebSocket, frames: Vec<Message>) -> Result<(), axum::Error> {
+    use futures::SinkExt;
+    for frame in frames {
+        socket.feed(frame).await?;
+    }
+    socket.flush().await
 }
 
 /// A message from the client: a filter change.
