@@ -8,6 +8,11 @@
 //! for a slow one. Clients are indexed by tenant so an alert is only offered to the clients
 //! of its tenant (and to all-tenant clients). The frame is serialized once per alert and
 //! shared by every client.
+//!
+//! The alert stage publishes every alert it emits, replays after a crash included, so that
+//! a crash between counting an event and publishing it cannot cost the feed an alert; the
+//! hub drops a frame whose (alert id, count) it already published (within the last
+//! [`SEEN_CAPACITY`] frames), so the replay is not seen twice either.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,7 +132,35 @@ impl Drop for Subscription {
     }
 }
 
+/// (alert id, count) pairs remembered to drop replayed frames.
+pub const SEEN_CAPACITY: usize = 100_000;
+
+/// The recently published (alert id, count) pairs, oldest evicted first.
+#[derive(Default)]
+struct Seen {
+    set: std::collections::HashSet<(String, i64)>,
+    order: VecDeque<(String, i64)>,
+}
+
+impl Seen {
+    /// True if `key` is new (and remembers it).
+    fn insert(&mut self, key: (String, i64)) -> bool {
+        if self.set.contains(&key) {
+            return false;
+        }
+        if self.order.len() >= SEEN_CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(key.clone());
+        self.set.insert(key);
+        true
+    }
+}
+
 pub struct FeedHub {
+    seen: Mutex<Seen>,
     /// tenant (or `*`) → its clients
     clients: RwLock<HashMap<String, Vec<Arc<ClientSlot>>>>,
     next_client: AtomicU64,
@@ -142,6 +175,7 @@ pub struct FeedHub {
 impl FeedHub {
     pub fn new(client_queue: usize, policy: SlowClientPolicy, recent_capacity: usize) -> Arc<Self> {
         Arc::new(Self {
+            seen: Mutex::new(Seen::default()),
             clients: RwLock::new(HashMap::new()),
             next_client: AtomicU64::new(1),
             client_queue: client_queue.max(1),
@@ -193,6 +227,10 @@ impl FeedHub {
     /// Offers `item` to every client of its tenant (and every all-tenant client) whose
     /// filter admits it; never waits.
     pub fn publish(&self, item: Arc<FeedItem>) {
+        if !self.seen.lock().is_ok_and(|mut seen| seen.insert((item.id.clone(), item.count))) {
+            metrics::counter!("threatpipe_feed_replays_dropped_total").increment(1);
+            return;
+        }
         let (mut delivered, mut skipped, mut dropped) = (0u64, 0u64, 0u64);
         if let Ok(clients) = self.clients.read() {
             let tenant = clients.get(&item.tenant).into_iter().flatten();
@@ -305,11 +343,29 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_replayed_frame_is_published_once() {
+        let hub = FeedHub::new(8, SlowClientPolicy::Skip, 0);
+        let mut client = hub.register("t", Filter::default());
+        let update = |count: i64| serde_json::json!({"id": "a", "tenant": "t", "severity": "high", "count": count}).to_string();
+        for count in [1, 1, 2, 1, 2, 3] {
+            hub.publish_json(&update(count)).unwrap();
+        }
+        let mut counts = Vec::new();
+        while let Ok(item) = client.queue.try_recv() {
+            counts.push(item.count);
+        }
+        assert_eq!(counts, [1, 2, 3]);
+    }
+
     #[test]
     fn resume_returns_what_followed_the_last_copy_of_an_id() {
         let hub = FeedHub::new(1, SlowClientPolicy::Skip, 4);
-        for (id, tenant) in [("a", "t"), ("b", "t"), ("a", "t"), ("c", "u"), ("d", "t")] {
-            hub.publish_json(&alert(id, tenant, "high", "r")).unwrap();
+        let with_count = |id: &str, tenant: &str, count: i64| {
+            serde_json::json!({"id": id, "tenant": tenant, "severity": "high", "rule_ids": ["r"], "count": count}).to_string()
+        };
+        for (id, tenant, count) in [("a", "t", 1), ("b", "t", 1), ("a", "t", 2), ("c", "u", 1), ("d", "t", 1)] {
+            hub.publish_json(&with_count(id, tenant, count)).unwrap();
         }
         let ids = |(items, found): (Vec<Arc<FeedItem>>, bool)| (items.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), found);
         assert_eq!(ids(hub.recent_since("a", "t")), (vec!["d".to_string()], true));

@@ -25,6 +25,8 @@ pub fn stream_since(client: &redis::Client, stream: &str, since: &str, tenant: &
     let mut newest_first: Vec<Arc<FeedItem>> = Vec::new();
     let mut end = "+".to_string();
     let mut found = false;
+    // A replayed alert stage appends the same (id, count) again: keep one.
+    let mut kept: HashSet<(String, i64)> = HashSet::new();
     'pages: loop {
         let page: Vec<(String, Vec<String>)> =
             redis::cmd("XREVRANGE").arg(stream).arg(&end).arg("-").arg("COUNT").arg(PAGE).query(&mut c).map_err(|e| e.to_string())?;
@@ -39,7 +41,7 @@ pub fn stream_since(client: &redis::Client, stream: &str, since: &str, tenant: &
                 found = true;
                 break 'pages;
             }
-            if tenant == ALL_TENANTS || item.tenant == tenant {
+            if (tenant == ALL_TENANTS || item.tenant == tenant) && kept.insert((item.id.clone(), item.count)) {
                 newest_first.push(Arc::new(item));
             }
         }

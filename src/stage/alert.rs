@@ -294,13 +294,11 @@ impl Stage for AlertStage {
         out.push(OutMessage { topic: self.output_topic.clone(), key: key_bytes.clone(), payload });
         let json = serde_json::to_string(&alert).map_err(|e| StageError::Internal(e.to_string()))?;
         out.push(OutMessage { topic: self.json_topic.clone(), key: key_bytes, payload: json.clone().into_bytes() });
-        if joined.new_event {
-            let (channel, stream, max_len) = (&self.config.channel, &self.config.stream, self.config.stream_max_len);
-            if let Err(error) = self.store.publish(self.feed.as_deref(), channel, stream, max_len, &json) {
-                // The live feed misses one update; the alert itself is on the topics.
-                tracing::warn!(%error, "alert not published to the live feed");
-            }
-        }
+        // Published on replays too (the feed drops what it already showed by id and count),
+        // so a crash between counting the event and publishing it cannot cost the feed an
+        // alert. A publish that fails is an outside failure: the record replays.
+        let (channel, stream, max_len) = (&self.config.channel, &self.config.stream, self.config.stream_max_len);
+        self.store.publish(self.feed.as_deref(), channel, stream, max_len, &json).map_err(StageError::External)?;
         Ok(())
     }
 }
