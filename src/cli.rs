@@ -74,6 +74,22 @@ pub enum Command {
     ///
     /// Example: threatpipe report threat-summary --tenant acme --since 7d --format csv
     Report(ReportArgs),
+    /// Feed a SIEM from the alert topic, as configured by a connector file (see
+    /// connectors/): Splunk HEC, Elasticsearch/OpenSearch bulk, syslog (CEF, LEEF, JSON over
+    /// UDP or TCP), Microsoft Sentinel, or a signed webhook. At-least-once; what the SIEM
+    /// rejects goes to the connector's dead-letter topic; Ctrl-C stops after the batch in hand.
+    ///
+    /// Example: threatpipe connect connectors/splunk-hec.toml --brokers kafka:9092
+    Connect {
+        /// The connector file (TOML).
+        file: PathBuf,
+        /// Override source.brokers.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: Option<String>,
+        /// Serve /metrics on this address (e.g. 127.0.0.1:9464).
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
+    },
     /// Watch the live threat feed in the terminal, one alert per line (the same filters as
     /// the web page). Against a local embedded run it needs no flags.
     Tail(crate::feed::tail::TailArgs),
@@ -390,6 +406,33 @@ pub fn load_config_without_scan(cli: &Cli) -> anyhow::Result<AppConfig> {
     Ok(AppConfig::load(cli.config.as_deref(), vars)?)
 }
 
+async fn connect(file: &std::path::Path, brokers: Option<&str>, metrics_listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    let mut connector = crate::connect::ConnectorConfig::load(file)?;
+    if let Some(brokers) = brokers {
+        connector.source.brokers = brokers.to_string();
+    }
+    // Kafka client settings as the stages use them (the detection content is not needed).
+    let vars = ["THREATPIPE_SCAN__SIGMA", "THREATPIPE_SCAN__INTEL", "THREATPIPE_SCAN__PATTERNS"].map(|k| (k.to_string(), "[]".to_string()));
+    let mut app = AppConfig::load(None, vars)?;
+    app.kafka.brokers = connector.source.brokers.clone();
+    let settings = app.kafka_settings();
+    if let Some(addr) = metrics_listen {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().context("metrics recorder")?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let router = axum::Router::new().route("/metrics", axum::routing::get(move || std::future::ready(handle.render())));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        trigger.cancel();
+    });
+    let delivered = crate::connect::run(connector, settings, stop).await?;
+    eprintln!("connector stopped; {delivered} alerts delivered");
+    Ok(())
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -447,6 +490,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             println!("{} applied now, {} already applied; database {} at {}", report.applied.len(), report.already, config.database, config.url);
             Ok(())
         }
+        Some(Command::Connect { ref file, ref brokers, metrics_listen }) => connect(file, brokers.as_deref(), metrics_listen).await,
         Some(Command::Tail(ref args)) => crate::feed::tail::run(args).await,
         Some(Command::FeedToken { ref tenant, ref subject, ttl }) => {
             let config = load_config_without_scan(&cli)?;

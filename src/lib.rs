@@ -17,6 +17,7 @@ pub mod app;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod db;
 pub mod detect;
 pub mod error;

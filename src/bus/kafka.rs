@@ -189,6 +189,24 @@ impl KafkaConsumer {
         })
     }
 
+    /// Records behind the end of the assigned partitions, or None before an assignment or
+    /// when the broker does not answer within 200 ms per partition. Blocks: call it rarely.
+    pub fn lag(&self) -> Option<i64> {
+        let assignment = self.consumer.assignment().ok()?;
+        let positions = self.consumer.position().ok()?;
+        let mut total = 0i64;
+        for element in assignment.elements() {
+            let (_, high) = self.consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_millis(200)).ok()?;
+            let position = positions
+                .find_partition(element.topic(), element.partition())
+                .and_then(|p| p.offset().to_raw())
+                .filter(|o| *o >= 0)
+                .unwrap_or(high);
+            total += (high - position).max(0);
+        }
+        Some(total)
+    }
+
     pub fn commit(&self, offsets: &CommitOffsets, mode: CommitMode) -> Result<(), BusError> {
         let list = partition_list(offsets)?;
         let mode = match mode {
