@@ -3,7 +3,8 @@
 #   Tansu (Kafka protocol)  127.0.0.1:9092   memory:// storage
 #   ClickHouse              127.0.0.1:8123 (HTTP), 127.0.0.1:9000 (native)
 #   Redis                   127.0.0.1:6379
-# and Debian's Chromium for the live-feed page test (headless, driven over DevTools).
+# and Debian's Chromium for the live-feed page test (headless, driven over DevTools) and
+# rsyslog for the syslog connector test (the test starts its own daemon on free ports).
 # Idempotent: a service that already answers is left alone. Binaries and state live under
 # $THREATPIPE_CACHE (default ~/.cache/threatpipe), outside the clone, so a second run and
 # later clones reuse them. Building Tansu takes 12-20 minutes on two cores, once.
@@ -109,8 +110,14 @@ install_chromium() {
   apt_install chromium
 }
 
+install_rsyslog() {
+  if [ -x /usr/sbin/rsyslogd ] || command -v rsyslogd >/dev/null 2>&1; then return; fi
+  apt_install rsyslog
+}
+
 start_tansu
 start_clickhouse
 start_redis
 install_chromium
+install_rsyslog
 log "ready: KAFKA_BROKERS=127.0.0.1:9092 CLICKHOUSE_URL=http://127.0.0.1:8123 REDIS_URL=redis://127.0.0.1:6379"
