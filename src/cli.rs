@@ -412,7 +412,9 @@ async fn connect(file: &std::path::Path, brokers: Option<&str>, metrics_listen: 
         connector.source.brokers = brokers.to_string();
     }
     // Kafka client settings as the stages use them (the detection content is not needed).
-    let vars = ["THREATPIPE_SCAN__SIGMA", "THREATPIPE_SCAN__INTEL", "THREATPIPE_SCAN__PATTERNS"].map(|k| (k.to_string(), "[]".to_string()));
+    // THREATPIPE_KAFKA__* from the environment apply (session timeout, client options).
+    let mut vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("THREATPIPE_KAFKA__")).collect();
+    vars.extend(["THREATPIPE_SCAN__SIGMA", "THREATPIPE_SCAN__INTEL", "THREATPIPE_SCAN__PATTERNS"].map(|k| (k.to_string(), "[]".to_string())));
     let mut app = AppConfig::load(None, vars)?;
     app.kafka.brokers = connector.source.brokers.clone();
     let settings = app.kafka_settings();

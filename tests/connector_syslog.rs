@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -88,26 +87,6 @@ fn alerts(tag: &str, n: usize) -> Vec<Alert> {
             summary: Some(format!("line one {i}\nline two\ttabbed \\ back = eq | pipe ] bracket \"quote\" é")),
         })
         .collect()
-}
-
-fn start_connector(name: &str, file: &Path) -> Child {
-    let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
-    Command::new(env!("CARGO_BIN_EXE_threatpipe"))
-        .args(["connect"])
-        .arg(file)
-        .args(["--brokers", &support::brokers()])
-        .env("THREATPIPE_LOG", "info,rdkafka=warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-fn connector_file(dir: &Path, name: &str, topic: &str, body: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    let text = format!("name = \"{name}\"\n[source]\ntopic = \"{topic}\"\ngroup = \"{}\"\n[batch]\nmax_alerts = 50\nmax_wait = \"100ms\"\n{body}", unique(name));
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 /// Undoes CEF/LEEF value escaping (`\\`, `\=`, `\n`, `\r`, `\t`, `\|`, `\<delimiter>`).
@@ -198,17 +177,14 @@ fn cef_leef_and_json_reach_rsyslog_intact() {
         produce_all(&topic, &batch.iter().map(|a| (a.id.clone(), avro::encode_alert(a).unwrap())).collect::<Vec<_>>());
         sent.extend(batch);
         let body = format!("[syslog]\ntransport = \"{transport}\"\naddress = \"127.0.0.1:{port}\"\nformat = \"{format}\"\nhostname = \"tp-test\"\nfacility = 13\n");
-        connectors.push(start_connector(format, &connector_file(dir.path(), &format!("syslog-{format}"), &topic, &body)));
+        connectors.push(support::start_connector(format, &support::connector_file(dir.path(), &format!("syslog-{format}"), &topic, "", &body)));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while rsyslog.lines().len() < sent.len() {
         assert!(Instant::now() < deadline, "rsyslog wrote {} of {} lines", rsyslog.lines().len(), sent.len());
         std::thread::sleep(Duration::from_millis(200));
     }
-    for mut c in connectors {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(connectors);
     let lines = rsyslog.lines();
     assert_eq!(lines.len(), sent.len(), "one line per alert (nothing split by an unescaped line break)");
     let by_id = |id: &str| sent.iter().find(|a| a.id == id).unwrap_or_else(|| panic!("unknown alert {id}"));

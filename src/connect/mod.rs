@@ -215,7 +215,9 @@ pub async fn run(config: ConnectorConfig, kafka: KafkaSettings, stop: Cancellati
             if let Some(reason) = retry_reason {
                 retried.increment(pending.len() as u64);
                 let wait = backoff(&config.retry, attempt);
-                if !failing.swap(true, Ordering::Relaxed) || attempt % 10 == 0 {
+                // The first few failures each, then every tenth: a long outage does not flood the log.
+                failing.store(true, Ordering::Relaxed);
+                if attempt < 5 || attempt % 10 == 0 {
                     tracing::warn!(connector = %name, alerts = pending.len(), attempt = attempt + 1, retry_in = ?wait, %reason, "delivery failed; retrying");
                 }
                 attempt += 1;

@@ -261,6 +261,36 @@ impl Drop for StageProcess {
     }
 }
 
+/// Starts `threatpipe connect FILE` against the test broker; its log is in the process.
+pub fn start_connector(name: &str, file: &std::path::Path) -> StageProcess {
+    let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
+    let child = Command::new(env!("CARGO_BIN_EXE_threatpipe"))
+        .arg("connect")
+        .arg(file)
+        .args(["--brokers", &brokers()])
+        .env("THREATPIPE_LOG", "info,rdkafka=warn")
+        // A killed member's partitions move on within seconds, as in the stage tests.
+        .env("THREATPIPE_KAFKA__SESSION_TIMEOUT", "6s")
+        .env("THREATPIPE_KAFKA__MAX_POLL_INTERVAL", "10s")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    StageProcess { child, log }
+}
+
+/// Writes a connector file reading `topic` with its own group, small quick batches, and
+/// the destination section `body`.
+pub fn connector_file(dir: &std::path::Path, name: &str, topic: &str, extra: &str, body: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "name = \"{name}\"\n[source]\ntopic = \"{topic}\"\ngroup = \"{}\"\n[batch]\nmax_alerts = 20\nmax_wait = \"100ms\"\n{extra}\n{body}",
+        unique(name)
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// A free loopback port (bound, then released) for a server under test.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
