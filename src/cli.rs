@@ -89,6 +89,9 @@ pub enum Command {
         /// Serve /metrics on this address (e.g. 127.0.0.1:9464).
         #[arg(long)]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Check the file (its consumer group and dead-letter topic are printed) without connecting.
+        #[arg(long)]
+        check: bool,
     },
     /// Watch the live threat feed in the terminal, one alert per line (the same filters as
     /// the web page). Against a local embedded run it needs no flags.
@@ -492,7 +495,14 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             println!("{} applied now, {} already applied; database {} at {}", report.applied.len(), report.already, config.database, config.url);
             Ok(())
         }
-        Some(Command::Connect { ref file, ref brokers, metrics_listen }) => connect(file, brokers.as_deref(), metrics_listen).await,
+        Some(Command::Connect { ref file, ref brokers, metrics_listen, check: true }) => {
+            let _ = (brokers, metrics_listen);
+            let connector = crate::connect::ConnectorConfig::load(file)?;
+            // Not the whole file: it holds tokens and keys.
+            println!("{}: ok; group {}, dead letters to {}", file.display(), connector.group(), connector.dead_letter_topic());
+            Ok(())
+        }
+        Some(Command::Connect { ref file, ref brokers, metrics_listen, check: false }) => connect(file, brokers.as_deref(), metrics_listen).await,
         Some(Command::Tail(ref args)) => crate::feed::tail::run(args).await,
         Some(Command::FeedToken { ref tenant, ref subject, ttl }) => {
             let config = load_config_without_scan(&cli)?;

@@ -243,3 +243,20 @@ fn cef_leef_and_json_reach_rsyslog_intact() {
     }
     assert_eq!(seen.len(), sent.len());
 }
+
+#[test]
+fn every_shipped_connector_file_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors");
+    let files = support::files_under(&dir, &|p| p.extension().is_some_and(|e| e == "toml"));
+    assert!(files.len() >= 6, "{files:?}");
+    for file in files {
+        let output = Command::new(env!("CARGO_BIN_EXE_threatpipe")).args(["connect", "--check"]).arg(&file).output().unwrap();
+        assert!(output.status.success(), "{}: {}", file.display(), String::from_utf8_lossy(&output.stderr));
+    }
+    // A mistake is reported with the file and the reason.
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad.path(), "name = \"x\"\n[webhook]\nurl = \"https://example.test\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_threatpipe")).args(["connect", "--check"]).arg(bad.path()).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("TLS"), "{}", String::from_utf8_lossy(&output.stderr));
+}
