@@ -4,7 +4,8 @@
 #   ClickHouse              127.0.0.1:8123 (HTTP), 127.0.0.1:9000 (native)
 #   Redis                   127.0.0.1:6379
 # and Debian's Chromium for the live-feed page test (headless, driven over DevTools) and
-# rsyslog for the syslog connector test (the test starts its own daemon on free ports).
+# rsyslog (with its TLS module) for the syslog connector tests (each test starts its own
+# daemon on free ports).
 # Idempotent: a service that already answers is left alone. Binaries and state live under
 # $THREATPIPE_CACHE (default ~/.cache/threatpipe), outside the clone, so a second run and
 # later clones reuse them. Building Tansu takes 12-20 minutes on two cores, once.
@@ -111,8 +112,9 @@ install_chromium() {
 }
 
 install_rsyslog() {
-  if [ -x /usr/sbin/rsyslogd ] || command -v rsyslogd >/dev/null 2>&1; then return; fi
-  apt_install rsyslog
+  # rsyslog-gnutls: the TLS input for the syslog-over-TLS test.
+  if [ -f /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || dpkg -s rsyslog-gnutls >/dev/null 2>&1; then return; fi
+  apt_install rsyslog rsyslog-gnutls
 }
 
 start_tansu

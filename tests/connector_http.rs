@@ -344,3 +344,82 @@ fn rejected_alerts_go_to_the_dead_letter_topic_and_the_rest_is_delivered() {
     assert!(receiver.problems.lock().unwrap().is_empty(), "{:?}", receiver.problems.lock().unwrap());
     drop(running);
 }
+
+/// A minimal HTTPS server (rustls, the test CA's certificate for localhost): reads each
+/// HTTP/1.1 request on a connection, records its body, answers 200.
+fn start_https_receiver(dir: &std::path::Path, bodies: Arc<Mutex<Vec<String>>>) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(dir.join("server.pem")).unwrap().map(Result::unwrap).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let (acceptor, bodies) = (acceptor.clone(), bodies.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 16 * 1024];
+                    loop {
+                        // Headers, then Content-Length bytes of body.
+                        let head_end = loop {
+                            if let Some(p) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break p + 4;
+                            }
+                            match tls.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+                        let length: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+                        while buffer.len() < head_end + length {
+                            match tls.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        bodies.lock().unwrap().push(String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned());
+                        buffer.drain(..head_end + length);
+                        if tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    port
+}
+
+#[test]
+fn webhook_over_https_trusts_the_configured_ca() {
+    support::require_broker();
+    let dir = tempfile::tempdir().unwrap();
+    support::make_certificates(dir.path());
+    let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
+    let port = start_https_receiver(dir.path(), bodies.clone());
+    let topic = unique("https.alerts");
+    let sent = alerts("https", 50, 0);
+    produce(&topic, &sent);
+    let tls = format!("[tls]\nca_file = \"{}\"", dir.path().join("ca.pem").display());
+    let body = format!("[webhook]\nurl = \"https://localhost:{port}/hook\"\n");
+    let connector = start_connector("https", &connector_file(dir.path(), "https", &topic, &format!("{RETRY}\n{tls}"), &body));
+    let count = || bodies.lock().unwrap().iter().map(|b| serde_json::from_str::<Vec<Alert>>(b).map_or(0, |v| v.len())).sum::<usize>();
+    wait_for("alerts over https", Duration::from_secs(60), || count() >= sent.len());
+    let ids: HashSet<String> = bodies.lock().unwrap().iter().flat_map(|b| serde_json::from_str::<Vec<Alert>>(b).unwrap()).map(|a| a.id).collect();
+    assert_eq!(ids, sent.iter().map(|a| a.id.clone()).collect(), "{}", connector.log_text());
+}

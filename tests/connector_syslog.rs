@@ -20,7 +20,32 @@ struct Rsyslog {
 }
 
 impl Rsyslog {
+    /// rsyslogd with plain UDP and TCP inputs.
     fn start() -> Self {
+        Self::start_with(|_dir, udp, tcp| {
+            format!(
+                "module(load=\"imudp\")\nmodule(load=\"imtcp\")\n\
+                 input(type=\"imudp\" port=\"{udp}\" address=\"127.0.0.1\")\n\
+                 input(type=\"imtcp\" port=\"{tcp}\" address=\"127.0.0.1\")\n"
+            )
+        })
+    }
+
+    /// rsyslogd with a TLS input (gtls, server certificate signed by the test's CA) on `tcp`.
+    fn start_tls() -> Self {
+        Self::start_with(|dir, _udp, tcp| {
+            support::make_certificates(dir);
+            let d = dir.display();
+            format!(
+                "global(DefaultNetstreamDriver=\"gtls\" DefaultNetstreamDriverCAFile=\"{d}/ca.pem\" \
+                 DefaultNetstreamDriverCertFile=\"{d}/server.pem\" DefaultNetstreamDriverKeyFile=\"{d}/server.key\")\n\
+                 module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.AuthMode=\"anon\")\n\
+                 input(type=\"imtcp\" port=\"{tcp}\" address=\"127.0.0.1\")\n"
+            )
+        })
+    }
+
+    fn start_with(inputs: impl Fn(&std::path::Path, u16, u16) -> String) -> Self {
         let binary = ["/usr/sbin/rsyslogd", "rsyslogd"].into_iter().find(|b| Command::new(b).arg("-v").output().is_ok()).expect("no rsyslogd: scripts/services.sh installs Debian's rsyslog");
         let dir = tempfile::tempdir().unwrap();
         let (udp, tcp) = (free_port(), free_port());
@@ -29,13 +54,11 @@ impl Rsyslog {
         // message. Control characters are kept as received (LEEF's tab delimiter).
         let conf = format!(
             r#"global(workDirectory="{d}" parser.escapeControlCharactersOnReceive="off" maxMessageSize="64k")
-module(load="imudp")
-module(load="imtcp")
-input(type="imudp" port="{udp}" address="127.0.0.1")
-input(type="imtcp" port="{tcp}" address="127.0.0.1")
+{}
 template(name="fields" type="string" string="%protocol-version%|%pri%|%hostname%|%app-name%|%msgid%|%structured-data%|%msg%\n")
 *.* action(type="omfile" file="{d}/out.log" template="fields")
-"#
+"#,
+            inputs(dir.path(), udp, tcp)
         );
         std::fs::write(dir.path().join("rsyslog.conf"), conf).unwrap();
         let child = Command::new(binary)
@@ -255,8 +278,45 @@ fn every_shipped_connector_file_is_valid() {
     }
     // A mistake is reported with the file and the reason.
     let bad = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(bad.path(), "name = \"x\"\n[webhook]\nurl = \"https://example.test\"\n").unwrap();
+    std::fs::write(bad.path(), "name = \"x\"\n[webhook]\nurl = \"ftp://example.test\"\n").unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_threatpipe")).args(["connect", "--check"]).arg(bad.path()).output().unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("TLS"), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected an http:// or https:// URL"), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn syslog_over_tls_reaches_rsyslog_and_an_unknown_ca_is_refused() {
+    support::require_broker();
+    let rsyslog = Rsyslog::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rsyslog.dir.path().join("ca.pem");
+    let topic = unique("syslog.tls.alerts");
+    create_topics(&[&topic], 1);
+    let sent = alerts("tls", 30);
+    produce_all(&topic, &sent.iter().map(|a| (a.id.clone(), avro::encode_alert(a).unwrap())).collect::<Vec<_>>());
+    let body = format!("[syslog]\ntransport = \"tls\"\naddress = \"127.0.0.1:{}\"\nformat = \"cef\"\nhostname = \"tp-test\"\n", rsyslog.tcp);
+    // Without the test CA the server's certificate is not trusted: nothing is sent, and
+    // the failure is retried (and logged), not skipped.
+    let untrusted = support::start_connector("tls-untrusted", &support::connector_file(dir.path(), "tls-untrusted", &topic, "[retry]\ninitial = \"100ms\"\nmax = \"200ms\"", &body));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !untrusted.log_text().contains("delivery failed; retrying") {
+        assert!(Instant::now() < deadline, "no retry logged:\n{}", untrusted.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(untrusted.log_text().contains("tls 127.0.0.1"), "{}", untrusted.log_text());
+    drop(untrusted);
+    assert!(rsyslog.lines().is_empty());
+    let trusted = format!("[tls]\nca_file = \"{}\"\nserver_name = \"localhost\"", ca.display());
+    let connector = support::start_connector("tls", &support::connector_file(dir.path(), "tls", &topic, &trusted, &body));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rsyslog.lines().len() < sent.len() {
+        assert!(Instant::now() < deadline, "rsyslog wrote {} of {} lines; connector log:\n{}", rsyslog.lines().len(), sent.len(), connector.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ids: std::collections::HashSet<String> = rsyslog
+        .lines()
+        .iter()
+        .map(|l| l.split("alertId=\"").nth(1).unwrap().split('"').next().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, sent.iter().map(|a| a.id.clone()).collect());
 }

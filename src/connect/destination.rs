@@ -2,9 +2,9 @@
 //!
 //! Every delivery returns one [`Outcome`] per alert: `Delivered`, `Rejected` (permanent:
 //! a 4xx, or a per-item refusal; the alert goes to the dead-letter topic) or `Retry`
-//! (transient: 5xx, 408, 429, a timeout, a broken connection). HTTP is plain HTTP/1.1 over
-//! hyper; TLS endpoints are not supported yet (see the connector docs), so an `https://`
-//! URL is refused when the connector starts rather than failing at the first alert.
+//! (transient: 5xx, 408, 429, a timeout, a broken connection). HTTP/1.1 over hyper, with
+//! rustls for `https://` and syslog over TLS (RFC 5425), trusting the system's CA store plus
+//! `tls.ca_file`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -85,6 +85,45 @@ pub struct ElasticsearchConfig {
 pub enum SyslogTransport {
     Udp,
     Tcp,
+    /// TCP with TLS (RFC 5425), octet-counted like TCP.
+    Tls,
+}
+
+/// `[tls]`: what TLS connections trust.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file of extra CA certificates (a private CA); the system's store is always used.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Name the server's certificate must carry; default the host of the address or URL.
+    pub server_name: Option<String>,
+}
+
+/// The client TLS configuration: system roots plus `tls.ca_file`.
+pub fn tls_client_config(tls: &TlsConfig) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &tls.ca_file {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| format!("tls.ca_file {}: {e}", path.display()))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("tls.ca_file {}: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("tls.ca_file {}: {e}", path.display()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err("no CA certificates: the system store is empty and tls.ca_file is not set".into());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,11 +209,8 @@ fn default_log_type() -> String {
 }
 
 fn check_http(url: &str) -> Result<(), String> {
-    if url.starts_with("https://") {
-        return Err(format!("{url}: TLS is not supported by this build's connectors yet; point it at a local TLS-terminating proxy (http://)"));
-    }
-    if !url.starts_with("http://") {
-        return Err(format!("{url}: expected an http:// URL"));
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(format!("{url}: expected an http:// or https:// URL"));
     }
     Ok(())
 }
@@ -196,10 +232,7 @@ impl DestinationConfig {
                 if !c.log_type.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') || c.log_type.len() > 100 {
                     return Err("sentinel.log_type: letters, digits and _ only, at most 100".into());
                 }
-                match &c.url {
-                    Some(url) => check_http(url),
-                    None => Err("sentinel: the Azure endpoint needs TLS, which this build's connectors lack; set sentinel.url to a local TLS-terminating proxy".into()),
-                }
+                c.url.as_deref().map_or(Ok(()), check_http)
             }
             Self::Syslog(c) => {
                 if c.facility > 23 {
@@ -211,11 +244,21 @@ impl DestinationConfig {
     }
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+
+/// A syslog stream: plain TCP or TLS over it.
+type SyslogStream = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
 
 pub enum Destination {
     Http { config: DestinationConfig, client: HttpClient, timeout: Duration, hostname: String },
-    Syslog { config: SyslogConfig, hostname: String, udp: Option<tokio::net::UdpSocket>, tcp: Option<tokio::net::TcpStream>, timeout: Duration },
+    Syslog {
+        config: SyslogConfig,
+        hostname: String,
+        udp: Option<tokio::net::UdpSocket>,
+        tcp: Option<SyslogStream>,
+        timeout: Duration,
+        tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    },
 }
 
 fn hostname() -> String {
@@ -244,22 +287,32 @@ fn gzip(body: &[u8]) -> Vec<u8> {
 }
 
 impl Destination {
-    pub async fn open(config: &DestinationConfig, retry: &RetryConfig) -> Result<Self, String> {
+    pub async fn open(config: &DestinationConfig, retry: &RetryConfig, tls: &TlsConfig) -> Result<Self, String> {
         config.validate()?;
         match config {
-            DestinationConfig::Syslog(syslog) => Ok(Self::Syslog {
-                config: syslog.clone(),
-                hostname: syslog.hostname.clone().unwrap_or_else(hostname),
-                udp: None,
-                tcp: None,
-                timeout: retry.timeout,
-            }),
-            _ => Ok(Self::Http {
-                config: config.clone(),
-                client: Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build_http(),
-                timeout: retry.timeout,
-                hostname: hostname(),
-            }),
+            DestinationConfig::Syslog(syslog) => {
+                let tls = if syslog.transport == SyslogTransport::Tls {
+                    let host = tls.server_name.clone().unwrap_or_else(|| syslog.address.rsplit_once(':').map_or(syslog.address.clone(), |(h, _)| h.trim_matches(['[', ']']).to_string()));
+                    let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("tls.server_name {host:?}: {e}"))?;
+                    Some((tokio_rustls::TlsConnector::from(tls_client_config(tls)?), name))
+                } else {
+                    None
+                };
+                Ok(Self::Syslog { config: syslog.clone(), hostname: syslog.hostname.clone().unwrap_or_else(hostname), udp: None, tcp: None, timeout: retry.timeout, tls })
+            }
+            _ => {
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config((*tls_client_config(tls)?).clone())
+                    .https_or_http()
+                    .enable_http1()
+                    .build();
+                Ok(Self::Http {
+                    config: config.clone(),
+                    client: Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector),
+                    timeout: retry.timeout,
+                    hostname: hostname(),
+                })
+            }
         }
     }
 
@@ -292,7 +345,7 @@ impl Destination {
     }
 
     async fn deliver_syslog(&mut self, alerts: &[&Alert]) -> Vec<Outcome> {
-        let Self::Syslog { config, hostname, udp, tcp, timeout } = self else { return Vec::new() };
+        let Self::Syslog { config, hostname, udp, tcp, timeout, tls } = self else { return Vec::new() };
         let messages: Vec<String> = alerts
             .iter()
             .map(|alert| {
@@ -334,15 +387,20 @@ impl Destination {
                 }
                 outcomes
             }
-            SyslogTransport::Tcp => {
+            SyslogTransport::Tcp | SyslogTransport::Tls => {
                 if tcp.is_none() {
-                    match tokio::time::timeout(*timeout, tokio::net::TcpStream::connect(&config.address)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = stream.set_nodelay(true);
-                            *tcp = Some(stream);
-                        }
-                        Ok(Err(e)) => return retry_all(format!("tcp {}: {e}", config.address)),
-                        Err(_) => return retry_all(format!("tcp {}: connect timed out", config.address)),
+                    let connect = async {
+                        let stream = tokio::net::TcpStream::connect(&config.address).await.map_err(|e| format!("tcp {}: {e}", config.address))?;
+                        let _ = stream.set_nodelay(true);
+                        Ok::<SyslogStream, String>(match tls {
+                            Some((connector, name)) => Box::new(connector.connect(name.clone(), stream).await.map_err(|e| format!("tls {}: {e}", config.address))?),
+                            None => Box::new(stream),
+                        })
+                    };
+                    match tokio::time::timeout(*timeout, connect).await {
+                        Ok(Ok(stream)) => *tcp = Some(stream),
+                        Ok(Err(e)) => return retry_all(e),
+                        Err(_) => return retry_all(format!("{}: connect timed out", config.address)),
                     }
                 }
                 let Some(stream) = tcp.as_mut() else { return retry_all("no connection".into()) };
@@ -600,8 +658,9 @@ mod tests {
     }
 
     #[test]
-    fn https_is_refused_up_front() {
-        let c = DestinationConfig::Webhook(WebhookConfig { url: "https://x".into(), secret: None, template: None, headers: BTreeMap::new() });
-        assert!(c.validate().unwrap_err().contains("TLS"));
+    fn urls_must_be_http_or_https() {
+        let hook = |url: &str| DestinationConfig::Webhook(WebhookConfig { url: url.into(), secret: None, template: None, headers: BTreeMap::new() });
+        assert!(hook("https://x").validate().is_ok());
+        assert!(hook("ftp://x").validate().unwrap_err().contains("http"));
     }
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::kafka::{KafkaConsumer, KafkaProducer, KafkaSettings};
 use crate::bus::{CommitMode, OutMessage, Record};
 use crate::event::{avro, Alert};
-pub use destination::{Destination, DestinationConfig, Outcome};
+pub use destination::{Destination, DestinationConfig, Outcome, TlsConfig};
 
 /// One connector file. (No `deny_unknown_fields` here: serde cannot combine it with the
 /// flattened destination; each section denies unknown keys itself.)
@@ -38,6 +38,8 @@ pub struct ConnectorConfig {
     pub batch: BatchConfig,
     #[serde(default)]
     pub retry: RetryConfig,
+    #[serde(default)]
+    pub tls: destination::TlsConfig,
     #[serde(flatten)]
     pub destination: DestinationConfig,
 }
@@ -154,7 +156,7 @@ pub async fn run(config: ConnectorConfig, kafka: KafkaSettings, stop: Cancellati
     crate::bus::kafka::ensure_topics(&kafka, std::slice::from_ref(&dlq_topic), 1).await?;
     let mut consumer = KafkaConsumer::subscribe(&kafka, &config.group(), std::slice::from_ref(&config.source.topic))?;
     let producer = KafkaProducer::new(&kafka)?;
-    let mut destination = Destination::open(&config.destination, &config.retry).await.map_err(anyhow::Error::msg)?;
+    let mut destination = Destination::open(&config.destination, &config.retry, &config.tls).await.map_err(anyhow::Error::msg)?;
     let labels = [("connector", name.clone())];
     let sent = metrics::counter!("threatpipe_connector_sent_total", &labels);
     let failed = metrics::counter!("threatpipe_connector_failed_total", &labels);
