@@ -306,6 +306,7 @@ fn rejected_alerts_go_to_the_dead_letter_topic_and_the_rest_is_delivered() {
     let receiver: Shared = Arc::default();
     let port = start_receiver(receiver.clone());
     let dir = tempfile::tempdir().unwrap();
+    let metrics_port = support::free_port();
     let mut running = Vec::new();
     let mut cases = Vec::new();
     for (name, route, body) in [
@@ -323,7 +324,10 @@ fn rejected_alerts_go_to_the_dead_letter_topic_and_the_rest_is_delivered() {
         let reject_every = if name == "sentinel" { 0 } else { 10 };
         let sent = alerts(name, 100, reject_every);
         produce(&topic, &sent);
-        running.push(start_connector(name, &connector_file(dir.path(), name, &topic, RETRY, &body)));
+        let file = connector_file(dir.path(), name, &topic, RETRY, &body);
+        // The Elasticsearch connector also serves its metrics.
+        let args = if name == "es" { vec!["--metrics-listen".to_string(), format!("127.0.0.1:{metrics_port}")] } else { vec![] };
+        running.push(support::start_connector_with(name, &file, &args.iter().map(String::as_str).collect::<Vec<_>>()));
         cases.push((name, route, topic, sent, reject_every));
     }
     for (name, route, topic, sent, reject_every) in cases {
@@ -342,6 +346,18 @@ fn rejected_alerts_go_to_the_dead_letter_topic_and_the_rest_is_delivered() {
         }
     }
     assert!(receiver.problems.lock().unwrap().is_empty(), "{:?}", receiver.problems.lock().unwrap());
+    // sent / failed (dead-lettered) / lag, per connector, on /metrics (lag is read every 5 s).
+    let metric = |text: &str, name: &str| {
+        text.lines().find(|l| l.starts_with(name) && l.contains("connector=\"es\"")).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let mut text = String::new();
+    wait_for("connector metrics", Duration::from_secs(20), || {
+        text = support::http_get(metrics_port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        metric(&text, "threatpipe_connector_lag") == Some(0.0) && metric(&text, "threatpipe_connector_sent_total") == Some(90.0)
+    });
+    assert_eq!(metric(&text, "threatpipe_connector_sent_total"), Some(90.0), "{text}");
+    assert_eq!(metric(&text, "threatpipe_connector_failed_total"), Some(10.0), "{text}");
+    assert_eq!(metric(&text, "threatpipe_connector_lag"), Some(0.0), "{text}");
     drop(running);
 }
 

@@ -263,11 +263,17 @@ impl Drop for StageProcess {
 
 /// Starts `threatpipe connect FILE` against the test broker; its log is in the process.
 pub fn start_connector(name: &str, file: &std::path::Path) -> StageProcess {
+    start_connector_with(name, file, &[])
+}
+
+/// [`start_connector`] with more command-line arguments.
+pub fn start_connector_with(name: &str, file: &std::path::Path, args: &[&str]) -> StageProcess {
     let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
     let child = Command::new(env!("CARGO_BIN_EXE_threatpipe"))
         .arg("connect")
         .arg(file)
         .args(["--brokers", &brokers()])
+        .args(args)
         .env("THREATPIPE_LOG", "info,rdkafka=warn")
         // A killed member's partitions move on within seconds, as in the stage tests.
         .env("THREATPIPE_KAFKA__SESSION_TIMEOUT", "6s")
