@@ -250,7 +250,7 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy
 type SyslogStream = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
 
 pub enum Destination {
-    Http { config: DestinationConfig, client: HttpClient, timeout: Duration, hostname: String },
+    Http { config: Box<DestinationConfig>, client: HttpClient, timeout: Duration, hostname: String },
     Syslog {
         config: SyslogConfig,
         hostname: String,
@@ -307,7 +307,7 @@ impl Destination {
                     .enable_http1()
                     .build();
                 Ok(Self::Http {
-                    config: config.clone(),
+                    config: Box::new(config.clone()),
                     client: Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector),
                     timeout: retry.timeout,
                     hostname: hostname(),
@@ -319,11 +319,13 @@ impl Destination {
     pub fn describe(&self) -> String {
         match self {
             Self::Syslog { config, .. } => format!("syslog {:?}/{:?} {}", config.transport, config.format, config.address),
-            Self::Http { config: DestinationConfig::SplunkHec(c), .. } => format!("Splunk HEC {}", c.url),
-            Self::Http { config: DestinationConfig::Elasticsearch(c), .. } => format!("Elasticsearch {}", c.url),
-            Self::Http { config: DestinationConfig::Sentinel(c), .. } => format!("Sentinel {}", c.workspace_id),
-            Self::Http { config: DestinationConfig::Webhook(c), .. } => format!("webhook {}", c.url),
-            Self::Http { .. } => "http".into(),
+            Self::Http { config, .. } => match config.as_ref() {
+                DestinationConfig::SplunkHec(c) => format!("Splunk HEC {}", c.url),
+                DestinationConfig::Elasticsearch(c) => format!("Elasticsearch {}", c.url),
+                DestinationConfig::Sentinel(c) => format!("Sentinel {}", c.workspace_id),
+                DestinationConfig::Webhook(c) => format!("webhook {}", c.url),
+                DestinationConfig::Syslog(_) => "syslog".into(),
+            },
         }
     }
 
@@ -333,7 +335,7 @@ impl Destination {
             Self::Syslog { .. } => self.deliver_syslog(alerts).await,
             Self::Http { config, client, timeout, hostname } => {
                 let (config, client, timeout, hostname) = (config.clone(), client.clone(), *timeout, hostname.clone());
-                match config {
+                match *config {
                     DestinationConfig::SplunkHec(c) => hec(&client, timeout, &c, &hostname, alerts).await,
                     DestinationConfig::Elasticsearch(c) => elasticsearch(&client, timeout, &c, alerts).await,
                     DestinationConfig::Sentinel(c) => sentinel(&client, timeout, &c, alerts).await,

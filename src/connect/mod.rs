@@ -219,7 +219,7 @@ pub async fn run(config: ConnectorConfig, kafka: KafkaSettings, stop: Cancellati
                 let wait = backoff(&config.retry, attempt);
                 // The first few failures each, then every tenth: a long outage does not flood the log.
                 failing.store(true, Ordering::Relaxed);
-                if attempt < 5 || attempt % 10 == 0 {
+                if attempt < 5 || attempt.is_multiple_of(10) {
                     tracing::warn!(connector = %name, alerts = pending.len(), attempt = attempt + 1, retry_in = ?wait, %reason, "delivery failed; retrying");
                 }
                 attempt += 1;
