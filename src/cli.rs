@@ -93,6 +93,11 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Exit 0 if URL answers 2xx within 3 s, else 1 (container health checks; the image has
+    /// no curl). Example: threatpipe probe http://127.0.0.1:8080/ready
+    Probe {
+        url: String,
+    },
     /// Watch the live threat feed in the terminal, one alert per line (the same filters as
     /// the web page). Against a local embedded run it needs no flags.
     Tail(crate::feed::tail::TailArgs),
@@ -409,6 +414,24 @@ pub fn load_config_without_scan(cli: &Cli) -> anyhow::Result<AppConfig> {
     Ok(AppConfig::load(cli.config.as_deref(), vars)?)
 }
 
+async fn probe(url: &str) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let uri: hyper::Uri = url.parse().with_context(|| format!("not a URL: {url}"))?;
+    let response = tokio::time::timeout(std::time::Duration::from_secs(3), client.get(uri))
+        .await
+        .map_err(|_| anyhow::anyhow!("{url}: no answer within 3 s"))?
+        .with_context(|| format!("{url}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if status.is_success() {
+        Ok(())
+    } else {
+        anyhow::bail!("{url}: {status} {}", String::from_utf8_lossy(&body).trim())
+    }
+}
+
 async fn connect(file: &std::path::Path, brokers: Option<&str>, metrics_listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let mut connector = crate::connect::ConnectorConfig::load(file)?;
     if let Some(brokers) = brokers {
@@ -503,6 +526,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Connect { ref file, ref brokers, metrics_listen, check: false }) => connect(file, brokers.as_deref(), metrics_listen).await,
+        Some(Command::Probe { ref url }) => probe(url).await,
         Some(Command::Tail(ref args)) => crate::feed::tail::run(args).await,
         Some(Command::FeedToken { ref tenant, ref subject, ttl }) => {
             let config = load_config_without_scan(&cli)?;

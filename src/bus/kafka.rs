@@ -82,9 +82,23 @@ pub async fn ensure_topics(
 pub struct RebalanceContext {
     group: String,
     tracker: Mutex<Option<Arc<Mutex<OffsetTracker>>>>,
+    /// Records behind the end of the assigned partitions, from librdkafka's statistics
+    /// (every 5 s); -1 until the first report.
+    lag: std::sync::atomic::AtomicI64,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.lag.store(lag, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -152,13 +166,15 @@ impl KafkaConsumer {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
-            .set("max.poll.interval.ms", settings.max_poll_interval.as_millis().to_string());
+            .set("max.poll.interval.ms", settings.max_poll_interval.as_millis().to_string())
+            // Statistics feed the lag gauge (RebalanceContext::stats).
+            .set("statistics.interval.ms", "5000");
         for (key, value) in &settings.consumer_options {
             config.set(key, value);
         }
         // At-least-once depends on these two; an option map must not turn them back on.
         config.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
-        let context = RebalanceContext { group: group.to_string(), tracker: Mutex::new(None) };
+        let context = RebalanceContext { group: group.to_string(), tracker: Mutex::new(None), lag: std::sync::atomic::AtomicI64::new(-1) };
         let consumer: StreamConsumer<RebalanceContext> = config
             .create_with_context(context)
             .map_err(|e| BusError::Setup(format!("consumer for group {group}: {e}")))?;
@@ -189,22 +205,10 @@ impl KafkaConsumer {
         })
     }
 
-    /// Records behind the end of the assigned partitions, or None before an assignment or
-    /// when the broker does not answer within 200 ms per partition. Blocks: call it rarely.
+    /// Records behind the end of the assigned partitions (librdkafka's statistics, every
+    /// 5 s; no request), or None before the first report.
     pub fn lag(&self) -> Option<i64> {
-        let assignment = self.consumer.assignment().ok()?;
-        let positions = self.consumer.position().ok()?;
-        let mut total = 0i64;
-        for element in assignment.elements() {
-            let (_, high) = self.consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_millis(200)).ok()?;
-            let position = positions
-                .find_partition(element.topic(), element.partition())
-                .and_then(|p| p.offset().to_raw())
-                .filter(|o| *o >= 0)
-                .unwrap_or(high);
-            total += (high - position).max(0);
-        }
-        Some(total)
+        Some(self.consumer.context().lag.load(std::sync::atomic::Ordering::Relaxed)).filter(|l| *l >= 0)
     }
 
     pub fn commit(&self, offsets: &CommitOffsets, mode: CommitMode) -> Result<(), BusError> {

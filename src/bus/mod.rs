@@ -147,6 +147,15 @@ impl BusConsumer {
 
     /// Shares the runner's offset tracker so the transport can commit finished work itself
     /// right before a rebalance takes partitions away.
+    /// Records behind the end of the input (Kafka: from the client's statistics, every 5 s;
+    /// the in-process bus: None).
+    pub fn lag(&self) -> Option<i64> {
+        match self {
+            Self::Kafka(consumer) => consumer.lag(),
+            Self::Memory(_) => None,
+        }
+    }
+
     pub fn attach_tracker(&mut self, tracker: std::sync::Arc<std::sync::Mutex<OffsetTracker>>) {
         if let Self::Kafka(c) = self {
             c.attach_tracker(tracker);

@@ -158,20 +158,25 @@ pub async fn run(config: ConnectorConfig, kafka: KafkaSettings, stop: Cancellati
     let producer = KafkaProducer::new(&kafka)?;
     let mut destination = Destination::open(&config.destination, &config.retry, &config.tls).await.map_err(anyhow::Error::msg)?;
     let labels = [("connector", name.clone())];
-    let sent = metrics::counter!("threatpipe_connector_sent_total", &labels);
-    let failed = metrics::counter!("threatpipe_connector_failed_total", &labels);
-    let retried = metrics::counter!("threatpipe_connector_retried_total", &labels);
-    let lag = metrics::gauge!("threatpipe_connector_lag", &labels);
+    let sent = metrics::counter!(crate::telemetry::names::CONNECTOR_SENT, &labels);
+    let failed = metrics::counter!(crate::telemetry::names::CONNECTOR_FAILED, &labels);
+    let retried = metrics::counter!(crate::telemetry::names::CONNECTOR_RETRIED, &labels);
+    let lag = metrics::gauge!(crate::telemetry::names::CONNECTOR_LAG, &labels);
     tracing::info!(connector = %name, group = %config.group(), topic = %config.source.topic, dead_letters = %dlq_topic, destination = %destination.describe(), "connector started");
     let mut delivered_total = 0u64;
     let failing = Arc::new(AtomicBool::new(false));
-    let mut last_lag = std::time::Instant::now() - Duration::from_secs(60);
+    let mut lag_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         // A batch: wait for the first record, then up to max_wait for more.
-        let first = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = consumer.recv() => r?,
+        let first = loop {
+            tokio::select! {
+                _ = stop.cancelled() => break None,
+                // While idle too, so the gauge reaches 0 after the last batch.
+                _ = lag_tick.tick() => if let Some(l) = consumer.lag() { lag.set(l as f64) },
+                r = consumer.recv() => break Some(r?),
+            }
         };
+        let Some(first) = first else { break };
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + config.batch.max_wait;
         while batch.len() < config.batch.max_alerts {
@@ -253,11 +258,8 @@ pub async fn run(config: ConnectorConfig, kafka: KafkaSettings, stop: Cancellati
             // Lost the partitions in a rebalance: the new owner redelivers (at-least-once).
             tracing::warn!(connector = %name, %error, "commit failed; the batch may be delivered again");
         }
-        if last_lag.elapsed() >= Duration::from_secs(5) {
-            last_lag = std::time::Instant::now();
-            if let Some(l) = consumer.lag() {
-                lag.set(l as f64);
-            }
+        if let Some(l) = consumer.lag() {
+            lag.set(l as f64);
         }
     }
     Ok(delivered_total)

@@ -174,6 +174,7 @@ pub struct FeedHub {
 
 impl FeedHub {
     pub fn new(client_queue: usize, policy: SlowClientPolicy, recent_capacity: usize) -> Arc<Self> {
+        metrics::gauge!(crate::telemetry::names::FEED_CLIENTS).set(0.0);
         Arc::new(Self {
             seen: Mutex::new(Seen::default()),
             clients: RwLock::new(HashMap::new()),
@@ -197,7 +198,7 @@ impl FeedHub {
         });
         if let Ok(mut clients) = self.clients.write() {
             clients.entry(tenant.to_string()).or_default().push(slot.clone());
-            metrics::gauge!("threatpipe_feed_clients").set(clients.values().map(Vec::len).sum::<usize>() as f64);
+            metrics::gauge!(crate::telemetry::names::FEED_CLIENTS).set(clients.values().map(Vec::len).sum::<usize>() as f64);
         }
         Subscription { slot, queue: rx, hub: self.clone() }
     }
@@ -210,7 +211,7 @@ impl FeedHub {
                     clients.remove(&slot.tenant);
                 }
             }
-            metrics::gauge!("threatpipe_feed_clients").set(clients.values().map(Vec::len).sum::<usize>() as f64);
+            metrics::gauge!(crate::telemetry::names::FEED_CLIENTS).set(clients.values().map(Vec::len).sum::<usize>() as f64);
         }
     }
 
@@ -228,7 +229,7 @@ impl FeedHub {
     /// filter admits it; never waits.
     pub fn publish(&self, item: Arc<FeedItem>) {
         if !self.seen.lock().is_ok_and(|mut seen| seen.insert((item.id.clone(), item.count))) {
-            metrics::counter!("threatpipe_feed_replays_dropped_total").increment(1);
+            metrics::counter!(crate::telemetry::names::FEED_REPLAYS_DROPPED).increment(1);
             return;
         }
         let (mut delivered, mut skipped, mut dropped) = (0u64, 0u64, 0u64);
@@ -256,13 +257,13 @@ impl FeedHub {
                 }
             }
         }
-        metrics::counter!("threatpipe_feed_alerts_total").increment(1);
-        metrics::counter!("threatpipe_feed_delivered_total").increment(delivered);
+        metrics::counter!(crate::telemetry::names::FEED_ALERTS).increment(1);
+        metrics::counter!(crate::telemetry::names::FEED_DELIVERED).increment(delivered);
         if skipped > 0 {
-            metrics::counter!("threatpipe_feed_skipped_total").increment(skipped);
+            metrics::counter!(crate::telemetry::names::FEED_SKIPPED).increment(skipped);
         }
         if dropped > 0 {
-            metrics::counter!("threatpipe_feed_dropped_clients_total").increment(dropped);
+            metrics::counter!(crate::telemetry::names::FEED_DROPPED_CLIENTS).increment(dropped);
         }
         if self.recent_capacity > 0 {
             if let Ok(mut recent) = self.recent.lock() {

@@ -66,7 +66,7 @@ pub async fn handler(
     let grant = match feed.auth.authenticate(token, chrono::Utc::now().timestamp()) {
         Ok(grant) => grant,
         Err(error) => {
-            metrics::counter!("threatpipe_feed_refused_total").increment(1);
+            metrics::counter!(crate::telemetry::names::FEED_REFUSED).increment(1);
             tracing::info!(%error, "live feed connection refused");
             return (StatusCode::UNAUTHORIZED, format!("{error}\n")).into_response();
         }
@@ -187,7 +187,7 @@ async fn session(mut socket: WebSocket, feed: Arc<Feed>, grant: Grant, filter: F
             _ = ping.tick() => {
                 if last_heard.elapsed() > feed.config.idle_timeout {
                     tracing::info!(tenant = %grant.tenant, "live feed client silent past feed.idle_timeout; closing");
-                    metrics::counter!("threatpipe_feed_dead_clients_total").increment(1);
+                    metrics::counter!(crate::telemetry::names::FEED_DEAD_CLIENTS).increment(1);
                     break;
                 }
                 let skipped = subscription.slot.take_skipped();

@@ -289,6 +289,10 @@ impl Stage for AlertStage {
             event_ids: vec![event.id.clone()],
             summary: event.message.clone(),
         };
+        metrics::counter!(crate::telemetry::names::ALERTS_RAISED, "severity" => crate::connect::format::severity_name(alert.severity)).increment(1);
+        if event.ingest_time_us > 0 {
+            metrics::histogram!(crate::telemetry::names::ALERT_LATENCY).record((now_us - event.ingest_time_us).max(0) as f64 / 1e6);
+        }
         let key_bytes = Some(alert.id.clone().into_bytes());
         let payload = avro::encode_alert(&alert).map_err(|e| StageError::Internal(e.to_string()))?;
         out.push(OutMessage { topic: self.output_topic.clone(), key: key_bytes.clone(), payload });

@@ -69,6 +69,8 @@ pub struct StageRunner {
     last_commit: Instant,
     /// Assignment generation last seen per input partition (to tell the stage about new ones).
     generations: HashMap<(String, i32), u64>,
+    /// How old input records are when taken (their produce time to now).
+    input_age: metrics::Histogram,
 }
 
 fn now_us() -> i64 {
@@ -86,6 +88,7 @@ impl StageRunner {
     ) -> Self {
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
         consumer.attach_tracker(tracker.clone());
+        let input_age = metrics::histogram!(crate::telemetry::names::STAGE_INPUT_AGE, "stage" => stats.stage.as_str());
         Self {
             stage,
             consumer,
@@ -98,6 +101,7 @@ impl StageRunner {
             outputs: Vec::new(),
             last_commit: Instant::now(),
             generations: HashMap::new(),
+            input_age,
         }
     }
 
@@ -147,7 +151,12 @@ impl StageRunner {
             match step {
                 Step::Shutdown => return Ok(()),
                 Step::Acked(ack) => self.on_ack(ack)?,
-                Step::CommitTick => self.commit(CommitMode::Background)?,
+                Step::CommitTick => {
+                    if let Some(lag) = self.consumer.lag() {
+                        self.stats.lag.store(lag, Ordering::Relaxed);
+                    }
+                    self.commit(CommitMode::Background)?
+                }
                 Step::Received(Ok(record)) => self.handle(record).await?,
                 Step::Received(Err(BusError::Closed(topic))) => {
                     info!(stage = self.name(), %topic, "Input closed.");
@@ -182,6 +191,9 @@ impl StageRunner {
         };
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(produced_ms) = record.timestamp_ms.filter(|t| *t > 0) {
+            self.input_age.record((now_us() / 1000 - produced_ms).max(0) as f64 / 1000.0);
+        }
         self.outputs.clear();
         let stage = self.name();
         let partition = (record.topic.clone(), record.partition);

@@ -41,6 +41,8 @@ pub struct StageStats {
     pub dead_lettered: AtomicU64,
     pub commits: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Records behind the end of the input topic; -1 unknown (in-process bus, no report yet).
+    pub lag: std::sync::atomic::AtomicI64,
     state: AtomicU8,
 }
 
@@ -53,6 +55,7 @@ impl StageStats {
             dead_lettered: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            lag: std::sync::atomic::AtomicI64::new(-1),
             state: AtomicU8::new(StageState::Starting as u8),
         })
     }
@@ -99,6 +102,10 @@ impl Telemetry {
             metrics::counter!(names::STAGE_COMMITS, "stage" => stage).absolute(s.commits.load(Ordering::Relaxed));
             metrics::gauge!(names::STAGE_IN_FLIGHT, "stage" => stage).set(s.in_flight.load(Ordering::Relaxed) as f64);
             metrics::gauge!(names::STAGE_UP, "stage" => stage).set(if s.state() == StageState::Running { 1.0 } else { 0.0 });
+            let lag = s.lag.load(Ordering::Relaxed);
+            if lag >= 0 {
+                metrics::gauge!(names::STAGE_LAG, "stage" => stage).set(lag as f64);
+            }
         }
         let f = &self.flow;
         metrics::counter!(names::GENERATOR_EVENTS).absolute(f.generated.load(Ordering::Relaxed));

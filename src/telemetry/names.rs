@@ -6,13 +6,20 @@ pub const STAGE_DEAD_LETTERED: &str = "threatpipe_stage_dead_lettered_total";
 pub const STAGE_COMMITS: &str = "threatpipe_stage_commits_total";
 pub const STAGE_IN_FLIGHT: &str = "threatpipe_stage_in_flight";
 pub const STAGE_UP: &str = "threatpipe_stage_up";
+/// Records behind the end of a stage's input topic (Kafka).
+pub const STAGE_LAG: &str = "threatpipe_stage_lag";
+/// Seconds between a record being produced to a stage's input and the stage taking it.
+pub const STAGE_INPUT_AGE: &str = "threatpipe_stage_input_age_seconds";
+/// Alerts emitted (new alerts and count updates), by severity.
+pub const ALERTS_RAISED: &str = "threatpipe_alerts_raised_total";
+/// Seconds from an event's normalization to the alert it raised.
+pub const ALERT_LATENCY: &str = "threatpipe_alert_latency_seconds";
 pub const GENERATOR_EVENTS: &str = "threatpipe_generator_events_total";
 pub const GENERATOR_ATTACKS: &str = "threatpipe_generator_attacks_total";
 pub const ALERTS_SEEN: &str = "threatpipe_alerts_total";
 pub const DEAD_LETTERS_SEEN: &str = "threatpipe_dead_letters_total";
 pub const RULES_RELOADS: &str = "threatpipe_rules_reloads_total";
 pub const SCAN_MATCHES: &str = "threatpipe_scan_matches_total";
-pub const SCAN_LOADED: &str = "threatpipe_scan_loaded";
 pub const CORRELATION_SIGNALS: &str = "threatpipe_correlation_signals_total";
 pub const CORRELATION_LATE_EVENTS: &str = "threatpipe_correlation_late_events_total";
 pub const CORRELATION_EVICTED_KEYS: &str = "threatpipe_correlation_evicted_keys_total";
@@ -28,3 +35,62 @@ pub const SINK_ROWS: &str = "threatpipe_sink_rows_total";
 pub const SINK_INSERT_SECONDS: &str = "threatpipe_sink_insert_seconds";
 pub const SINK_INSERT_FAILURES: &str = "threatpipe_sink_insert_failures_total";
 pub const SINK_SKIPPED: &str = "threatpipe_sink_skipped_total";
+pub const FEED_CLIENTS: &str = "threatpipe_feed_clients";
+pub const FEED_ALERTS: &str = "threatpipe_feed_alerts_total";
+pub const FEED_DELIVERED: &str = "threatpipe_feed_delivered_total";
+pub const FEED_SKIPPED: &str = "threatpipe_feed_skipped_total";
+pub const FEED_DROPPED_CLIENTS: &str = "threatpipe_feed_dropped_clients_total";
+pub const FEED_DEAD_CLIENTS: &str = "threatpipe_feed_dead_clients_total";
+pub const FEED_REFUSED: &str = "threatpipe_feed_refused_total";
+pub const FEED_REPLAYS_DROPPED: &str = "threatpipe_feed_replays_dropped_total";
+pub const CONNECTOR_SENT: &str = "threatpipe_connector_sent_total";
+pub const CONNECTOR_FAILED: &str = "threatpipe_connector_failed_total";
+pub const CONNECTOR_RETRIED: &str = "threatpipe_connector_retried_total";
+pub const CONNECTOR_LAG: &str = "threatpipe_connector_lag";
+
+/// Every name above: what dashboards and alert rules may query (checked by tests/deploy.rs).
+pub const ALL: &[&str] = &[
+    STAGE_RECORDS_IN,
+    STAGE_RECORDS_OUT,
+    STAGE_DEAD_LETTERED,
+    STAGE_COMMITS,
+    STAGE_IN_FLIGHT,
+    STAGE_UP,
+    STAGE_LAG,
+    STAGE_INPUT_AGE,
+    ALERTS_RAISED,
+    ALERT_LATENCY,
+    GENERATOR_EVENTS,
+    GENERATOR_ATTACKS,
+    ALERTS_SEEN,
+    DEAD_LETTERS_SEEN,
+    RULES_RELOADS,
+    SCAN_MATCHES,
+    CORRELATION_SIGNALS,
+    CORRELATION_LATE_EVENTS,
+    CORRELATION_EVICTED_KEYS,
+    CORRELATION_TRUNCATED_ENTRIES,
+    CORRELATION_ACTIVE_KEYS,
+    STATE_CHECKPOINT_FAILURES,
+    MODEL_RELOADS,
+    ML_EVICTED_ENTITIES,
+    ML_ENTITIES,
+    ML_RISK,
+    SIMILARITY_ERRORS,
+    SINK_ROWS,
+    SINK_INSERT_SECONDS,
+    SINK_INSERT_FAILURES,
+    SINK_SKIPPED,
+    FEED_CLIENTS,
+    FEED_ALERTS,
+    FEED_DELIVERED,
+    FEED_SKIPPED,
+    FEED_DROPPED_CLIENTS,
+    FEED_DEAD_CLIENTS,
+    FEED_REFUSED,
+    FEED_REPLAYS_DROPPED,
+    CONNECTOR_SENT,
+    CONNECTOR_FAILED,
+    CONNECTOR_RETRIED,
+    CONNECTOR_LAG,
+];
