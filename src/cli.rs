@@ -93,6 +93,10 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Drive a running pipeline with generated traffic (labelled attacks) at a rate and
+    /// measure it from the far end: throughput, end-to-end latency, detection recall, lag.
+    /// `--passthrough` measures a pass-through deployment: the baseline to quote against.
+    Load(crate::load_cli::LoadArgs),
     /// Exit 0 if URL answers 2xx within 3 s, else 1 (container health checks; the image has
     /// no curl). Example: threatpipe probe http://127.0.0.1:8080/ready
     Probe {
@@ -422,7 +426,7 @@ async fn probe(url: &str) -> anyhow::Result<()> {
     let response = tokio::time::timeout(std::time::Duration::from_secs(3), client.get(uri))
         .await
         .map_err(|_| anyhow::anyhow!("{url}: no answer within 3 s"))?
-        .with_context(|| format!("{url}"))?;
+        .with_context(|| url.to_string())?;
     let status = response.status();
     let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     if status.is_success() {
@@ -527,6 +531,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Connect { ref file, ref brokers, metrics_listen, check: false }) => connect(file, brokers.as_deref(), metrics_listen).await,
         Some(Command::Probe { ref url }) => probe(url).await,
+        Some(Command::Load(ref args)) => crate::load_cli::run(args).await,
         Some(Command::Tail(ref args)) => crate::feed::tail::run(args).await,
         Some(Command::FeedToken { ref tenant, ref subject, ttl }) => {
             let config = load_config_without_scan(&cli)?;

@@ -24,6 +24,7 @@ pub mod error;
 pub mod event;
 pub mod feed;
 pub mod generator;
+pub mod load_cli;
 pub mod ml;
 pub mod ml_cli;
 pub mod normalize;

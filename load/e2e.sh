@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The whole pipeline against the real broker, measured from the far end by `threatpipe
+# load`, next to a pass-through deployment (same stages, same hops, same broker, records
+# forwarded unchanged) in the same run: the ratio says what detection costs on this
+# machine beyond what the broker alone allows.
+#
+#   load/e2e.sh [RATE] [SECONDS]     (default 0 = as fast as possible, 20 s; or e.g. 5000 30)
+#
+# One instance runs all five stages (fetch wait 20 ms: see pipelines/kafka.toml); topics
+# are fresh per lane. Results: the tables, and JSON in /tmp/threatpipe-e2e-*.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATE="${1:-0}"
+SECONDS_="${2:-20}"
+BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/threatpipe/target}"
+cargo build --release --locked -q
+B="$CARGO_TARGET_DIR/release/threatpipe"
+PORT="${THREATPIPE_LOAD_PORT:-8093}"
+COUNT=$(( RATE > 0 ? RATE * SECONDS_ : 100000 ))
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+
+lane() { # name passthrough(true|false)
+  local name=$1 pass=$2 S="e2e$(date +%s%N | cut -c1-13)-$1"
+  env THREATPIPE_TOPICS__RAW="$S.raw" THREATPIPE_TOPICS__NORMALIZED="$S.n" THREATPIPE_TOPICS__SCANNED="$S.s" \
+      THREATPIPE_TOPICS__CORRELATED="$S.c" THREATPIPE_TOPICS__SCORED="$S.sc" THREATPIPE_TOPICS__ALERTS="$S.a" \
+      THREATPIPE_TOPICS__ALERTS_JSON="$S.aj" THREATPIPE_TOPICS__DLQ="$S.dlq" THREATPIPE_TOPICS__PARTITIONS=4 \
+      THREATPIPE_KAFKA__GROUP_PREFIX="$S" THREATPIPE_KAFKA__CONSUMER__FETCH_WAIT_MAX_MS=20 \
+      THREATPIPE_CORRELATE__CHECKPOINT=memory THREATPIPE_ML__CHECKPOINT=memory \
+      THREATPIPE_ALERT__DEDUPE_PREFIX="$S" THREATPIPE_PIPELINE__PASSTHROUGH="$pass" \
+      "$B" run --config pipelines/kafka.toml --brokers "$BROKERS" --quiet --http-listen "127.0.0.1:$PORT" >"/tmp/$S.log" 2>&1 &
+  pids+=("$!")
+  for _ in $(seq 1 120); do
+    [ "$(grep -c 'Partitions assigned' "/tmp/$S.log" || true)" -ge 5 ] && break
+    sleep 0.5
+  done
+  sleep 2
+  local measure="$S.aj" extra=()
+  if [ "$pass" = true ]; then measure="$S.a"; extra=(--passthrough); fi
+  echo "== $name ($( [ "$pass" = true ] && echo 'pass-through, the baseline' || echo 'full pipeline'))"
+  "$B" load --brokers "$BROKERS" --raw-topic "$S.raw" --measure-topic "$measure" "${extra[@]}" \
+    --rate "$RATE" --count "$COUNT" --metrics "http://127.0.0.1:$PORT/metrics" --json "/tmp/threatpipe-e2e-$name.json"
+  kill -TERM "${pids[-1]}"; wait "${pids[-1]}" || true
+}
+
+lane baseline true
+lane pipeline false
+python3 - <<'PY'
+import json
+b = json.load(open("/tmp/threatpipe-e2e-baseline.json")); p = json.load(open("/tmp/threatpipe-e2e-pipeline.json"))
+tb, tp = b.get("pipeline_events_per_second"), p.get("pipeline_events_per_second")
+if tb and tp:
+    print(f"\nthroughput through all five hops: pipeline {tp:.0f} events/s, pass-through {tb:.0f} events/s, ratio {tp / tb:.2f}")
+lp, lb = p["latency_ms"], b["latency_ms"]
+if lp and lb:
+    print(f"end-to-end p99: pipeline {lp['p99']:.1f} ms (events that raised alerts), pass-through {lb['p99']:.1f} ms")
+PY

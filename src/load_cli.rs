@@ -1,0 +1,369 @@
+//! `threatpipe load`: drive a running pipeline and measure it from the far end.
+//!
+//! It produces generated traffic (realistic mixed events with labelled attacks) to
+//! `events.raw` at a target rate (or as fast as the broker takes it) with a progress line,
+//! and reads the alerts as they come out (`alerts.json`, from the end). Each produced record
+//! is normalized locally at its acknowledged position, which yields the exact event id the
+//! pipeline will give it; so every alert maps back to the events it names and their send
+//! times. Reported: produce and alert throughput, end-to-end latency percentiles (send →
+//! alert read from the topic), detection recall on the labelled attacks (per event and per
+//! scenario), and the pipeline's consumer lag when `--metrics` URLs are given.
+//!
+//! `--passthrough` measures a pass-through deployment (`pipeline.passthrough = true`, same
+//! hops, same broker) instead: there every raw record arrives unchanged on the measured
+//! topic (`alerts`), and is matched by its bytes. That is the baseline a full run is quoted
+//! against.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::generator::{EventGenerator, GeneratorConfig, Origin};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    threatpipe load --brokers 127.0.0.1:9092 --rate 5000 --duration 30s\n  \
+    threatpipe load --rate 0 --count 200000 --json result.json\n  \
+    threatpipe load --passthrough --rate 0 --count 200000     # against a pass-through deployment")]
+pub struct LoadArgs {
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Events per second; 0 = as fast as the broker acknowledges.
+    #[arg(long, default_value_t = 5000)]
+    pub rate: u64,
+    /// How long to produce (ignored with --count).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Produce exactly this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    #[arg(long, default_value = "events.raw")]
+    pub raw_topic: String,
+    /// Where results are read: alerts.json (JSON alerts) or, with --passthrough, alerts.
+    #[arg(long)]
+    pub measure_topic: Option<String>,
+    /// Measure a pass-through deployment (every raw record arrives on the measured topic).
+    #[arg(long)]
+    pub passthrough: bool,
+    /// After producing, wait up to this long for the pipeline to take every event.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+    /// Instances' /metrics URLs: their threatpipe_stage_lag is sampled (repeatable).
+    #[arg(long)]
+    pub metrics: Vec<String>,
+    /// Generator seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// A produce result: (partition, offset) or the error, the record, its label, send time.
+type Acked = (Result<(i32, i64), String>, Vec<u8>, String, Origin, i64);
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn percentiles_ms(mut v: Vec<i64>) -> serde_json::Value {
+    if v.is_empty() {
+        return serde_json::Value::Null;
+    }
+    v.sort_unstable();
+    let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
+    serde_json::json!({"p50": at(0.5), "p95": at(0.95), "p99": at(0.99), "max": at(1.0), "samples": v.len()})
+}
+
+/// Sum over the given /metrics URLs of the series whose line starts with `prefix`.
+async fn sample(urls: &[String], prefix: &str) -> Option<f64> {
+    if urls.is_empty() {
+        return None;
+    }
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut total = 0.0;
+    for url in urls {
+        use http_body_util::BodyExt;
+        let uri: hyper::Uri = url.parse().ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(2), client.get(uri)).await.ok()?.ok()?;
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        for line in String::from_utf8_lossy(&body).lines().filter(|l| l.starts_with(prefix)) {
+            total += line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
+async fn sample_lag(urls: &[String]) -> Option<f64> {
+    sample(urls, crate::telemetry::names::STAGE_LAG).await
+}
+
+/// Records the alert stage (the last hop) has taken, over the instances.
+async fn last_stage_in(urls: &[String]) -> Option<f64> {
+    sample(urls, &format!("{}{{stage=\"alert\"}}", crate::telemetry::names::STAGE_RECORDS_IN)).await
+}
+
+pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
+    let measure_topic = args.measure_topic.clone().unwrap_or_else(|| if args.passthrough { "alerts".into() } else { "alerts.json".into() });
+    let total = args.count.unwrap_or_else(|| if args.rate == 0 { 100_000 } else { args.rate * args.duration.as_secs().max(1) });
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("linger.ms", if args.rate == 0 { "20" } else { "1" })
+        .set("message.max.bytes", "10000000")
+        .create()
+        .context("producer")?;
+    // The reader starts at the end of the measured topic, before anything is produced.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", format!("threatpipe-load-{}-{}", std::process::id(), now_us()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .context("consumer")?;
+    consumer.subscribe(&[&measure_topic]).with_context(|| format!("subscribe {measure_topic}"))?;
+    let join_deadline = Instant::now() + Duration::from_secs(30);
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        if Instant::now() > join_deadline {
+            anyhow::bail!("no partitions of {measure_topic} assigned within 30 s (does the topic exist on {}?)", args.brokers);
+        }
+        // Polling drives the group join.
+        let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // What arrives: (receive time, event ids it names) and (receive time, bytes hash).
+    let stop_reading = tokio_util::sync::CancellationToken::new();
+    let stop = stop_reading.clone();
+    let reader = tokio::spawn(async move {
+        let mut arrivals: Vec<(i64, Vec<String>)> = Vec::new();
+        let mut hashes: Vec<(i64, u64)> = Vec::new();
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => break,
+                m = consumer.recv() => m,
+            };
+            let Ok(message) = message else { continue };
+            let received = now_us();
+            let payload = message.payload().unwrap_or_default();
+            hashes.push((received, xxhash_rust::xxh3::xxh3_64(payload)));
+            if let Ok(alert) = serde_json::from_slice::<crate::event::Alert>(payload) {
+                arrivals.push((received, alert.event_ids));
+            }
+        }
+        (arrivals, hashes)
+    });
+
+    let last_in_before = last_stage_in(&args.metrics).await;
+    let dead_before = sample(&args.metrics, crate::telemetry::names::STAGE_DEAD_LETTERED).await.unwrap_or(0.0);
+    // Produce.
+    let mut generator = EventGenerator::new(GeneratorConfig { seed: args.seed, ..GeneratorConfig::default() });
+    let normalizer = crate::normalize::Normalizer::new(crate::normalize::NormalizeConfig::default(), "default");
+    let mut acks = FuturesUnordered::new();
+    // event id → (send time, attack scenario)
+    let mut sent: HashMap<String, (i64, Option<&'static str>)> = HashMap::new();
+    let mut sent_by_hash: HashMap<u64, i64> = HashMap::new();
+    let mut attacks_per_scenario: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let started = Instant::now();
+    let mut produced = 0u64;
+    let mut last_progress = Instant::now();
+    let mut lag_samples = Vec::new();
+    let record_ack = |result: Acked,
+                      sent: &mut HashMap<String, (i64, Option<&'static str>)>,
+                      sent_by_hash: &mut HashMap<u64, i64>|
+     -> anyhow::Result<()> {
+        let (delivery, payload, key, origin, send_us) = result;
+        let (partition, offset) = delivery.map_err(|e| anyhow::anyhow!("produce failed: {e}"))?;
+        sent_by_hash.insert(xxhash_rust::xxh3::xxh3_64(&payload), send_us);
+        let record = crate::bus::Record { topic: args.raw_topic.clone(), partition, offset, key: Some(key.into_bytes()), payload, timestamp_ms: None };
+        if let Ok(event) = normalizer.normalize(&record, send_us) {
+            let scenario = match origin {
+                Origin::Attack(name) => Some(name),
+                _ => None,
+            };
+            sent.insert(event.id, (send_us, scenario));
+        }
+        Ok(())
+    };
+    while produced < total {
+        if args.rate > 0 {
+            let due = started + Duration::from_secs_f64(produced as f64 / args.rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let record = generator.next_record(now_us());
+        if let Origin::Attack(name) = record.origin {
+            *attacks_per_scenario.entry(name).or_default() += 1;
+        }
+        let send_us = now_us();
+        let (payload, key, origin) = (record.payload, record.key, record.origin);
+        let delivery = producer.send_result(FutureRecord::to(&args.raw_topic).key(&key).payload(&payload)).map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+        acks.push(async move {
+            let position = match delivery.await {
+                Ok(Ok(d)) => Ok((d.partition, d.offset)),
+                Ok(Err((e, _))) => Err(e.to_string()),
+                Err(_) => Err("delivery canceled".to_string()),
+            };
+            (position, payload, key, origin, send_us)
+        });
+        produced += 1;
+        while acks.len() > 20_000 {
+            if let Some(done) = acks.next().await {
+                record_ack(done, &mut sent, &mut sent_by_hash)?;
+            }
+        }
+        while let Some(Some(done)) = futures::FutureExt::now_or_never(acks.next()) {
+            record_ack(done, &mut sent, &mut sent_by_hash)?;
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            let elapsed = started.elapsed().as_secs_f64();
+            eprint!("\r[load] {produced}/{total} events, {:.0}/s, {:.0}s   ", produced as f64 / elapsed, elapsed);
+            if let Some(lag) = sample_lag(&args.metrics).await {
+                lag_samples.push(lag);
+            }
+        }
+    }
+    while let Some(done) = acks.next().await {
+        record_ack(done, &mut sent, &mut sent_by_hash)?;
+    }
+    let produce_secs = started.elapsed().as_secs_f64();
+    eprintln!("\r[load] {produced} events produced in {produce_secs:.1} s; waiting for the pipeline to take them (up to {:?} after the last)", args.drain);
+    // Throughput at the far end: when the last stage has taken every event (with --metrics),
+    // else the drain time passes. Records the last stage had before we began are subtracted.
+    let mut through_secs = None;
+    let drain_deadline = Instant::now() + args.drain;
+    loop {
+        // Dead letters leave the pipeline early (malformed input at normalize).
+        let dead = sample(&args.metrics, crate::telemetry::names::STAGE_DEAD_LETTERED).await.unwrap_or(0.0);
+        if let (Some(now), Some(before)) = (last_stage_in(&args.metrics).await, last_in_before) {
+            if now - before + (dead - dead_before) >= produced as f64 {
+                through_secs = Some(started.elapsed().as_secs_f64());
+                break;
+            }
+        }
+        if Instant::now() >= drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The last alerts need a moment to reach the measured topic.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if let Some(lag) = sample_lag(&args.metrics).await {
+        lag_samples.push(lag);
+    }
+    stop_reading.cancel();
+    let (arrivals, hashes) = reader.await.context("the result reader stopped")?;
+    let mut result = summarize(args, produced, produce_secs, &sent, &sent_by_hash, &attacks_per_scenario, &arrivals, &hashes, &lag_samples);
+    result["pipeline_events_per_second"] = through_secs.map(|t| produced as f64 / t).into();
+    result["all_taken_by_last_stage"] = through_secs.is_some().into();
+    print_table(&result);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&result)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("[load] results written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_table(r: &serde_json::Value) {
+    let f = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
+    println!("{:<28} {}", "mode", r["mode"].as_str().unwrap_or(""));
+    println!("{:<28} {} at {}/s target ({:.0}/s achieved)", "events produced", r["produced"], r["target_rate"], r["produce_rate"].as_f64().unwrap_or(0.0));
+    match r["pipeline_events_per_second"].as_f64() {
+        Some(rate) => println!("{:<28} {rate:.0} events/s (produced / time until the last stage took them all)", "pipeline throughput"),
+        None => println!("{:<28} unknown (no --metrics, or the last stage had not taken every event by the end of --drain)", "pipeline throughput"),
+    }
+    println!("{:<28} {} ({:.0}/s while arriving)", "results read", r["results"], r["results_per_second"].as_f64().unwrap_or(f64::NAN));
+    let l = &r["latency_ms"];
+    println!("{:<28} p50 {} ms, p95 {} ms, p99 {} ms, max {} ms", "end-to-end latency", f(&l["p50"]), f(&l["p95"]), f(&l["p99"]), f(&l["max"]));
+    if !r["recall"].is_null() {
+        let rc = &r["recall"];
+        println!("{:<28} {:.3} of attack events in alerts ({} of {}); scenarios detected {} of {}", "detection recall", rc["event_recall"].as_f64().unwrap_or(0.0), rc["attack_events_in_alerts"], rc["attack_events"], rc["scenarios_detected"], rc["scenarios_total"]);
+        if let Some(scenarios) = rc["scenarios"].as_object() {
+            for (name, v) in scenarios {
+                println!("{:<28}   {name}: {} of {} events", "", v["in_alerts"], v["events"]);
+            }
+        }
+    }
+    if !r["lag_max"].is_null() {
+        println!("{:<28} max {} records, {} at the end", "consumer lag (all stages)", r["lag_max"], r["lag_end"]);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    args: &LoadArgs,
+    produced: u64,
+    produce_secs: f64,
+    sent: &HashMap<String, (i64, Option<&'static str>)>,
+    sent_by_hash: &HashMap<u64, i64>,
+    attacks_per_scenario: &BTreeMap<&'static str, u64>,
+    arrivals: &[(i64, Vec<String>)],
+    hashes: &[(i64, u64)],
+    lag_samples: &[f64],
+) -> serde_json::Value {
+    let mut latencies = Vec::new();
+    let mut detected: HashSet<&str> = HashSet::new();
+    let mut scenarios_detected: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let (mut first, mut last) = (i64::MAX, i64::MIN);
+    if args.passthrough {
+        let mut seen = HashSet::new();
+        for (received, hash) in hashes {
+            if let Some(send) = sent_by_hash.get(hash) {
+                if seen.insert(*hash) {
+                    latencies.push(received - send);
+                    first = first.min(*received);
+                    last = last.max(*received);
+                }
+            }
+        }
+    } else {
+        for (received, ids) in arrivals {
+            for id in ids {
+                if let Some((send, scenario)) = sent.get(id) {
+                    if detected.insert(id.as_str()) {
+                        latencies.push(received - send);
+                        first = first.min(*received);
+                        last = last.max(*received);
+                        if let Some(s) = scenario {
+                            *scenarios_detected.entry(s).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let arrived = latencies.len();
+    let span = if last > first { (last - first) as f64 / 1e6 } else { f64::NAN };
+    let attack_events: u64 = attacks_per_scenario.values().sum();
+    let detected_attack_events: u64 = scenarios_detected.values().sum();
+    serde_json::json!({
+        "mode": if args.passthrough { "pass-through" } else { "pipeline" },
+        "target_rate": args.rate,
+        "produced": produced,
+        "produce_rate": produced as f64 / produce_secs,
+        "results": arrived,
+        "results_per_second": arrived as f64 / span,
+        "latency_ms": percentiles_ms(latencies),
+        "recall": if args.passthrough { serde_json::Value::Null } else { serde_json::json!({
+            "attack_events": attack_events,
+            "attack_events_in_alerts": detected_attack_events,
+            "event_recall": detected_attack_events as f64 / attack_events.max(1) as f64,
+            "scenarios": attacks_per_scenario.keys().map(|s| (s.to_string(), serde_json::json!({"events": attacks_per_scenario[s], "in_alerts": scenarios_detected.get(s).copied().unwrap_or(0)}))).collect::<serde_json::Map<_, _>>(),
+            "scenarios_detected": scenarios_detected.len(),
+            "scenarios_total": attacks_per_scenario.len(),
+        })},
+        "lag_max": lag_samples.iter().cloned().fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))),
+        "lag_end": lag_samples.last(),
+    })
+}
