@@ -224,17 +224,20 @@ fn two_instances_deliver_each_tenant_its_alerts_once_and_a_slow_client_delays_no
 
     // Resume: a client reconnecting with the 500th alert id it saw gets exactly what followed
     // it on the stream (from the other instance).
+    // The stream may hold an alert twice (a rebalance replayed it): what a resuming client
+    // is owed is what follows the newest copy of `since` and was not already before it.
     let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query(&mut redis).unwrap();
-    let stream_acme: Vec<String> = entries
+    let stream_acme: Vec<(String, i64)> = entries
         .iter()
         .map(|(_, fields)| serde_json::from_str::<serde_json::Value>(&fields[1]).unwrap())
         .filter(|a| a["tenant"] == "acme")
-        .map(|a| a["id"].as_str().unwrap().to_string())
+        .map(|a| (a["id"].as_str().unwrap().to_string(), a["count"].as_i64().unwrap()))
         .collect();
-    assert_eq!(stream_acme.len(), PER_TENANT);
+    assert_eq!(stream_acme.iter().collect::<HashSet<_>>().len(), PER_TENANT);
     let since = &acme_order[499];
-    let position = stream_acme.iter().position(|id| id == since).unwrap();
-    let want: Vec<String> = stream_acme[position + 1..].to_vec();
+    let position = stream_acme.iter().rposition(|(id, _)| id == since).unwrap();
+    let mut before: HashSet<&(String, i64)> = stream_acme[..=position].iter().collect();
+    let want: Vec<String> = stream_acme[position + 1..].iter().filter(|e| before.insert(e)).map(|(id, _)| id.clone()).collect();
     let socket = rt.block_on(connect(port_b, &format!("token={acme_token}&since={since}"))).unwrap();
     let (resumed, _) = rt.block_on(collect(socket, want.len(), Duration::from_secs(10)));
     assert_eq!(resumed.alerts.iter().map(|(id, _, _)| id.clone()).collect::<Vec<_>>(), want);
@@ -246,4 +249,22 @@ fn two_instances_deliver_each_tenant_its_alerts_once_and_a_slow_client_delays_no
     let metrics = http_get(port_a, "/metrics").unwrap().1;
     assert!(metrics.contains("threatpipe_feed_skipped_total"), "skips are counted in /metrics");
     let _: () = redis::cmd("DEL").arg(&stream).query(&mut redis).unwrap();
+}
+
+#[test]
+fn a_resume_from_the_stream_skips_what_the_client_saw_even_when_replayed_later() {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let stream = unique("tp-test:feed:resume");
+    let alert = |id: &str, count: i64| serde_json::json!({"id": id, "tenant": "acme", "severity": "high", "count": count}).to_string();
+    // b#1 appears again after a#2: a replay of an alert the client saw before `a`.
+    for (id, count) in [("a", 1), ("b", 1), ("a", 2), ("c", 1), ("b", 1), ("d", 1), ("c", 1)] {
+        let _: String = redis::cmd("XADD").arg(&stream).arg("*").arg("alert").arg(alert(id, count)).query(&mut c).unwrap();
+    }
+    let ids = |(items, found): (Vec<std::sync::Arc<threatpipe::feed::FeedItem>>, bool)| (items.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), found);
+    let resume = |since: &str, tenant: &str| ids(threatpipe::feed::redis_source::stream_since(&client, &stream, since, tenant).unwrap());
+    assert_eq!(resume("a", "acme"), (vec!["c".to_string(), "d".to_string()], true));
+    assert_eq!(resume("a", "globex"), (vec![], true));
+    assert_eq!(resume("zzz", "acme").0, ["a", "b", "a", "c", "d"], "unknown id: everything held, once each");
+    let _: () = redis::cmd("DEL").arg(&stream).query(&mut c).unwrap();
 }

@@ -18,39 +18,40 @@ use super::{FeedHub, FeedItem};
 /// Entries read per XREVRANGE page while looking for a resume point.
 const PAGE: usize = 1000;
 
-/// The alerts of `tenant` on `stream` after the newest entry whose alert id is `since`
-/// (oldest first), and whether it was found; if not, every entry the stream holds.
+/// The alerts of `tenant` on `stream` that a client which saw everything up to the newest
+/// entry with alert id `since` has not seen (oldest first), and whether `since` was found
+/// (if not, every entry the stream holds). A replayed alert stage appends an (id, count)
+/// again; such a copy is sent only if the client cannot have seen it, and once.
 pub fn stream_since(client: &redis::Client, stream: &str, since: &str, tenant: &str) -> Result<(Vec<Arc<FeedItem>>, bool), String> {
     let mut c = client.get_connection_with_timeout(Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    let mut newest_first: Vec<Arc<FeedItem>> = Vec::new();
-    let mut end = "+".to_string();
-    let mut found = false;
-    // A replayed alert stage appends the same (id, count) again: keep one.
-    let mut kept: HashSet<(String, i64)> = HashSet::new();
-    'pages: loop {
+    // The whole stream (it is bounded by the alert stage's MAXLEN), oldest first.
+    let mut entries: Vec<FeedItem> = Vec::new();
+    let mut start = "-".to_string();
+    loop {
         let page: Vec<(String, Vec<String>)> =
-            redis::cmd("XREVRANGE").arg(stream).arg(&end).arg("-").arg("COUNT").arg(PAGE).query(&mut c).map_err(|e| e.to_string())?;
+            redis::cmd("XRANGE").arg(stream).arg(&start).arg("+").arg("COUNT").arg(PAGE).query(&mut c).map_err(|e| e.to_string())?;
         let Some((last_entry, _)) = page.last() else { break };
-        end = format!("({last_entry}");
+        start = format!("({last_entry}");
         let full = page.len() == PAGE;
-        for (_, fields) in page {
-            // fields: ["alert", json]
-            let Some(json) = fields.get(1) else { continue };
-            let Ok(item) = FeedItem::from_alert_json(json) else { continue };
-            if item.id == since {
-                found = true;
-                break 'pages;
-            }
-            if (tenant == ALL_TENANTS || item.tenant == tenant) && kept.insert((item.id.clone(), item.count)) {
-                newest_first.push(Arc::new(item));
-            }
-        }
+        // fields: ["alert", json]
+        entries.extend(page.iter().filter_map(|(_, fields)| FeedItem::from_alert_json(fields.get(1)?).ok()));
         if !full {
             break;
         }
     }
-    newest_first.reverse();
-    Ok((newest_first, found))
+    let found = entries.iter().rposition(|item| item.id == since);
+    let mut seen: HashSet<(String, i64)> = match found {
+        Some(p) => entries[..=p].iter().map(|i| (i.id.clone(), i.count)).collect(),
+        None => HashSet::new(),
+    };
+    let missed = entries
+        .into_iter()
+        .skip(found.map_or(0, |p| p + 1))
+        .filter(|item| tenant == ALL_TENANTS || item.tenant == tenant)
+        .filter(|item| seen.insert((item.id.clone(), item.count)))
+        .map(Arc::new)
+        .collect();
+    Ok((missed, found.is_some()))
 }
 
 /// Subscribes to `channel` and publishes every alert on it to `hub` until `stop`.
