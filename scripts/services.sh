@@ -113,6 +113,8 @@ install_chromium() {
 
 install_rsyslog() {
   # rsyslog-gnutls: the TLS input for the syslog-over-TLS test.
+  # openssl: the TLS tests make their own CA and certificates with it.
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
   if [ -f /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || dpkg -s rsyslog-gnutls >/dev/null 2>&1; then return; fi
   apt_install rsyslog rsyslog-gnutls
 }

@@ -412,23 +412,32 @@ pub fn load_config(cli: &Cli, run: Option<&RunArgs>) -> anyhow::Result<AppConfig
 /// required to exist (these commands run from any directory).
 pub fn load_config_without_scan(cli: &Cli) -> anyhow::Result<AppConfig> {
     let mut vars: Vec<(String, String)> = std::env::vars().collect();
-    for key in ["THREATPIPE_SCAN__SIGMA", "THREATPIPE_SCAN__INTEL", "THREATPIPE_SCAN__PATTERNS"] {
-        vars.push((key.to_string(), "[]".to_string()));
-    }
+    vars.extend(no_scan_overrides());
     Ok(AppConfig::load(cli.config.as_deref(), vars)?)
 }
 
-async fn probe(url: &str) -> anyhow::Result<()> {
+/// Overrides that empty the `[scan]` paths, for commands that load no detection content.
+pub fn no_scan_overrides() -> [(String, String); 3] {
+    ["THREATPIPE_SCAN__SIGMA", "THREATPIPE_SCAN__INTEL", "THREATPIPE_SCAN__PATTERNS"].map(|k| (k.to_string(), "[]".to_string()))
+}
+
+/// `GET url` over plain HTTP, the whole exchange bounded by `timeout`: (status, body).
+pub async fn http_get(url: &str, timeout: std::time::Duration) -> anyhow::Result<(hyper::StatusCode, bytes::Bytes)> {
     use http_body_util::BodyExt;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let uri: hyper::Uri = url.parse().with_context(|| format!("not a URL: {url}"))?;
-    let response = tokio::time::timeout(std::time::Duration::from_secs(3), client.get(uri))
-        .await
-        .map_err(|_| anyhow::anyhow!("{url}: no answer within 3 s"))?
-        .with_context(|| url.to_string())?;
-    let status = response.status();
-    let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let exchange = async {
+        let response = client.get(uri).await.with_context(|| url.to_string())?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| anyhow::anyhow!("{url}: no answer within {timeout:?}"))?
+}
+
+async fn probe(url: &str) -> anyhow::Result<()> {
+    let (status, body) = http_get(url, std::time::Duration::from_secs(3)).await?;
     if status.is_success() {
         Ok(())
     } else {
@@ -444,7 +453,7 @@ async fn connect(file: &std::path::Path, brokers: Option<&str>, metrics_listen: 
     // Kafka client settings as the stages use them (the detection content is not needed).
     // THREATPIPE_KAFKA__* from the environment apply (session timeout, client options).
     let mut vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("THREATPIPE_KAFKA__")).collect();
-    vars.extend(["THREATPIPE_SCAN__SIGMA", "THREATPIPE_SCAN__INTEL", "THREATPIPE_SCAN__PATTERNS"].map(|k| (k.to_string(), "[]".to_string())));
+    vars.extend(no_scan_overrides());
     let mut app = AppConfig::load(None, vars)?;
     app.kafka.brokers = connector.source.brokers.clone();
     let settings = app.kafka_settings();

@@ -88,14 +88,9 @@ async fn sample(urls: &[String], prefix: &str) -> Option<f64> {
     if urls.is_empty() {
         return None;
     }
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let mut total = 0.0;
     for url in urls {
-        use http_body_util::BodyExt;
-        let uri: hyper::Uri = url.parse().ok()?;
-        let response = tokio::time::timeout(Duration::from_secs(2), client.get(uri)).await.ok()?.ok()?;
-        let body = response.into_body().collect().await.ok()?.to_bytes();
+        let (_, body) = crate::cli::http_get(url, Duration::from_secs(2)).await.ok()?;
         for line in String::from_utf8_lossy(&body).lines().filter(|l| l.starts_with(prefix)) {
             total += line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         }

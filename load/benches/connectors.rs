@@ -75,8 +75,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let topic = format!("connbench{}.alerts", std::process::id());
     let settings = {
-        let vars = ["THREATPIPE_SCAN__SIGMA", "THREATPIPE_SCAN__INTEL", "THREATPIPE_SCAN__PATTERNS"].map(|k| (k.to_string(), "[]".to_string()));
-        let mut config = threatpipe::config::AppConfig::load(None, vars).unwrap();
+        let mut config = threatpipe::config::AppConfig::load(None, threatpipe::cli::no_scan_overrides()).unwrap();
         config.kafka.brokers = brokers.clone();
         config.kafka_settings()
     };

@@ -333,16 +333,13 @@ impl Destination {
     pub async fn deliver(&mut self, alerts: &[&Alert]) -> Vec<Outcome> {
         match self {
             Self::Syslog { .. } => self.deliver_syslog(alerts).await,
-            Self::Http { config, client, timeout, hostname } => {
-                let (config, client, timeout, hostname) = (config.clone(), client.clone(), *timeout, hostname.clone());
-                match *config {
-                    DestinationConfig::SplunkHec(c) => hec(&client, timeout, &c, &hostname, alerts).await,
-                    DestinationConfig::Elasticsearch(c) => elasticsearch(&client, timeout, &c, alerts).await,
-                    DestinationConfig::Sentinel(c) => sentinel(&client, timeout, &c, alerts).await,
-                    DestinationConfig::Webhook(c) => webhook(&client, timeout, &c, alerts).await,
-                    DestinationConfig::Syslog(_) => unreachable!("syslog is not an HTTP destination"),
-                }
-            }
+            Self::Http { config, client, timeout, hostname } => match config.as_ref() {
+                DestinationConfig::SplunkHec(c) => hec(client, *timeout, c, hostname, alerts).await,
+                DestinationConfig::Elasticsearch(c) => elasticsearch(client, *timeout, c, alerts).await,
+                DestinationConfig::Sentinel(c) => sentinel(client, *timeout, c, alerts).await,
+                DestinationConfig::Webhook(c) => webhook(client, *timeout, c, alerts).await,
+                DestinationConfig::Syslog(_) => unreachable!("syslog is not an HTTP destination"),
+            },
         }
     }
 

@@ -14,8 +14,6 @@ pub mod destination;
 pub mod format;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -164,7 +162,7 @@ pub async fn run(config: ConnectorConfig, kafka: KafkaSettings, stop: Cancellati
     let lag = metrics::gauge!(crate::telemetry::names::CONNECTOR_LAG, &labels);
     tracing::info!(connector = %name, group = %config.group(), topic = %config.source.topic, dead_letters = %dlq_topic, destination = %destination.describe(), "connector started");
     let mut delivered_total = 0u64;
-    let failing = Arc::new(AtomicBool::new(false));
+    let mut failing = false;
     let mut lag_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         // A batch: wait for the first record, then up to max_wait for more.
@@ -223,7 +221,7 @@ pub async fn run(config: ConnectorConfig, kafka: KafkaSettings, stop: Cancellati
                 retried.increment(pending.len() as u64);
                 let wait = backoff(&config.retry, attempt);
                 // The first few failures each, then every tenth: a long outage does not flood the log.
-                failing.store(true, Ordering::Relaxed);
+                failing = true;
                 if attempt < 5 || attempt.is_multiple_of(10) {
                     tracing::warn!(connector = %name, alerts = pending.len(), attempt = attempt + 1, retry_in = ?wait, %reason, "delivery failed; retrying");
                 }
@@ -232,7 +230,7 @@ pub async fn run(config: ConnectorConfig, kafka: KafkaSettings, stop: Cancellati
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.cancelled() => { stopped = true; break; }
                 }
-            } else if failing.swap(false, Ordering::Relaxed) {
+            } else if std::mem::take(&mut failing) {
                 tracing::info!(connector = %name, "delivery recovered");
             }
         }

@@ -191,8 +191,9 @@ impl StageRunner {
         };
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let now = now_us();
         if let Some(produced_ms) = record.timestamp_ms.filter(|t| *t > 0) {
-            self.input_age.record((now_us() / 1000 - produced_ms).max(0) as f64 / 1000.0);
+            self.input_age.record((now / 1000 - produced_ms).max(0) as f64 / 1000.0);
         }
         self.outputs.clear();
         let stage = self.name();
@@ -204,7 +205,7 @@ impl StageRunner {
             self.generations.insert(partition, generation);
         }
         self.stage
-            .process(&record, now_us(), &mut self.outputs)
+            .process(&record, now, &mut self.outputs)
             .map_err(|source| RunnerError::Stage { stage, source })?;
         let mut pending = Vec::with_capacity(self.outputs.len());
         let mut outputs = std::mem::take(&mut self.outputs);
