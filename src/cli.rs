@@ -298,7 +298,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub hits: Option<PathBuf>,
     /// Timed lanes: ingest (raw line → normalize → scan), scan (normalized event → scan),
-    /// unrouted (every Sigma rule on every document, rsigma's semantics).
+    /// unrouted (every Sigma rule on every document, rsigma's semantics). Parts of scan, for
+    /// finding where time goes: sigma (routed rules through the literal gate), ungated
+    /// (routed rules, each evaluated by rsigma), iocs, patterns.
     #[arg(long, value_delimiter = ',', default_value = "ingest,scan,unrouted")]
     pub lanes: Vec<String>,
 }

@@ -89,6 +89,10 @@ struct BenchReport {
     scan_events_per_sec: Option<f64>,
     /// Sigma only, every rule on every flat document (no logsource routing), per second.
     sigma_unrouted_events_per_sec: Option<f64>,
+    /// Parts of scan, per second on one core, for the lanes asked for: `sigma`,
+    /// `ungated`, `iocs`, `patterns`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    parts_events_per_sec: std::collections::BTreeMap<&'static str, f64>,
     /// Matches of every kind in one pass.
     matches_per_pass: usize,
     sigma_hits_routed: usize,
@@ -142,8 +146,9 @@ fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
     }
 
     let lane = |name: &str| args.lanes.iter().any(|l| l == name);
-    if let Some(unknown) = args.lanes.iter().find(|l| !["ingest", "scan", "unrouted"].contains(&l.as_str())) {
-        anyhow::bail!("unknown lane {unknown:?}: use ingest, scan or unrouted");
+    const LANES: [&str; 7] = ["ingest", "scan", "unrouted", "sigma", "ungated", "iocs", "patterns"];
+    if let Some(unknown) = args.lanes.iter().find(|l| !LANES.contains(&l.as_str())) {
+        anyhow::bail!("unknown lane {unknown:?}: use {}", LANES.join(", "));
     }
     // Hit counts per rule, unrouted (rsigma's semantics; when asked for) and routed (ours).
     let count_unrouted = args.hits.is_some() || lane("unrouted");
@@ -195,6 +200,28 @@ fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     let unrouted = started.elapsed();
+    let mut parts = std::collections::BTreeMap::new();
+    let part_lanes: [(&'static str, &dyn Fn(&crate::event::Event) -> usize); 4] = [
+        ("sigma", &|e| detector.sigma.evaluate(e).len()),
+        ("ungated", &|e| detector.sigma.matching_ids_ungated(e).len()),
+        ("iocs", &|e| detector.iocs.evaluate(e).len()),
+        ("patterns", &|e| detector.patterns.evaluate(e).len()),
+    ];
+    // Parts alternate pass by pass, so a noisy neighbour slows each of them alike.
+    let part_lanes: Vec<_> = part_lanes.into_iter().filter(|(name, _)| lane(name)).collect();
+    let mut part_time = vec![std::time::Duration::ZERO; part_lanes.len()];
+    for _ in 0..passes {
+        for ((_, part), took) in part_lanes.iter().zip(&mut part_time) {
+            let started = std::time::Instant::now();
+            for event in &events {
+                sink += part(event);
+            }
+            *took += started.elapsed();
+        }
+    }
+    for ((name, _), took) in part_lanes.iter().zip(part_time) {
+        parts.insert(*name, per_second(events.len() * passes, took));
+    }
     std::hint::black_box(sink);
 
     let report = BenchReport {
@@ -207,6 +234,7 @@ fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
         ingest_events_per_sec: lane("ingest").then(|| per_second(lines.len() * passes, ingest)),
         scan_events_per_sec: lane("scan").then(|| per_second(events.len() * passes, scan)),
         sigma_unrouted_events_per_sec: lane("unrouted").then(|| per_second(docs.len() * passes, unrouted)),
+        parts_events_per_sec: parts,
         matches_per_pass,
         sigma_hits_routed: per_rule.values().map(|c| c.1).sum(),
         sigma_hits_unrouted: count_unrouted.then(|| per_rule.values().map(|c| c.0).sum()),

@@ -11,6 +11,8 @@ use std::time::Instant;
 use support::{data_dir, files_under};
 use threatpipe::bus::Record;
 use threatpipe::detect::sigma::SigmaRules;
+use threatpipe::event::Event;
+use threatpipe::generator::{EventGenerator, GeneratorConfig};
 use threatpipe::normalize::{NormalizeConfig, Normalizer};
 
 /// Samples whose rule fires exactly `match_count` times, measured 2026-11-22.
@@ -54,6 +56,7 @@ fn sigmahq_regression_samples_fire_their_rules() {
     let infos = files_under(&data.join("sigma/regression_data"), &|p| p.file_name().is_some_and(|n| n == "info.yml"));
     let (mut passed, mut checked) = (0usize, 0usize);
     let mut failures = Vec::new();
+    let mut gate = GateCheck::default();
     for info in &infos {
         let Some((rule_id, expected)) = expectation(&std::fs::read_to_string(info).unwrap()) else { continue };
         let dir = info.parent().unwrap();
@@ -70,6 +73,7 @@ fn sigmahq_regression_samples_fire_their_rules() {
                 let record = Record { topic: "raw".into(), partition: 0, offset: events, key: None, payload, timestamp_ms: None };
                 events += 1;
                 let event = normalizer.normalize(&record, 1_800_000_000_000_000).unwrap();
+                gate.check(&rules, &event);
                 if rules.evaluate(&event).iter().any(|m| m.rule_id == rule_id) {
                     fired += 1;
                 }
@@ -88,4 +92,42 @@ fn sigmahq_regression_samples_fire_their_rules() {
     }
     assert!(checked >= 100);
     assert!(passed >= MIN_PASSING_SAMPLES, "{passed} < {MIN_PASSING_SAMPLES} samples pass");
+
+    // Generator traffic (every event class, with attacks) through the same collection.
+    let mut generator = EventGenerator::new(GeneratorConfig { attack_every: 10, malformed_ratio: 0.0, seed: 17, ..GeneratorConfig::default() });
+    for offset in 0..3_000 {
+        let generated = generator.next_record(1_736_676_000_000_000);
+        let record = Record { topic: "raw".into(), partition: 0, offset, key: None, payload: generated.payload, timestamp_ms: None };
+        gate.check(&rules, &normalizer.normalize(&record, 1_736_676_000_000_000).unwrap());
+    }
+    let (literals, ungated) = rules.gate_stats();
+    eprintln!(
+        "literal gate ({literals} literals, {ungated} ungated rules): {} events, {} hits, identical to every routed rule evaluated",
+        gate.events, gate.hits
+    );
+    assert!(gate.mismatches.is_empty(), "the literal gate changed results: {:#?}", &gate.mismatches[..gate.mismatches.len().min(5)]);
+    assert!(gate.hits > 100, "the comparison saw hits: {}", gate.hits);
+}
+
+/// The literal gate must never change what matches: gated evaluation (what quick-scan
+/// runs) against every routed rule evaluated by rsigma's engines.
+#[derive(Default)]
+struct GateCheck {
+    events: usize,
+    hits: usize,
+    mismatches: Vec<(String, Vec<String>, Vec<String>)>,
+}
+
+impl GateCheck {
+    fn check(&mut self, rules: &SigmaRules, event: &Event) {
+        let mut gated: Vec<String> = rules.evaluate(event).into_iter().map(|m| m.rule_id).collect();
+        let mut reference = rules.matching_ids_ungated(event);
+        gated.sort();
+        reference.sort();
+        self.events += 1;
+        self.hits += reference.len();
+        if gated != reference {
+            self.mismatches.push((event.id.clone(), gated, reference));
+        }
+    }
 }

@@ -14,6 +14,7 @@
 pub mod bloom;
 pub mod correlation;
 pub mod ioc;
+pub mod literal_gate;
 pub mod patterns;
 pub mod reload;
 pub mod sigma;

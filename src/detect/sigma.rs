@@ -19,6 +19,7 @@ use rsigma_eval::Engine;
 use rsigma_parser::LogSource;
 use serde_json::{Map, Value};
 
+use super::literal_gate::LiteralGate;
 use super::FileError;
 use crate::event::{Event, EventClass, Match};
 
@@ -40,6 +41,9 @@ fn rule_key(ls: &LogSource) -> LogsourceKey {
 pub struct SigmaRules {
     partitions: Vec<Engine>,
     by_key: std::collections::HashMap<LogsourceKey, usize>,
+    /// Which rules of the routed partitions can match an event at all; only those are
+    /// evaluated on normalized events ([`SigmaDoc`]).
+    gate: LiteralGate,
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<FileError>) {
@@ -108,7 +112,7 @@ pub fn parse_paths(paths: &[PathBuf]) -> ParsedRules {
 
 impl SigmaRules {
     pub fn empty() -> Self {
-        Self { partitions: Vec::new(), by_key: Default::default() }
+        Self { partitions: Vec::new(), by_key: Default::default(), gate: LiteralGate::build(&[]) }
     }
 
     /// Partitions the rules by logsource and compiles each partition; errors carry the index
@@ -135,7 +139,9 @@ impl SigmaRules {
             }
             partitions.push(engine);
         }
-        (Self { partitions, by_key }, errors)
+        let rules: Vec<&[rsigma_eval::CompiledRule]> = partitions.iter().map(Engine::rules).collect();
+        let gate = LiteralGate::build(&rules);
+        (Self { partitions, by_key, gate }, errors)
     }
 
     /// The partitions whose rules an event of any of `sources` may meet, each once. Every
@@ -246,21 +252,51 @@ impl SigmaRules {
     pub fn matching_ids_normalized(&self, event: &Event, doc: &SigmaDoc<'_>) -> Vec<String> {
         let mut sources = logsources(event);
         sources.push(LogSource { product: Some("threatpipe".into()), category: Some(event.class.as_str().into()), ..LogSource::default() });
-        let mut ids = Vec::new();
-        for slot in self.routes(&sources) {
-            for result in self.partitions[slot].evaluate(doc) {
+        self.evaluate_gated(&self.routes(&sources), doc)
+            .into_iter()
+            .map(|result| {
                 let header = result.header;
-                ids.push(header.rule_id.unwrap_or(header.rule_title));
+                header.rule_id.unwrap_or(header.rule_title)
+            })
+            .collect()
+    }
+
+    /// rsigma's results for the rules of `routes` that pass the literal gate: the same as
+    /// every routed engine's `evaluate`, at a fraction of the cost.
+    fn evaluate_gated(&self, routes: &[usize], doc: &SigmaDoc<'_>) -> Vec<rsigma_eval::EvaluationResult> {
+        let candidates = self.gate.candidates(routes, |visit| {
+            for value in doc.fields.values() {
+                visit(value);
             }
+        });
+        let mut results = Vec::new();
+        for (slot, locals) in candidates {
+            let rules = self.partitions[slot].rules();
+            results.extend(locals.into_iter().filter_map(|local| rsigma_eval::evaluate_rule(&rules[local as usize], doc)));
         }
-        ids
+        results
+    }
+
+    /// Ids (or titles) of the matching rules of the event's logsources, every routed rule
+    /// evaluated by rsigma's engines without the literal gate: the reference the gate is
+    /// tested against.
+    pub fn matching_ids_ungated(&self, event: &Event) -> Vec<String> {
+        let doc = sigma_fields(event);
+        self.routes(&logsources(event))
+            .into_iter()
+            .flat_map(|slot| self.partitions[slot].evaluate(&doc))
+            .map(|r| r.header.rule_id.clone().unwrap_or_else(|| r.header.rule_title.clone()))
+            .collect()
+    }
+
+    /// Literals in the gate's automaton, and rules it cannot gate (evaluated on every event
+    /// of their logsource).
+    pub fn gate_stats(&self) -> (usize, usize) {
+        (self.gate.literal_count(), self.gate.ungated_count())
     }
 
     fn evaluate_routes(&self, routes: &[usize], doc: &SigmaDoc<'_>) -> Vec<Match> {
-        let mut results = Vec::new();
-        for &slot in routes {
-            results.extend(self.partitions[slot].evaluate(doc));
-        }
+        let results = self.evaluate_gated(routes, doc);
         results
             .into_iter()
             .filter_map(|result| {
