@@ -201,7 +201,8 @@ fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
     }
     let unrouted = started.elapsed();
     let mut parts = std::collections::BTreeMap::new();
-    let part_lanes: [(&'static str, &dyn Fn(&crate::event::Event) -> usize); 4] = [
+    type Part<'a> = (&'static str, &'a dyn Fn(&crate::event::Event) -> usize);
+    let part_lanes: [Part<'_>; 4] = [
         ("sigma", &|e| detector.sigma.evaluate(e).len()),
         ("ungated", &|e| detector.sigma.matching_ids_ungated(e).len()),
         ("iocs", &|e| detector.iocs.evaluate(e).len()),

@@ -4,7 +4,8 @@
 //! it directly. A [`Detector`] is three matchers loaded from files:
 //!
 //! - [`sigma::SigmaRules`]: SigmaHQ-format detection rules through rsigma (0.23), routed by
-//!   logsource, with rsigma's witness index (per-field Aho-Corasick automata) as prefilter;
+//!   logsource, behind our [`literal_gate::LiteralGate`] (only rules whose necessary
+//!   literals all occur in the event are evaluated);
 //! - [`ioc::IocSet`]: exact indicator sets behind a blocked bloom filter;
 //! - [`patterns::PatternPacks`]: regex packs gated by one shared literal automaton.
 //!
