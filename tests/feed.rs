@@ -198,7 +198,8 @@ fn two_instances_deliver_each_tenant_its_alerts_once_and_a_slow_client_delays_no
     assert_eq!(expected["acme"].len(), PER_TENANT);
     assert_eq!(expected["globex"].len(), PER_TENANT);
 
-    let mut latencies = Vec::new();
+    // Raised → delivered, per instance: the stalled client is on instance a only.
+    let (mut latencies_a, mut latencies_b) = (Vec::new(), Vec::new());
     let mut acme_order = Vec::new();
     for (name, handle) in readers {
         let (seen, _socket) = rt.block_on(handle).unwrap();
@@ -210,14 +211,21 @@ fn two_instances_deliver_each_tenant_its_alerts_once_and_a_slow_client_delays_no
         assert!(seen.alerts.iter().all(|(_, t, _)| t == tenant), "{name} saw another tenant's alert");
         assert_eq!(unique_ids, expected[tenant], "{name}: {} of {} alerts", unique_ids.len(), expected[tenant].len());
         assert!(seen.notices.iter().all(|n| n["type"] != "lagged"), "{name} lagged: {:?}", seen.notices);
+        let latencies = if name.ends_with("@a") { &mut latencies_a } else { &mut latencies_b };
         latencies.extend(seen.alerts.iter().map(|(_, _, l)| *l));
         if name == "acme@a" {
             acme_order = seen.alerts.iter().map(|(id, _, _)| id.clone()).collect();
         }
     }
-    let (p50, p99, max) = (percentile(latencies.clone(), 0.5), percentile(latencies.clone(), 0.99), percentile(latencies, 1.0));
-    eprintln!("raised → delivered with a stalled client: p50 {p50} µs, p99 {p99} µs, max {max} µs");
-    assert!(p99 < 50_000, "alerts to the readers were delayed: p99 {p99} µs");
+    // The delay the stalled client causes is what readers beside it wait beyond readers of
+    // the same alerts on the other instance (same Redis, same machine, same moment), so
+    // the machine's own load does not count against it.
+    let summary = |l: &[i64]| (percentile(l.to_vec(), 0.5), percentile(l.to_vec(), 0.99), percentile(l.to_vec(), 1.0));
+    let ((p50_a, p99_a, max_a), (p50_b, p99_b, max_b)) = (summary(&latencies_a), summary(&latencies_b));
+    eprintln!("raised → delivered beside a stalled client: p50 {p50_a} µs, p99 {p99_a} µs, max {max_a} µs");
+    eprintln!("raised → delivered on the other instance:   p50 {p50_b} µs, p99 {p99_b} µs, max {max_b} µs");
+    assert!(p99_a < p99_b + 50_000, "the stalled client delayed the readers beside it: p99 {p99_a} µs against {p99_b} µs");
+    assert!(p99_a < 500_000 && p99_b < 500_000, "the feed is slow everywhere: p99 {p99_a} / {p99_b} µs");
 
     // The stalled client really fell behind: once it reads, it is told what it missed.
     let (stalled_seen, _) = rt.block_on(collect(stalled, usize::MAX, Duration::from_secs(5)));
