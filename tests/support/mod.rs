@@ -130,7 +130,10 @@ pub fn produce_all(topic: &str, records: &[(String, Vec<u8>)]) {
             }
         }
     }
-    producer.flush(Duration::from_secs(60)).unwrap();
+    // One record per batch (Tansu's mid-batch fetch bug): 100,000 records take Tansu over a
+    // minute when the suite keeps both cores busy, so the wait grows with the count.
+    let patience = Duration::from_secs(60).max(Duration::from_millis(2) * records.len() as u32);
+    producer.flush(patience).unwrap_or_else(|e| panic!("producing {} records to {topic}: {e}", records.len()));
     assert_eq!(counter.failed.load(Ordering::Relaxed), 0, "the test's own produce to {topic} failed");
 }
 
