@@ -283,6 +283,11 @@ impl Literals {
         a.or(b, &|clause| self.clause_weight(clause))
     }
 
+    /// At least one of `parts` holds (none: never).
+    fn any(&self, parts: impl IntoIterator<Item = Cnf>) -> Cnf {
+        parts.into_iter().reduce(|acc, cnf| self.or(acc, cnf)).unwrap_or_else(Cnf::never)
+    }
+
     fn matcher(&mut self, matcher: &CompiledMatcher) -> Cnf {
         use CompiledMatcher as M;
         match matcher {
@@ -294,16 +299,7 @@ impl Literals {
             M::RegexSetMatch { set, mode } => {
                 let parts: Vec<Cnf> = set.patterns().iter().map(|p| self.regex(p)).collect();
                 match mode {
-                    rsigma_eval::matcher::GroupMode::Any => {
-                        let mut out: Option<Cnf> = None;
-                        for cnf in parts {
-                            out = Some(match out {
-                                None => cnf,
-                                Some(acc) => self.or(acc, cnf),
-                            });
-                        }
-                        out.unwrap_or_else(Cnf::never)
-                    }
+                    rsigma_eval::matcher::GroupMode::Any => self.any(parts),
                     rsigma_eval::matcher::GroupMode::All => parts.into_iter().fold(Cnf::always(), Cnf::and),
                 }
             }
@@ -332,18 +328,8 @@ impl Literals {
     }
 
     fn any_of(&mut self, children: &[CompiledMatcher]) -> Cnf {
-        let mut out: Option<Cnf> = None;
-        for child in children {
-            let cnf = self.matcher(child);
-            out = Some(match out {
-                None => cnf,
-                Some(acc) => self.or(acc, cnf),
-            });
-            if out.as_ref().is_some_and(|c| c.0.is_empty()) {
-                return Cnf::always();
-            }
-        }
-        out.unwrap_or_else(Cnf::never)
+        let parts: Vec<Cnf> = children.iter().map(|child| self.matcher(child)).collect();
+        self.any(parts)
     }
 
     fn all_of(&mut self, children: &[CompiledMatcher]) -> Cnf {
@@ -361,15 +347,8 @@ impl Literals {
                 acc.and(cnf)
             }),
             CompiledDetection::AnyOf(children) => {
-                let mut out: Option<Cnf> = None;
-                for child in children {
-                    let cnf = self.detection(child);
-                    out = Some(match out {
-                        None => cnf,
-                        Some(acc) => self.or(acc, cnf),
-                    });
-                }
-                out.unwrap_or_else(Cnf::never)
+                let parts: Vec<Cnf> = children.iter().map(|child| self.detection(child)).collect();
+                self.any(parts)
             }
             CompiledDetection::Keywords(matcher) => self.matcher(matcher),
             CompiledDetection::And(children) => children.iter().fold(Cnf::always(), |acc, child| {
@@ -392,15 +371,8 @@ impl Literals {
                 acc.and(cnf)
             }),
             ConditionExpr::Or(children) => {
-                let mut out: Option<Cnf> = None;
-                for child in children {
-                    let cnf = self.condition(child, rule);
-                    out = Some(match out {
-                        None => cnf,
-                        Some(acc) => self.or(acc, cnf),
-                    });
-                }
-                out.unwrap_or_else(Cnf::never)
+                let parts: Vec<Cnf> = children.iter().map(|child| self.condition(child, rule)).collect();
+                self.any(parts)
             }
             ConditionExpr::Not(_) => Cnf::always(),
             ConditionExpr::Selector { quantifier, pattern } => {
@@ -412,16 +384,7 @@ impl Literals {
                     Quantifier::All => parts.into_iter().fold(Cnf::always(), Cnf::and),
                     Quantifier::Count(0) => Cnf::always(),
                     // At least one of them.
-                    Quantifier::Any | Quantifier::Count(_) => {
-                        let mut out: Option<Cnf> = None;
-                        for cnf in parts {
-                            out = Some(match out {
-                                None => cnf,
-                                Some(acc) => self.or(acc, cnf),
-                            });
-                        }
-                        out.unwrap_or_else(Cnf::never)
-                    }
+                    Quantifier::Any | Quantifier::Count(_) => self.any(parts),
                 }
             }
         }
@@ -429,15 +392,8 @@ impl Literals {
 
     /// The rule's necessary condition: it matches when any of its conditions does.
     fn rule(&mut self, rule: &CompiledRule) -> Cnf {
-        let mut out: Option<Cnf> = None;
-        for condition in &rule.conditions {
-            let cnf = self.condition(condition, rule);
-            out = Some(match out {
-                None => cnf,
-                Some(acc) => self.or(acc, cnf),
-            });
-        }
-        out.unwrap_or_else(Cnf::never)
+        let parts: Vec<Cnf> = rule.conditions.iter().map(|condition| self.condition(condition, rule)).collect();
+        self.any(parts)
     }
 }
 
@@ -520,8 +476,15 @@ impl LiteralGate {
         }
         let mut anchors: std::collections::BTreeMap<u32, Vec<(u32, u32)>> = Default::default();
         let non_ascii = literals.ids.get(NON_ASCII).copied();
+        // Literals no clause kept (a sibling made their clause void) are not looked for.
+        let mut used = vec![false; literals.texts.len()];
+        for cnf in cnfs.iter().flatten() {
+            for &id in cnf.0.iter().flatten() {
+                used[id as usize] = true;
+            }
+        }
         for (id, text) in literals.texts.iter().enumerate() {
-            if Some(id as u32) != non_ascii {
+            if used[id] && Some(id as u32) != non_ascii {
                 let (key, offset) = anchor(text.as_bytes(), &counts);
                 anchors.entry(key).or_default().push((id as u32, offset as u32));
             }
@@ -575,7 +538,7 @@ impl LiteralGate {
 
     /// Distinct literals the gate looks for.
     pub fn literal_count(&self) -> usize {
-        self.spans.len()
+        self.anchored.len() + usize::from(self.non_ascii.is_some())
     }
 
     /// The literals anchored at gram `key`.
