@@ -7,7 +7,8 @@
 //! event for the rule to match, in conjunctive normal form: every clause is a set of
 //! literals of which at least one must be present (see [`Cnf`]). Contains, prefix, suffix
 //! and equality matchers give their value; regexes (including wildcard values, which rsigma
-//! compiles to regexes) give the prefixes or suffixes regex-syntax proves every match has.
+//! compiles to regexes) give a literal every match contains ([`required`], from the
+//! regex-syntax HIR).
 //! One scan of the event's values finds which literals occur (each literal is anchored at
 //! its rarest 4-byte window: a one-bit pre-screen, then a compact hash table, then a byte
 //! comparison), and a rule is evaluated by rsigma, unchanged, only when all its clauses
@@ -248,12 +249,18 @@ impl Literals {
         let Ok(hir) = regex_syntax::Parser::new().parse(pattern) else {
             return Cnf::always();
         };
-        let Some(literals) = required(&hir) else {
-            return Cnf::always();
-        };
-        let mut clause = Vec::with_capacity(literals.len());
-        for literal in literals {
-            match self.intern(&literal, true) {
+        match required(&hir) {
+            // Case-insensitive regexes match Unicode case variants; the literals are folded.
+            Some(literals) => self.clause(&literals, true),
+            None => Cnf::always(),
+        }
+    }
+
+    /// One of `values` must occur: a clause, or no constraint when any of them cannot gate.
+    fn clause(&mut self, values: &[impl AsRef<str>], case_insensitive: bool) -> Cnf {
+        let mut clause = Vec::with_capacity(values.len());
+        for value in values {
+            match self.intern(value.as_ref(), case_insensitive) {
                 Some(id) => clause.push(id),
                 None => return Cnf::always(),
             }
@@ -303,18 +310,7 @@ impl Literals {
                     rsigma_eval::matcher::GroupMode::All => parts.into_iter().fold(Cnf::always(), Cnf::and),
                 }
             }
-            M::AhoCorasickSet { needles, case_insensitive, .. } => {
-                let mut clause = Vec::with_capacity(needles.len());
-                for needle in needles {
-                    match self.intern(needle, *case_insensitive) {
-                        Some(id) => clause.push(id),
-                        None => return Cnf::always(),
-                    }
-                }
-                clause.sort_unstable();
-                clause.dedup();
-                Cnf(vec![clause])
-            }
+            M::AhoCorasickSet { needles, case_insensitive, .. } => self.clause(needles, *case_insensitive),
             M::AnyOf(children) => self.any_of(children),
             M::AllOf(children) => self.all_of(children),
             M::CaseInsensitiveGroup { children, mode } => match mode {
@@ -453,6 +449,27 @@ pub struct LiteralGate {
     ungated: Vec<Vec<u32>>,
 }
 
+/// A set of small ids (literals, rules) as bits, for one event.
+struct IdSet(Vec<u64>);
+
+impl IdSet {
+    fn with_capacity(ids: usize) -> Self {
+        IdSet(vec![0; ids.div_ceil(64)])
+    }
+
+    /// Adds `id`; false if it was already there.
+    fn insert(&mut self, id: u32) -> bool {
+        let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
+        let new = self.0[word] & bit == 0;
+        self.0[word] |= bit;
+        new
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.0[(id / 64) as usize] & (1u64 << (id % 64)) != 0
+    }
+}
+
 /// Per-partition candidates of one event: local rule indexes, ascending.
 pub type Candidates = Vec<(usize, Vec<u32>)>;
 
@@ -565,7 +582,7 @@ impl LiteralGate {
     /// Marks every literal that occurs in `text` (ASCII-case-insensitively): each position
     /// whose gram is an anchor (pre-screened by one bit) is checked against the literals
     /// anchored there.
-    fn scan(&self, text: &str, present: &mut [u64], found: &mut Vec<u32>) {
+    fn scan(&self, text: &str, present: &mut IdSet, found: &mut Vec<u32>) {
         let bytes = text.as_bytes();
         let mut check = |key: u32, gram_start: usize| {
             let (word, bit) = screen_slot(key);
@@ -573,15 +590,14 @@ impl LiteralGate {
                 return;
             }
             for &(literal, offset) in self.anchored(key) {
-                let (word, bit) = ((literal / 64) as usize, 1u64 << (literal % 64));
-                if present[word] & bit != 0 {
+                if present.contains(literal) {
                     continue;
                 }
                 let (start, len) = self.spans[literal as usize];
                 let needle = &self.text[start as usize..(start + len) as usize];
                 let Some(start) = gram_start.checked_sub(offset as usize) else { continue };
                 if bytes.get(start..start + needle.len()).is_some_and(|window| window.eq_ignore_ascii_case(needle)) {
-                    present[word] |= bit;
+                    present.insert(literal);
                     found.push(literal);
                 }
             }
@@ -602,35 +618,28 @@ impl LiteralGate {
         if self.spans.is_empty() {
             return out;
         }
-        let mut present = vec![0u64; self.spans.len().div_ceil(64)];
+        let mut present = IdSet::with_capacity(self.spans.len());
         let mut found: Vec<u32> = Vec::new();
         visit(&mut |value: &str| {
             self.scan(value, &mut present, &mut found);
             if !value.is_ascii() {
                 self.scan(&fold(value), &mut present, &mut found);
-                if let Some(id) = self.non_ascii {
-                    let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
-                    if present[word] & bit == 0 {
-                        present[word] |= bit;
-                        found.push(id);
-                    }
+                if let Some(id) = self.non_ascii.filter(|&id| present.insert(id)) {
+                    found.push(id);
                 }
             }
         });
-        let is_present = |id: u32| present[(id / 64) as usize] & (1u64 << (id % 64)) != 0;
-        let mut seen = vec![0u64; self.gated.len().div_ceil(64)];
+        let mut seen = IdSet::with_capacity(self.gated.len());
         for id in found {
             for &rule in &self.by_literal[id as usize] {
-                let (word, bit) = ((rule / 64) as usize, 1u64 << (rule % 64));
-                if seen[word] & bit != 0 {
+                if !seen.insert(rule) {
                     continue;
                 }
-                seen[word] |= bit;
                 let gated = &self.gated[rule as usize];
                 let Some(slot) = out.iter_mut().find(|(p, _)| *p == gated.partition as usize) else {
                     continue;
                 };
-                if gated.other_clauses.iter().all(|clause| clause.iter().any(|&l| is_present(l))) {
+                if gated.other_clauses.iter().all(|clause| clause.iter().any(|&l| present.contains(l))) {
                     slot.1.push(gated.local);
                 }
             }

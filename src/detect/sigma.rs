@@ -211,7 +211,7 @@ impl SigmaRules {
         self.routes(std::slice::from_ref(logsource))
             .into_iter()
             .flat_map(|slot| self.partitions[slot].evaluate(&json))
-            .map(|r| r.header.rule_id.clone().unwrap_or_else(|| r.header.rule_title.clone()))
+            .map(rule_name)
             .collect()
     }
 
@@ -223,7 +223,7 @@ impl SigmaRules {
         self.partitions
             .iter()
             .flat_map(|engine| engine.evaluate(&json))
-            .map(|r| r.header.rule_id.clone().unwrap_or_else(|| r.header.rule_title.clone()))
+            .map(rule_name)
             .collect()
     }
 
@@ -254,10 +254,7 @@ impl SigmaRules {
         sources.push(LogSource { product: Some("threatpipe".into()), category: Some(event.class.as_str().into()), ..LogSource::default() });
         self.evaluate_gated(&self.routes(&sources), doc)
             .into_iter()
-            .map(|result| {
-                let header = result.header;
-                header.rule_id.unwrap_or(header.rule_title)
-            })
+            .map(rule_name)
             .collect()
     }
 
@@ -285,11 +282,11 @@ impl SigmaRules {
         self.routes(&logsources(event))
             .into_iter()
             .flat_map(|slot| self.partitions[slot].evaluate(&doc))
-            .map(|r| r.header.rule_id.clone().unwrap_or_else(|| r.header.rule_title.clone()))
+            .map(rule_name)
             .collect()
     }
 
-    /// Literals in the gate's automaton, and rules it cannot gate (evaluated on every event
+    /// Literals the gate looks for, and rules it cannot gate (evaluated on every event
     /// of their logsource).
     pub fn gate_stats(&self) -> (usize, usize) {
         (self.gate.literal_count(), self.gate.ungated_count())
@@ -318,6 +315,12 @@ impl SigmaRules {
             })
             .collect()
     }
+}
+
+/// How a result names its rule: the rule's id, or its title when it has none.
+fn rule_name(result: rsigma_eval::EvaluationResult) -> String {
+    let header = result.header;
+    header.rule_id.unwrap_or(header.rule_title)
 }
 
 /// Sysmon event id (and, for registry object events, EventType) → Sigma logsource
