@@ -6,8 +6,10 @@
 #
 #   load/e2e.sh [RATE] [SECONDS]     (default 0 = as fast as possible, 20 s; or e.g. 5000 30)
 #
-# One instance runs all five stages (fetch wait 20 ms: see pipelines/kafka.toml); topics
-# are fresh per lane. Results: the tables, and JSON in /tmp/threatpipe-e2e-*.json.
+# One instance runs all five stages and serves the live feed; topics are fresh per lane.
+# `threatpipe load` reads the alerts topic and, as a person watching would, the feed (a
+# token for all tenants). FETCH_WAIT_MS sets the stages' fetch.wait.max.ms (librdkafka's
+# default otherwise). Results: the tables, and JSON in /tmp/threatpipe-e2e-*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE="${1:-0}"
@@ -26,9 +28,11 @@ lane() { # name passthrough(true|false)
   env THREATPIPE_TOPICS__RAW="$S.raw" THREATPIPE_TOPICS__NORMALIZED="$S.n" THREATPIPE_TOPICS__SCANNED="$S.s" \
       THREATPIPE_TOPICS__CORRELATED="$S.c" THREATPIPE_TOPICS__SCORED="$S.sc" THREATPIPE_TOPICS__ALERTS="$S.a" \
       THREATPIPE_TOPICS__ALERTS_JSON="$S.aj" THREATPIPE_TOPICS__DLQ="$S.dlq" THREATPIPE_TOPICS__PARTITIONS=4 \
-      THREATPIPE_KAFKA__GROUP_PREFIX="$S" THREATPIPE_KAFKA__CONSUMER__FETCH_WAIT_MAX_MS=20 \
+      THREATPIPE_KAFKA__GROUP_PREFIX="$S" ${FETCH_WAIT_MS:+THREATPIPE_KAFKA__CONSUMER__FETCH_WAIT_MAX_MS=$FETCH_WAIT_MS} \
+      THREATPIPE_FEED__TOKENS__e2e-load-token='*' \
       THREATPIPE_CORRELATE__CHECKPOINT=memory THREATPIPE_ML__CHECKPOINT=memory \
-      THREATPIPE_ALERT__DEDUPE_PREFIX="$S" THREATPIPE_PIPELINE__PASSTHROUGH="$pass" \
+      THREATPIPE_ALERT__DEDUPE_PREFIX="$S" THREATPIPE_ALERT__CHANNEL="$S:alerts" THREATPIPE_ALERT__STREAM="$S:stream" \
+      THREATPIPE_PIPELINE__PASSTHROUGH="$pass" \
       "$B" run --config pipelines/kafka.toml --brokers "$BROKERS" --quiet --http-listen "127.0.0.1:$PORT" >"/tmp/$S.log" 2>&1 &
   pids+=("$!")
   for _ in $(seq 1 120); do
@@ -37,7 +41,8 @@ lane() { # name passthrough(true|false)
   done
   sleep 2
   local measure="$S.aj" extra=()
-  if [ "$pass" = true ]; then measure="$S.a"; extra=(--passthrough); fi
+  if [ "$pass" = true ]; then measure="$S.a"; extra=(--passthrough)
+  else extra=(--feed "ws://127.0.0.1:$PORT" --feed-token e2e-load-token); fi
   echo "== $name ($( [ "$pass" = true ] && echo 'pass-through, the baseline' || echo 'full pipeline'))"
   "$B" load --brokers "$BROKERS" --raw-topic "$S.raw" --measure-topic "$measure" "${extra[@]}" \
     --rate "$RATE" --count "$COUNT" --metrics "http://127.0.0.1:$PORT/metrics" --json "/tmp/threatpipe-e2e-$name.json"

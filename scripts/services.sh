@@ -34,21 +34,58 @@ apt_install() {
 }
 
 # --- Tansu -------------------------------------------------------------------------------
+# Tansu 0.6.0 from crates.io with one patch of ours (scripts/tansu/*.patch): its fetch slept
+# out the rest of fetch.wait.max.ms after every read, records or not, so each consumer hop
+# cost up to twice that wait; patched, a fetch answers as soon as records are there, as
+# Kafka does. The binary is cached under a name that includes the patch's hash, so a
+# changed patch builds a new one and an unchanged one is reused.
+TANSU_VERSION=0.6.0
+TANSU_SHA256=4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d
+TANSU_STORAGE_SHA256=720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d
+TANSU_PATCHES="$(cd "$(dirname "$0")" && pwd)/tansu"
+TANSU_HOME="$CACHE/tansu-$TANSU_VERSION-$(cat "$TANSU_PATCHES"/*.patch | sha256sum | cut -c1-12)"
+
 find_tansu() {
   if [ -n "${TANSU_BIN:-}" ] && [ -x "$TANSU_BIN" ]; then echo "$TANSU_BIN"; return 0; fi
-  if [ -x "$CACHE/tansu/bin/tansu" ]; then echo "$CACHE/tansu/bin/tansu"; return 0; fi
-  command -v tansu 2>/dev/null && return 0
+  if [ -x "$TANSU_HOME/bin/tansu" ]; then echo "$TANSU_HOME/bin/tansu"; return 0; fi
   return 1
+}
+
+fetch_crate() { # name version sha256 destdir
+  local file="$4/$1-$2.crate"
+  curl -fsSL --retry 3 -o "$file" "https://static.crates.io/crates/$1/$2/download" \
+    || die "downloading the $1 $2 crate from crates.io failed"
+  echo "$3  $file" | sha256sum -c --quiet - || die "$1 $2: checksum mismatch"
+  tar -xzf "$file" -C "$4"
+}
+
+build_tansu() {
+  local work="$TANSU_HOME/build"
+  log "building patched Tansu $TANSU_VERSION (12-20 min on two cores, once; cached in $TANSU_HOME)"
+  rm -rf "$work" && mkdir -p "$work"
+  fetch_crate tansu "$TANSU_VERSION" "$TANSU_SHA256" "$work"
+  fetch_crate tansu-storage "$TANSU_VERSION" "$TANSU_STORAGE_SHA256" "$work"
+  for p in "$TANSU_PATCHES"/*.patch; do
+    patch -s -p1 -d "$work/tansu-storage-$TANSU_VERSION" <"$p" || die "applying $p failed"
+  done
+  printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' "$TANSU_VERSION" \
+    >>"$work/tansu-$TANSU_VERSION/Cargo.toml"
+  # The crate's own Cargo.lock pins every other dependency; only the patched one changes.
+  # A target directory of its own, kept: the project's would hold cargo's lock for the
+  # whole build, and keeping it makes a changed patch a rebuild of minutes, not of all.
+  (cd "$work/tansu-$TANSU_VERSION" && CARGO_TARGET_DIR="$CACHE/tansu-target" cargo build --release \
+    --features dynostore,postgres --bin tansu) >"$STATE/tansu-build.log" 2>&1 \
+    || { tail -n 40 "$STATE/tansu-build.log" >&2; die "building Tansu failed (log: $STATE/tansu-build.log)"; }
+  mkdir -p "$TANSU_HOME/bin"
+  cp "$CACHE/tansu-target/release/tansu" "$TANSU_HOME/bin/tansu"
 }
 
 start_tansu() {
   if port_open 9092; then log "Kafka protocol already on 127.0.0.1:9092"; return; fi
   local tansu
   if ! tansu="$(find_tansu)"; then
-    log "building Tansu 0.6 (cargo install, 12-20 min on two cores; cached in $CACHE/tansu)"
-    cargo install tansu --version 0.6.0 --locked --features dynostore,postgres --root "$CACHE/tansu" \
-      >"$STATE/tansu-install.log" 2>&1 || { tail -n 40 "$STATE/tansu-install.log" >&2; die "building Tansu failed"; }
-    tansu="$CACHE/tansu/bin/tansu"
+    build_tansu
+    tansu="$TANSU_HOME/bin/tansu"
   fi
   log "starting Tansu ($tansu) on 127.0.0.1:9092, memory storage"
   nohup "$tansu" broker \

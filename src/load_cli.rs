@@ -9,6 +9,10 @@
 //! alert read from the topic), detection recall on the labelled attacks (per event and per
 //! scenario), and the pipeline's consumer lag when `--metrics` URLs are given.
 //!
+//! With `--feed URL --feed-token T` a WebSocket client on an instance's live feed (`/feed`)
+//! is measured too: send → alert shown to a feed client, the latency a person watching sees.
+//! The token should carry the tenant `*` (all tenants) so every alert counts.
+//!
 //! `--passthrough` measures a pass-through deployment (`pipeline.passthrough = true`, same
 //! hops, same broker) instead: there every raw record arrives unchanged on the measured
 //! topic (`alerts`), and is matched by its bytes. That is the baseline a full run is quoted
@@ -56,6 +60,12 @@ pub struct LoadArgs {
     /// After producing, wait up to this long for the pipeline to take every event.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
+    /// Also measure a live-feed client: an instance's feed (ws://HOST:PORT; /feed is added).
+    #[arg(long, value_name = "URL", requires = "feed_token")]
+    pub feed: Option<String>,
+    /// Token for --feed; one whose tenant is `*` sees every tenant's alerts.
+    #[arg(long, env = "THREATPIPE_TOKEN", hide_env_values = true)]
+    pub feed_token: Option<String>,
     /// Instances' /metrics URLs: their threatpipe_stage_lag is sampled (repeatable).
     #[arg(long)]
     pub metrics: Vec<String>,
@@ -157,6 +167,16 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
         }
         (arrivals, hashes)
     });
+
+    let feed_reader = match (&args.feed, &args.feed_token) {
+        (Some(url), Some(token)) if !args.passthrough => {
+            let url = format!("{}/feed", crate::feed::tail::base_url(url));
+            let socket = crate::feed::tail::connect(&url, token, "--feed-token").await?;
+            eprintln!("[load] watching the live feed at {url}");
+            Some(tokio::spawn(read_feed(socket, stop_reading.clone())))
+        }
+        _ => None,
+    };
 
     let last_in_before = last_stage_in(&args.metrics).await;
     let dead_before = sample(&args.metrics, crate::telemetry::names::STAGE_DEAD_LETTERED).await.unwrap_or(0.0);
@@ -260,6 +280,16 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
     stop_reading.cancel();
     let (arrivals, hashes) = reader.await.context("the result reader stopped")?;
     let mut result = summarize(args, produced, produce_secs, &sent, &sent_by_hash, &attacks_per_scenario, &arrivals, &hashes, &lag_samples);
+    if let Some(feed_reader) = feed_reader {
+        let (feed_arrivals, lagged) = feed_reader.await.context("the feed reader stopped")?;
+        let (latencies, _) = first_sightings(&feed_arrivals, &sent);
+        result["feed"] = serde_json::json!({
+            "alerts": feed_arrivals.len(),
+            "events_named": latencies.len(),
+            "lagged_notices": lagged,
+            "latency_ms": percentiles_ms(latencies),
+        });
+    }
     result["pipeline_events_per_second"] = through_secs.map(|t| produced as f64 / t).into();
     result["all_taken_by_last_stage"] = through_secs.is_some().into();
     print_table(&result);
@@ -290,9 +320,81 @@ fn print_table(r: &serde_json::Value) {
             }
         }
     }
+    if !r["feed"].is_null() {
+        let feed = &r["feed"];
+        let l = &feed["latency_ms"];
+        println!("{:<28} p50 {} ms, p95 {} ms, p99 {} ms, max {} ms ({} alerts naming {} events; {} lagged notices)", "to a live-feed client", f(&l["p50"]), f(&l["p95"]), f(&l["p99"]), f(&l["max"]), feed["alerts"], feed["events_named"], feed["lagged_notices"]);
+    }
     if !r["lag_max"].is_null() {
         println!("{:<28} max {} records, {} at the end", "consumer lag (all stages)", r["lag_max"], r["lag_end"]);
     }
+}
+
+/// The first time each sent event was named by an arriving alert: its latency (send →
+/// arrival), and the arrival time and attack scenario of each such sighting.
+fn first_sightings(
+    arrivals: &[(i64, Vec<String>)],
+    sent: &HashMap<String, (i64, Option<&'static str>)>,
+) -> (Vec<i64>, Vec<(i64, Option<&'static str>)>) {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let (mut latencies, mut sightings) = (Vec::new(), Vec::new());
+    for (received, ids) in arrivals {
+        for id in ids {
+            if let Some((send, scenario)) = sent.get(id) {
+                if seen.insert(id.as_str()) {
+                    latencies.push(received - send);
+                    sightings.push((*received, *scenario));
+                }
+            }
+        }
+    }
+    (latencies, sightings)
+}
+
+/// Reads alerts off a live-feed socket until `stop`: (receive time, event ids) per alert,
+/// and how many "lagged" notices (alerts the server skipped for this client) came.
+async fn read_feed(
+    mut socket: crate::feed::tail::FeedSocket,
+    stop: tokio_util::sync::CancellationToken,
+) -> (Vec<(i64, Vec<String>)>, u64) {
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    #[derive(serde::Deserialize)]
+    struct Frame {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        alert: Option<crate::event::Alert>,
+        #[serde(default)]
+        skipped: Option<u64>,
+    }
+    let (mut arrivals, mut lagged) = (Vec::new(), 0u64);
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = socket.next() => m,
+        };
+        let text = match message {
+            Some(Ok(WsMessage::Text(text))) => text,
+            Some(Ok(WsMessage::Close(_))) | None => {
+                eprintln!("\n[load] the live feed closed the connection");
+                break;
+            }
+            Some(Err(e)) => {
+                eprintln!("\n[load] the live feed failed: {e}");
+                break;
+            }
+            Some(Ok(_)) => continue,
+        };
+        let received = now_us();
+        let Ok(frame) = serde_json::from_str::<Frame>(&text) else { continue };
+        match (frame.kind.as_str(), frame.alert) {
+            ("alert", Some(alert)) => arrivals.push((received, alert.event_ids)),
+            ("lagged", _) => lagged += frame.skipped.unwrap_or(1),
+            _ => {}
+        }
+    }
+    let _ = socket.close(None).await;
+    (arrivals, lagged)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -308,7 +410,6 @@ fn summarize(
     lag_samples: &[f64],
 ) -> serde_json::Value {
     let mut latencies = Vec::new();
-    let mut detected: HashSet<&str> = HashSet::new();
     let mut scenarios_detected: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut first, mut last) = (i64::MAX, i64::MIN);
     if args.passthrough {
@@ -323,18 +424,13 @@ fn summarize(
             }
         }
     } else {
-        for (received, ids) in arrivals {
-            for id in ids {
-                if let Some((send, scenario)) = sent.get(id) {
-                    if detected.insert(id.as_str()) {
-                        latencies.push(received - send);
-                        first = first.min(*received);
-                        last = last.max(*received);
-                        if let Some(s) = scenario {
-                            *scenarios_detected.entry(s).or_default() += 1;
-                        }
-                    }
-                }
+        let (alert_latencies, sightings) = first_sightings(arrivals, sent);
+        latencies = alert_latencies;
+        for (received, scenario) in sightings {
+            first = first.min(received);
+            last = last.max(received);
+            if let Some(s) = scenario {
+                *scenarios_detected.entry(s).or_default() += 1;
             }
         }
     }

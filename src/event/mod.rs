@@ -6,6 +6,7 @@
 //! field for field, and `avro::tests` round-trips them so the two cannot drift apart.
 
 pub mod avro;
+pub mod avro_plan;
 mod records;
 
 use std::collections::HashMap;

@@ -49,7 +49,7 @@ pub struct TailArgs {
 }
 
 /// `ws://host:port` from what the user typed.
-fn base_url(url: &str) -> String {
+pub(crate) fn base_url(url: &str) -> String {
     let url = url.trim_end_matches('/');
     if let Some(rest) = url.strip_prefix("http://") {
         format!("ws://{rest}")
@@ -147,6 +147,25 @@ pub async fn run(args: &TailArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A live-feed WebSocket, open at `url` (`ws://host:port/feed?...`).
+pub(crate) type FeedSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the feed at `url` with `token` as the bearer; a refusal names the server's reason
+/// and where the token came from.
+pub(crate) async fn connect(url: &str, token: &str, token_source: &str) -> anyhow::Result<FeedSocket> {
+    let mut request = url.into_client_request().with_context(|| format!("bad feed URL {url}"))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).context("the token holds characters a header cannot")?;
+    request.headers_mut().insert("authorization", bearer);
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default().trim().to_string();
+            bail!("{url} refused the connection ({}): {body} [token from {token_source}]", response.status());
+        }
+        Err(e) => bail!("cannot connect to {url}: {e}"),
+    }
+}
+
 async fn session(
     base: &str,
     args: &TailArgs,
@@ -157,17 +176,7 @@ async fn session(
     connected_once: &mut bool,
 ) -> anyhow::Result<SessionEnd> {
     let url = feed_url(base, args, since.as_deref());
-    let mut request = url.as_str().into_client_request().with_context(|| format!("bad --url {}", args.url))?;
-    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).context("the token holds characters a header cannot")?;
-    request.headers_mut().insert("authorization", bearer);
-    let (mut socket, _) = match tokio_tungstenite::connect_async(request).await {
-        Ok(connected) => connected,
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default().trim().to_string();
-            bail!("{base} refused the connection ({}): {body} [token from {token_source}]", response.status());
-        }
-        Err(e) => bail!("cannot connect to {base}/feed: {e}"),
-    };
+    let mut socket = connect(&url, token, token_source).await?;
     *connected_once = true;
     let mut stdout = std::io::stdout();
     loop {
