@@ -10,6 +10,12 @@
 //!
 //! It decodes data written with the *same* schema it was planned from; data written with
 //! an older version still goes through apache-avro's schema resolution (see `avro.rs`).
+//!
+//! [`encode`] is the other direction, a serde `Serializer` that writes Avro binary along the
+//! plan. apache-avro's schema-aware serializer looks every struct field up by name in the
+//! schema; here fields are expected in schema order and each name is checked against the
+//! plan's. Anything the plan cannot express (a field out of order, a union with several
+//! non-null branches) is an error, and the caller falls back to apache-avro.
 //! Input comes from outside, so nothing here panics or trusts a length: every length and
 //! block count is checked against the bytes that remain before anything is allocated.
 
@@ -330,6 +336,304 @@ impl<'de> de::MapAccess<'de> for Fields<'_, '_, 'de> {
 
     fn size_hint(&self) -> Option<usize> {
         Some(self.fields.len())
+    }
+}
+
+fn write_long(out: &mut Vec<u8>, value: i64) {
+    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    while zigzag >= 0x80 {
+        out.push((zigzag as u8) | 0x80);
+        zigzag >>= 7;
+    }
+    out.push(zigzag as u8);
+}
+
+fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    write_long(out, bytes.len() as i64);
+    out.extend_from_slice(bytes);
+}
+
+/// Appends the Avro encoding of `value` along `plan` to `out`. On error `out` may hold a
+/// partial datum; the caller discards it.
+pub fn encode<T: serde::Serialize + ?Sized>(plan: &Plan, value: &T, out: &mut Vec<u8>) -> Result<(), PlanError> {
+    value.serialize(Writer { plan, out })
+}
+
+/// Writes one value of `plan`.
+struct Writer<'p, 'o> {
+    plan: &'p Plan,
+    out: &'o mut Vec<u8>,
+}
+
+impl<'p, 'o> Writer<'p, 'o> {
+    /// The plan a present value is written with: the plan itself, or inside a union its one
+    /// non-null branch (after writing the branch index).
+    fn present(self) -> Result<Writer<'p, 'o>, PlanError> {
+        match self.plan {
+            Plan::Union(variants) => {
+                let mut non_null = variants.iter().enumerate().filter(|(_, v)| !matches!(v, Plan::Null));
+                match (non_null.next(), non_null.next()) {
+                    (Some((index, plan)), None) => {
+                        write_long(self.out, index as i64);
+                        Ok(Writer { plan, out: self.out })
+                    }
+                    _ => fail("a union with more than one non-null branch"),
+                }
+            }
+            _ => Ok(self),
+        }
+    }
+
+    fn integer(self, value: i64) -> Result<(), PlanError> {
+        let w = self.present()?;
+        match w.plan {
+            Plan::Long => write_long(w.out, value),
+            Plan::Int if i32::try_from(value).is_ok() => write_long(w.out, value),
+            Plan::Double => w.out.extend_from_slice(&(value as f64).to_le_bytes()),
+            _ => return fail(format!("integer {value} for {:?}", w.plan)),
+        }
+        Ok(())
+    }
+}
+
+impl<'p, 'o> serde::Serializer for Writer<'p, 'o> {
+    type Ok = ();
+    type Error = PlanError;
+    type SerializeSeq = Items<'p, 'o>;
+    type SerializeTuple = serde::ser::Impossible<(), PlanError>;
+    type SerializeTupleStruct = serde::ser::Impossible<(), PlanError>;
+    type SerializeTupleVariant = serde::ser::Impossible<(), PlanError>;
+    type SerializeMap = Items<'p, 'o>;
+    type SerializeStruct = Record<'p, 'o>;
+    type SerializeStructVariant = serde::ser::Impossible<(), PlanError>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), PlanError> {
+        let w = self.present()?;
+        match w.plan {
+            Plan::Boolean => w.out.push(u8::from(v)),
+            _ => return fail("boolean for a non-boolean field"),
+        }
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), PlanError> {
+        self.integer(v.into())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), PlanError> {
+        self.integer(v.into())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), PlanError> {
+        self.integer(v.into())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), PlanError> {
+        self.integer(v)
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), PlanError> {
+        self.integer(v.into())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), PlanError> {
+        self.integer(v.into())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), PlanError> {
+        self.integer(v.into())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), PlanError> {
+        self.integer(i64::try_from(v).or_else(|_| fail(format!("{v} does not fit a long")))?)
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), PlanError> {
+        let w = self.present()?;
+        match w.plan {
+            Plan::Float => w.out.extend_from_slice(&v.to_le_bytes()),
+            Plan::Double => w.out.extend_from_slice(&f64::from(v).to_le_bytes()),
+            _ => return fail("float for a non-float field"),
+        }
+        Ok(())
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), PlanError> {
+        let w = self.present()?;
+        match w.plan {
+            Plan::Double => w.out.extend_from_slice(&v.to_le_bytes()),
+            _ => return fail("double for a non-double field"),
+        }
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Result<(), PlanError> {
+        self.serialize_str(v.encode_utf8(&mut [0; 4]))
+    }
+    fn serialize_str(self, v: &str) -> Result<(), PlanError> {
+        let w = self.present()?;
+        match w.plan {
+            Plan::String | Plan::Bytes => write_bytes(w.out, v.as_bytes()),
+            Plan::Enum(symbols) => match symbols.iter().position(|s| s == v) {
+                Some(index) => write_long(w.out, index as i64),
+                None => return fail(format!("{v:?} is not a symbol of the enum")),
+            },
+            _ => return fail("string for a non-string field"),
+        }
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), PlanError> {
+        let w = self.present()?;
+        match w.plan {
+            Plan::Bytes => write_bytes(w.out, v),
+            _ => return fail("bytes for a non-bytes field"),
+        }
+        Ok(())
+    }
+    fn serialize_none(self) -> Result<(), PlanError> {
+        match self.plan {
+            Plan::Union(variants) => match variants.iter().position(|v| matches!(v, Plan::Null)) {
+                Some(index) => write_long(self.out, index as i64),
+                None => return fail("none for a union without null"),
+            },
+            Plan::Null => {}
+            _ => return fail("none for a field that is not nullable"),
+        }
+        Ok(())
+    }
+    fn serialize_some<T: serde::Serialize + ?Sized>(self, value: &T) -> Result<(), PlanError> {
+        value.serialize(self.present()?)
+    }
+    fn serialize_unit(self) -> Result<(), PlanError> {
+        self.serialize_none()
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), PlanError> {
+        self.serialize_none()
+    }
+    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<(), PlanError> {
+        self.serialize_str(variant)
+    }
+    fn serialize_newtype_struct<T: serde::Serialize + ?Sized>(self, _: &'static str, value: &T) -> Result<(), PlanError> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: serde::Serialize + ?Sized>(self, name: &'static str, _: u32, _: &'static str, _: &T) -> Result<(), PlanError> {
+        fail(format!("enum {name} with data"))
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<Items<'p, 'o>, PlanError> {
+        let w = self.present()?;
+        match (w.plan, len) {
+            (Plan::Array(item), Some(len)) => Ok(Items::start(item, len, w.out)),
+            (Plan::Array(_), None) => fail("a sequence of unknown length"),
+            _ => fail("sequence for a non-array field"),
+        }
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, PlanError> {
+        fail("tuples")
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeTupleStruct, PlanError> {
+        fail("tuple structs")
+    }
+    fn serialize_tuple_variant(self, _: &'static str, _: u32, _: &'static str, _: usize) -> Result<Self::SerializeTupleVariant, PlanError> {
+        fail("tuple variants")
+    }
+    fn serialize_map(self, len: Option<usize>) -> Result<Items<'p, 'o>, PlanError> {
+        let w = self.present()?;
+        match (w.plan, len) {
+            (Plan::Map(value), Some(len)) => Ok(Items::start(value, len, w.out)),
+            (Plan::Map(_), None) => fail("a map of unknown length"),
+            _ => fail("map for a non-map field"),
+        }
+    }
+    fn serialize_struct(self, name: &'static str, _: usize) -> Result<Record<'p, 'o>, PlanError> {
+        let w = self.present()?;
+        match w.plan {
+            Plan::Record(fields) => Ok(Record { fields: fields.iter(), out: w.out }),
+            _ => fail(format!("struct {name} for a non-record field")),
+        }
+    }
+    fn serialize_struct_variant(self, name: &'static str, _: u32, _: &'static str, _: usize) -> Result<Self::SerializeStructVariant, PlanError> {
+        fail(format!("enum {name} with fields"))
+    }
+}
+
+/// An array's items or a map's entries: one block of the known length, then the end.
+struct Items<'p, 'o> {
+    item: &'p Plan,
+    left: usize,
+    out: &'o mut Vec<u8>,
+}
+
+impl<'p, 'o> Items<'p, 'o> {
+    fn start(item: &'p Plan, len: usize, out: &'o mut Vec<u8>) -> Self {
+        if len > 0 {
+            write_long(out, len as i64);
+        }
+        Items { item, left: len, out }
+    }
+
+    fn item<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PlanError> {
+        value.serialize(Writer { plan: self.item, out: self.out })
+    }
+
+    fn end(self) -> Result<(), PlanError> {
+        if self.left != 0 {
+            return fail("fewer items than announced");
+        }
+        self.out.push(0);
+        Ok(())
+    }
+}
+
+impl serde::ser::SerializeSeq for Items<'_, '_> {
+    type Ok = ();
+    type Error = PlanError;
+
+    fn serialize_element<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PlanError> {
+        self.left = self.left.checked_sub(1).map_or_else(|| fail("more items than announced"), Ok)?;
+        self.item(value)
+    }
+
+    fn end(self) -> Result<(), PlanError> {
+        Items::end(self)
+    }
+}
+
+impl serde::ser::SerializeMap for Items<'_, '_> {
+    type Ok = ();
+    type Error = PlanError;
+
+    fn serialize_key<T: serde::Serialize + ?Sized>(&mut self, key: &T) -> Result<(), PlanError> {
+        self.left = self.left.checked_sub(1).map_or_else(|| fail("more entries than announced"), Ok)?;
+        key.serialize(Writer { plan: &Plan::String, out: self.out })
+    }
+
+    fn serialize_value<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PlanError> {
+        self.item(value)
+    }
+
+    fn end(self) -> Result<(), PlanError> {
+        Items::end(self)
+    }
+}
+
+/// A record's fields, which must come in schema order.
+struct Record<'p, 'o> {
+    fields: std::slice::Iter<'p, (String, Plan)>,
+    out: &'o mut Vec<u8>,
+}
+
+impl serde::ser::SerializeStruct for Record<'_, '_> {
+    type Ok = ();
+    type Error = PlanError;
+
+    fn serialize_field<T: serde::Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), PlanError> {
+        match self.fields.next() {
+            Some((name, plan)) if name == key => value.serialize(Writer { plan, out: self.out }),
+            Some((name, _)) => fail(format!("field {key} where the schema has {name}")),
+            None => fail(format!("field {key} is not in the schema")),
+        }
+    }
+
+    fn end(mut self) -> Result<(), PlanError> {
+        match self.fields.next() {
+            None => Ok(()),
+            Some((name, _)) => fail(format!("field {name} was not written")),
+        }
+    }
+}
+
+impl serde::ser::Error for PlanError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        PlanError(msg.to_string())
     }
 }
 
