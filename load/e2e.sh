@@ -4,8 +4,11 @@
 # forwarded unchanged) in the same run: the ratio says what detection costs on this
 # machine beyond what the broker alone allows.
 #
-#   load/e2e.sh [RATE] [SECONDS]     (default 0 = as fast as possible, 20 s; or e.g. 5000 30)
+#   load/e2e.sh [RATE] [SECONDS] [ROUNDS]   (default 0 = as fast as possible, 20 s, 1 round;
+#                                            or e.g. 5000 30 3)
 #
+# With several rounds the lanes alternate (baseline, pipeline, baseline, ...), so a noisy
+# neighbour slows both alike, and each round's ratio is printed.
 # One instance runs all five stages and serves the live feed; topics are fresh per lane.
 # `threatpipe load` reads the alerts topic and, as a person watching would, the feed (a
 # token for all tenants). FETCH_WAIT_MS sets the stages' fetch.wait.max.ms (librdkafka's
@@ -14,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE="${1:-0}"
 SECONDS_="${2:-20}"
+ROUNDS="${3:-1}"
 BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/threatpipe/target}"
 cargo build --release --locked -q
@@ -49,15 +53,20 @@ lane() { # name passthrough(true|false)
   kill -TERM "${pids[-1]}"; wait "${pids[-1]}" || true
 }
 
-lane baseline true
-lane pipeline false
-python3 - <<'PY'
-import json
-b = json.load(open("/tmp/threatpipe-e2e-baseline.json")); p = json.load(open("/tmp/threatpipe-e2e-pipeline.json"))
-tb, tp = b.get("pipeline_events_per_second"), p.get("pipeline_events_per_second")
-if tb and tp:
-    print(f"\nthroughput through all five hops: pipeline {tp:.0f} events/s, pass-through {tb:.0f} events/s, ratio {tp / tb:.2f}")
-lp, lb = p["latency_ms"], b["latency_ms"]
-if lp and lb:
-    print(f"end-to-end p99: pipeline {lp['p99']:.1f} ms (events that raised alerts), pass-through {lb['p99']:.1f} ms")
+for round in $(seq 1 "$ROUNDS"); do
+  lane "baseline-$round" true
+  lane "pipeline-$round" false
+done
+ROUNDS="$ROUNDS" python3 - <<'PY'
+import json, os
+print()
+for r in range(1, int(os.environ["ROUNDS"]) + 1):
+    b = json.load(open(f"/tmp/threatpipe-e2e-baseline-{r}.json")); p = json.load(open(f"/tmp/threatpipe-e2e-pipeline-{r}.json"))
+    tb, tp = b.get("pipeline_events_per_second"), p.get("pipeline_events_per_second")
+    if tb and tp:
+        print(f"round {r}: throughput through all five hops: pipeline {tp:.0f} events/s, pass-through {tb:.0f} events/s, ratio {tp / tb:.2f}")
+    lp, lb, lf = p["latency_ms"], b["latency_ms"], (p.get("feed") or {}).get("latency_ms")
+    if lp and lb:
+        feed = f", to a feed client {lf['p99']:.1f} ms" if lf else ""
+        print(f"round {r}: end-to-end p99: pipeline {lp['p99']:.1f} ms (events that raised alerts){feed}, pass-through {lb['p99']:.1f} ms")
 PY

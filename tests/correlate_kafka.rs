@@ -110,9 +110,6 @@ fn the_survivor_of_a_kill_finishes_the_windows_and_each_fires_once() {
         ("TOPICS__DLQ", dlq.clone()),
         ("CORRELATE__CHECKPOINT", std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())),
         ("CORRELATE__CHECKPOINT_PREFIX", unique("tp-test:corr-kill")),
-        // Tansu 0.6 skips the rest of a batch when a fetch starts inside it (README, known
-        // issues); one record per batch keeps a resumed reader from losing records.
-        ("KAFKA__PRODUCER__BATCH_NUM_MESSAGES", "1".into()),
     ] {
         env.insert(format!("THREATPIPE_{key}"), value);
     }

@@ -64,7 +64,6 @@ fn scored_events_carry_parts_and_features_and_a_restart_keeps_the_baselines() {
         ("ML__MODEL", model.display().to_string()),
         ("ML__CHECKPOINT", std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())),
         ("ML__CHECKPOINT_PREFIX", unique("tp-test:ml-kafka")),
-        ("KAFKA__PRODUCER__BATCH_NUM_MESSAGES", "1".into()),
     ] {
         env.insert(format!("THREATPIPE_{key}"), value);
     }

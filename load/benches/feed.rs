@@ -121,10 +121,6 @@ fn main() {
     for (key, value) in [
         ("KAFKA__GROUP_PREFIX", run.clone()),
         ("KAFKA__CREATE_TOPICS", "false".into()),
-        // Tansu answers a fetch after fetch.wait.max.ms even when data arrived sooner, so
-        // this bounds each hop's latency (librdkafka's default, 500 ms, makes it ~2 s over
-        // five hops); FEED_FETCH_WAIT_MS overrides it.
-        ("KAFKA__CONSUMER__FETCH_WAIT_MAX_MS", std::env::var("FEED_FETCH_WAIT_MS").unwrap_or_else(|_| "20".into())),
         ("ALERT__DEDUPE", redis_url.clone()),
         ("ALERT__DEDUPE_PREFIX", format!("threatpipe:{run}:dedupe")),
         ("ALERT__CHANNEL", channel.clone()),
@@ -133,6 +129,11 @@ fn main() {
         ("ML__CHECKPOINT", "memory".into()),
     ] {
         env.insert(format!("THREATPIPE_{key}"), value);
+    }
+    // The stages' fetch.wait.max.ms, when given (librdkafka's default otherwise; with the
+    // patched Tansu of scripts/services.sh a fetch answers as soon as records are there).
+    if let Ok(wait) = std::env::var("FEED_FETCH_WAIT_MS") {
+        env.insert("THREATPIPE_KAFKA__CONSUMER__FETCH_WAIT_MAX_MS".into(), wait);
     }
     for t in 0..tenants {
         env.insert(format!("THREATPIPE_FEED__TOKENS__tok-tenant-{t:02}"), format!("tenant-{t:02}"));
