@@ -65,6 +65,7 @@ build_tansu() {
   rm -rf "$work" && mkdir -p "$work"
   fetch_crate tansu "$TANSU_VERSION" "$TANSU_SHA256" "$work"
   fetch_crate tansu-storage "$TANSU_VERSION" "$TANSU_STORAGE_SHA256" "$work"
+  command -v patch >/dev/null 2>&1 || apt_install patch
   for p in "$TANSU_PATCHES"/*.patch; do
     patch -s -p1 -d "$work/tansu-storage-$TANSU_VERSION" <"$p" || die "applying $p failed"
   done
