@@ -34,11 +34,16 @@ apt_install() {
 }
 
 # --- Tansu -------------------------------------------------------------------------------
-# Tansu 0.6.0 from crates.io with one patch of ours (scripts/tansu/*.patch): its fetch slept
-# out the rest of fetch.wait.max.ms after every read, records or not, so each consumer hop
-# cost up to twice that wait; patched, a fetch answers as soon as records are there, as
-# Kafka does. The binary is cached under a name that includes the patch's hash, so a
-# changed patch builds a new one and an unchanged one is reused.
+# Tansu 0.6.0 from crates.io with our patches (scripts/tansu/*.patch), both to its fetch:
+#   0001: it slept out the rest of fetch.wait.max.ms after every read, records or not, so
+#         each consumer hop cost up to twice that wait; patched, a fetch answers as soon as
+#         records are there, as Kafka does.
+#   0002: it listed every stored batch of the partition on each fetch (O(batches)), and a
+#         fetch from inside a batch skipped the rest of that batch (a consumer resuming
+#         mid-batch lost records); patched, batches are read one after another from the one
+#         that holds the offset. The tests rely on this: they produce ordinary batches.
+# The binary is cached under a name that includes the patches' hash, so a changed patch
+# builds a new one and an unchanged one is reused.
 TANSU_VERSION=0.6.0
 TANSU_SHA256=4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d
 TANSU_STORAGE_SHA256=720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d
@@ -82,7 +87,16 @@ build_tansu() {
 }
 
 start_tansu() {
-  if port_open 9092; then log "Kafka protocol already on 127.0.0.1:9092"; return; fi
+  if port_open 9092; then
+    log "Kafka protocol already on 127.0.0.1:9092"
+    local running
+    running="$(pgrep -f 'tansu broker' | head -n 1 || true)"
+    if [ -n "$running" ] && [ "$(readlink -f "/proc/$running/exe" 2>/dev/null)" != "$(readlink -f "$TANSU_HOME/bin/tansu" 2>/dev/null)" ]; then
+      log "WARNING: the Tansu on 9092 ($(readlink -f "/proc/$running/exe" 2>/dev/null || echo unknown)) is not $TANSU_HOME/bin/tansu;"
+      log "         an unpatched Tansu loses records when a stage resumes inside a batch. Stop it and rerun."
+    fi
+    return
+  fi
   local tansu
   if ! tansu="$(find_tansu)"; then
     build_tansu
