@@ -376,6 +376,42 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Damaged frames (bytes flipped, cut, or inserted anywhere in a real event's
+        /// encoding) never panic the direct decoder, and what it accepts apache-avro
+        /// accepts too, with the same value. The converse does not hold: apache-avro 0.20
+        /// reads a datum cut inside a trailing union (`score`) as null and returns the
+        /// event without its score; the direct decoder calls that frame truncated.
+        #[test]
+        fn direct_decoding_of_damaged_frames_agrees_with_apache_avro(
+            edits in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY, 0u8..3), 1..6),
+        ) {
+            let mut bytes = encode_event(&full_event()).unwrap();
+            for (at, byte, kind) in edits {
+                let at = FRAME_HEADER_BYTES + at % (bytes.len() - FRAME_HEADER_BYTES).max(1);
+                match kind {
+                    0 => {
+                        let last = bytes.len() - 1;
+                        bytes[at.min(last)] = byte;
+                    }
+                    1 => bytes.truncate(at.max(FRAME_HEADER_BYTES + 1)),
+                    _ => {
+                        let end = bytes.len();
+                        bytes.insert(at.min(end), byte);
+                    }
+                }
+            }
+            let direct = decode_event(&bytes);
+            let generic: Result<Event, _> = decode_resolving(SchemaKind::Event, 101, &bytes);
+            if let Ok(direct) = direct {
+                match generic {
+                    Ok(generic) => proptest::prop_assert_eq!(direct, generic),
+                    Err(e) => proptest::prop_assert!(false, "direct decoded {} but apache-avro refused: {e}", direct.id),
+                }
+            }
+        }
+    }
+
     #[test]
     fn event_round_trips_with_every_field_set() {
         let event = full_event();
