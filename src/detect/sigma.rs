@@ -50,7 +50,14 @@ pub struct SigmaRules {
     /// One gate over every partition: for events of a route beyond [`MAX_ROUTE_GATES`], and
     /// for [`SigmaRules::gate_stats`]. Built on first use.
     all_gate: std::sync::OnceLock<LiteralGate>,
+    /// The routes of each logsource set seen, so an event pays one hash lookup instead of
+    /// up to eight map lookups with owned keys per logsource. Bounded by
+    /// [`MAX_CACHED_ROUTES`]; beyond it routes are computed each time.
+    route_cache: std::sync::RwLock<ahash::AHashMap<String, std::sync::Arc<[usize]>>>,
 }
+
+/// Distinct logsource sets whose routes are kept.
+const MAX_CACHED_ROUTES: usize = 4096;
 
 /// Distinct routes that get a gate of their own; an event of any further route uses the
 /// gate over every partition (same results, slower). Real traffic has a few dozen.
@@ -122,7 +129,7 @@ pub fn parse_paths(paths: &[PathBuf]) -> ParsedRules {
 
 impl SigmaRules {
     pub fn empty() -> Self {
-        Self { partitions: Vec::new(), by_key: Default::default(), route_gates: Default::default(), all_gate: Default::default() }
+        Self { partitions: Vec::new(), by_key: Default::default(), route_gates: Default::default(), all_gate: Default::default(), route_cache: Default::default() }
     }
 
     /// Partitions the rules by logsource and compiles each partition; errors carry the index
@@ -149,7 +156,7 @@ impl SigmaRules {
             }
             partitions.push(engine);
         }
-        (Self { partitions, by_key, route_gates: Default::default(), all_gate: Default::default() }, errors)
+        (Self { partitions, by_key, route_gates: Default::default(), all_gate: Default::default(), route_cache: Default::default() }, errors)
     }
 
     /// The partitions whose rules an event of any of `sources` may meet, each once. Every
@@ -172,6 +179,33 @@ impl SigmaRules {
                     }
                 }
             }
+        }
+        routes
+    }
+
+    /// [`SigmaRules::routes`], remembered per logsource set.
+    fn cached_routes(&self, sources: &[LogSource]) -> std::sync::Arc<[usize]> {
+        let mut key = String::with_capacity(64);
+        for source in sources {
+            for part in [&source.product, &source.category, &source.service] {
+                match part {
+                    Some(value) => {
+                        key.push('\u{1}');
+                        key.push_str(value);
+                    }
+                    None => key.push('\u{0}'),
+                }
+            }
+            key.push('\u{2}');
+        }
+        // A poisoned lock only means a panic elsewhere while it was held; the map is whole.
+        if let Some(routes) = self.route_cache.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return routes.clone();
+        }
+        let routes: std::sync::Arc<[usize]> = self.routes(sources).into();
+        let mut cache = self.route_cache.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() < MAX_CACHED_ROUTES {
+            cache.insert(key, routes.clone());
         }
         routes
     }
@@ -247,7 +281,7 @@ impl SigmaRules {
     /// Every rule of the event's logsource that matches it.
     pub fn evaluate(&self, event: &Event) -> Vec<Match> {
         let sources = logsources(event);
-        let routes = self.routes(&sources);
+        let routes = self.cached_routes(&sources);
         if routes.is_empty() {
             return Vec::new();
         }
@@ -260,7 +294,7 @@ impl SigmaRules {
     pub fn matching_ids_normalized(&self, event: &Event, doc: &SigmaDoc<'_>) -> Vec<String> {
         let mut sources = logsources(event);
         sources.push(LogSource { product: Some("threatpipe".into()), category: Some(event.class.as_str().into()), ..LogSource::default() });
-        self.evaluate_gated(&self.routes(&sources), doc)
+        self.evaluate_gated(&self.cached_routes(&sources), doc)
             .into_iter()
             .map(rule_name)
             .collect()
