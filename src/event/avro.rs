@@ -181,11 +181,11 @@ pub fn encode<T: Serialize>(kind: SchemaKind, value: &T) -> Result<Vec<u8>, Avro
     out.push(MAGIC_BYTE);
     out.extend_from_slice(&id.to_be_bytes());
     if let Some(plan) = REGISTRY.plans.get(&id) {
-        if super::avro_plan::encode(plan, value, &mut out).is_ok() {
-            return Ok(out);
-        }
-        // Something the plan cannot express: apache-avro writes it (or says why not).
-        out.truncate(FRAME_HEADER_BYTES);
+        // No fallback to apache-avro on error: its writer puts struct fields where they are
+        // in the Rust type, not where the schema has them (tested below), so a type that
+        // disagrees with its schema must fail here, loudly, rather than be written wrong.
+        super::avro_plan::encode(plan, value, &mut out).map_err(|e| AvroError::Encode { kind: kind.as_str(), detail: e.to_string() })?;
+        return Ok(out);
     }
     apache_avro::write_avro_datum_ref(schema, value, &mut out)
         .map_err(|e| AvroError::Encode { kind: kind.as_str(), detail: e.to_string() })?;
@@ -452,6 +452,49 @@ mod tests {
         // The direct encoder writes what apache-avro writes.
         assert_eq!(encode_alert(&alert).unwrap(), apache_avro_frame(SchemaKind::Alert, &alert));
         assert_eq!(encode_dead_letter(&dead).unwrap(), apache_avro_frame(SchemaKind::DeadLetter, &dead));
+    }
+
+    #[test]
+    fn a_type_whose_fields_disagree_with_the_schema_is_refused_not_written_wrong() {
+        // The alert's fields in another order than the schema's.
+        #[derive(Serialize)]
+        struct Reordered<'a> {
+            tenant: &'a str,
+            id: &'a str,
+            time_us: i64,
+            last_seen_us: i64,
+            severity: Severity,
+            title: &'a str,
+            rule_ids: Vec<String>,
+            entity: &'a str,
+            risk: Option<f64>,
+            count: i64,
+            attack_tactics: Vec<String>,
+            attack_techniques: Vec<String>,
+            event_ids: Vec<String>,
+            summary: Option<String>,
+        }
+        let reordered = Reordered {
+            tenant: "acme",
+            id: "a1",
+            time_us: 5,
+            last_seen_us: 6,
+            severity: Severity::High,
+            title: "t",
+            rule_ids: vec!["r".into()],
+            entity: "e",
+            risk: None,
+            count: 2,
+            attack_tactics: vec![],
+            attack_techniques: vec![],
+            event_ids: vec!["x".into()],
+            summary: Some("s".into()),
+        };
+        let error = encode(SchemaKind::Alert, &reordered).unwrap_err().to_string();
+        assert!(error.contains("field tenant where the schema has id"), "{error}");
+        // apache-avro 0.20 writes it by position: the tenant lands in the id.
+        let written_by_apache_avro = decode_alert(&apache_avro_frame(SchemaKind::Alert, &reordered)).unwrap();
+        assert_eq!((written_by_apache_avro.id.as_str(), written_by_apache_avro.tenant.as_str()), ("acme", "a1"));
     }
 
     /// `value` framed and encoded by apache-avro's own writer: the reference.

@@ -14,8 +14,11 @@
 //! [`encode`] is the other direction, a serde `Serializer` that writes Avro binary along the
 //! plan. apache-avro's schema-aware serializer looks every struct field up by name in the
 //! schema; here fields are expected in schema order and each name is checked against the
-//! plan's. Anything the plan cannot express (a field out of order, a union with several
-//! non-null branches) is an error, and the caller falls back to apache-avro.
+//! plan's. Each Rust value must meet exactly its Avro type (no promotions). Anything else
+//! (a field out of order, a union with several non-null branches, an int for a double) is
+//! an error that names the field. There is deliberately no fallback to apache-avro: its
+//! 0.20 writer places struct fields by their position in the Rust type, so a type out of
+//! step with its schema would be written with values in the wrong fields.
 //! Input comes from outside, so nothing here panics or trusts a length: every length and
 //! block count is checked against the bytes that remain before anything is allocated.
 
@@ -389,7 +392,6 @@ impl<'p, 'o> Writer<'p, 'o> {
         match w.plan {
             Plan::Long => write_long(w.out, value),
             Plan::Int if i32::try_from(value).is_ok() => write_long(w.out, value),
-            Plan::Double => w.out.extend_from_slice(&(value as f64).to_le_bytes()),
             _ => return fail(format!("integer {value} for {:?}", w.plan)),
         }
         Ok(())
@@ -443,7 +445,6 @@ impl<'p, 'o> serde::Serializer for Writer<'p, 'o> {
         let w = self.present()?;
         match w.plan {
             Plan::Float => w.out.extend_from_slice(&v.to_le_bytes()),
-            Plan::Double => w.out.extend_from_slice(&f64::from(v).to_le_bytes()),
             _ => return fail("float for a non-float field"),
         }
         Ok(())
@@ -462,7 +463,7 @@ impl<'p, 'o> serde::Serializer for Writer<'p, 'o> {
     fn serialize_str(self, v: &str) -> Result<(), PlanError> {
         let w = self.present()?;
         match w.plan {
-            Plan::String | Plan::Bytes => write_bytes(w.out, v.as_bytes()),
+            Plan::String => write_bytes(w.out, v.as_bytes()),
             Plan::Enum(symbols) => match symbols.iter().position(|s| s == v) {
                 Some(index) => write_long(w.out, index as i64),
                 None => return fail(format!("{v:?} is not a symbol of the enum")),
