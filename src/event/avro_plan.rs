@@ -253,6 +253,8 @@ struct Blocks<'p, 'a, 'de> {
     item: &'p Plan,
     input: &'a mut &'de [u8],
     left_in_block: u64,
+    /// Items announced so far, over all blocks.
+    announced: u64,
     done: bool,
 }
 
@@ -262,7 +264,7 @@ const MAX_ITEMS: u64 = 1 << 24;
 
 impl<'p, 'a, 'de> Blocks<'p, 'a, 'de> {
     fn new(item: &'p Plan, input: &'a mut &'de [u8]) -> Self {
-        Blocks { item, input, left_in_block: 0, done: false }
+        Blocks { item, input, left_in_block: 0, announced: 0, done: false }
     }
 
     /// Whether another item follows (reading the next block header when needed).
@@ -280,8 +282,9 @@ impl<'p, 'a, 'de> Blocks<'p, 'a, 'de> {
                 read_long(self.input)?; // the block's size in bytes, not needed
             }
             let count = count.unsigned_abs();
-            if count > MAX_ITEMS {
-                return fail(format!("block of {count} items"));
+            self.announced = self.announced.saturating_add(count);
+            if self.announced > MAX_ITEMS {
+                return fail(format!("more than {MAX_ITEMS} items in one array or map"));
             }
             self.left_in_block = count;
         }
@@ -675,5 +678,14 @@ mod tests {
         }
         forged.push(n as u8);
         assert!(decode::<Vec<()>>(&nulls, &mut forged.as_slice()).is_err());
+        // Many blocks of 2^23 nulls each (4 bytes per block header): refused once the
+        // total passes the cap, not looped over block after block.
+        let mut blocks = Vec::new();
+        for _ in 0..64 {
+            blocks.extend_from_slice(&[0x80, 0x80, 0x80, 0x08]); // 2^23, zig-zag encoded
+        }
+        blocks.push(0);
+        let error = decode::<Vec<()>>(&nulls, &mut blocks.as_slice()).unwrap_err().to_string();
+        assert!(error.contains("items in one array"), "{error}");
     }
 }
