@@ -395,6 +395,7 @@ impl Literals {
 
 /// A gated rule: where it lives and the clauses checked after its primary clause fired.
 struct GatedRule {
+    /// The caller's id of its partition.
     partition: u32,
     local: u32,
     other_clauses: Vec<Vec<u32>>,
@@ -445,8 +446,8 @@ pub struct LiteralGate {
     /// Literal id → gated rules whose primary (most selective) clause contains it.
     by_literal: Vec<Vec<u32>>,
     gated: Vec<GatedRule>,
-    /// Per partition: local indexes of the rules with no gate.
-    ungated: Vec<Vec<u32>>,
+    /// Per partition (the caller's id): local indexes of the rules with no gate.
+    ungated: Vec<(usize, Vec<u32>)>,
 }
 
 /// A set of small ids (literals, rules) as bits, for one event.
@@ -474,11 +475,12 @@ impl IdSet {
 pub type Candidates = Vec<(usize, Vec<u32>)>;
 
 impl LiteralGate {
-    /// Analyses every rule of every partition (`partitions[p]` are partition p's rules).
-    pub fn build(partitions: &[&[CompiledRule]]) -> Self {
+    /// Analyses every rule of every partition, given as (the caller's id for the
+    /// partition, its rules); [`LiteralGate::candidates`] answers in those ids.
+    pub fn build(partitions: &[(usize, &[CompiledRule])]) -> Self {
         let mut literals = Literals::default();
         let mut cnfs = Vec::new();
-        for rules in partitions {
+        for (_, rules) in partitions {
             cnfs.push(rules.iter().map(|rule| literals.rule(rule)).collect::<Vec<_>>());
         }
         // How many literals share each 4-byte window: common windows make poor anchors.
@@ -509,11 +511,13 @@ impl LiteralGate {
 
         let mut gated = Vec::new();
         let mut by_literal = vec![Vec::new(); literals.texts.len()];
-        let mut ungated = vec![Vec::new(); partitions.len()];
-        for (partition, rules) in cnfs.into_iter().enumerate() {
+        let mut ungated: Vec<(usize, Vec<u32>)> = partitions.iter().map(|&(id, _)| (id, Vec::new())).collect();
+        for ((partition, _), rules) in partitions.iter().zip(cnfs) {
             for (local, mut cnf) in rules.into_iter().enumerate() {
                 if cnf.0.is_empty() {
-                    ungated[partition].push(local as u32);
+                    if let Some((_, locals)) = ungated.iter_mut().find(|(id, _)| id == partition) {
+                        locals.push(local as u32);
+                    }
                     continue;
                 }
                 let primary = (0..cnf.0.len())
@@ -524,7 +528,7 @@ impl LiteralGate {
                 for &literal in &primary {
                     by_literal[literal as usize].push(rule);
                 }
-                gated.push(GatedRule { partition: partition as u32, local: local as u32, other_clauses: cnf.0 });
+                gated.push(GatedRule { partition: *partition as u32, local: local as u32, other_clauses: cnf.0 });
             }
         }
         let mut screen = vec![0u64; 1 << (SCREEN_BITS - 6)];
@@ -576,7 +580,7 @@ impl LiteralGate {
 
     /// Rules evaluated on every event of their partition.
     pub fn ungated_count(&self) -> usize {
-        self.ungated.iter().map(Vec::len).sum()
+        self.ungated.iter().map(|(_, locals)| locals.len()).sum()
     }
 
     /// Marks every literal that occurs in `text` (ASCII-case-insensitively): each position
@@ -611,10 +615,11 @@ impl LiteralGate {
         }
     }
 
-    /// The rules of `routes` (partition indexes) that can match an event whose string
-    /// values `visit` yields, per partition in `routes` order.
+    /// The rules of `routes` (partition ids as given to [`LiteralGate::build`]) that can
+    /// match an event whose string values `visit` yields, per partition in `routes` order.
     pub fn candidates(&self, routes: &[usize], visit: impl FnOnce(&mut dyn FnMut(&str))) -> Candidates {
-        let mut out: Candidates = routes.iter().map(|&p| (p, self.ungated.get(p).cloned().unwrap_or_default())).collect();
+        let ungated = |p: usize| self.ungated.iter().find(|(id, _)| *id == p).map(|(_, locals)| locals.clone()).unwrap_or_default();
+        let mut out: Candidates = routes.iter().map(|&p| (p, ungated(p))).collect();
         if self.spans.is_empty() {
             return out;
         }
@@ -658,7 +663,7 @@ mod tests {
     fn gate(yaml: &str) -> (LiteralGate, Vec<CompiledRule>) {
         let collection = rsigma_parser::parse_sigma_yaml(yaml).expect("rule parses");
         let rules: Vec<CompiledRule> = collection.rules.iter().map(|r| rsigma_eval::compile_rule(r).expect("compiles")).collect();
-        (LiteralGate::build(&[&rules]), rules)
+        (LiteralGate::build(&[(0, &rules)]), rules)
     }
 
     fn candidates(gate: &LiteralGate, values: &[&str]) -> Vec<u32> {

@@ -50,10 +50,18 @@ pub struct SigmaRules {
     /// One gate over every partition: for events of a route beyond [`MAX_ROUTE_GATES`], and
     /// for [`SigmaRules::gate_stats`]. Built on first use.
     all_gate: std::sync::OnceLock<LiteralGate>,
-    /// The routes of each logsource set seen, so an event pays one hash lookup instead of
-    /// up to eight map lookups with owned keys per logsource. Bounded by
-    /// [`MAX_CACHED_ROUTES`]; beyond it routes are computed each time.
-    route_cache: std::sync::RwLock<ahash::AHashMap<String, std::sync::Arc<[usize]>>>,
+    /// The route of each logsource set seen, so an event pays one hash lookup for its
+    /// partitions and their gate instead of up to eight map lookups with owned keys per
+    /// logsource and another for the gate. Bounded by [`MAX_CACHED_ROUTES`]; beyond it
+    /// routes are worked out each time.
+    route_cache: std::sync::RwLock<ahash::AHashMap<String, std::sync::Arc<Route>>>,
+}
+
+/// The partitions an event of some logsources meets, and the literal gate over them
+/// (`None`: beyond [`MAX_ROUTE_GATES`], the gate over every partition serves).
+struct Route {
+    partitions: Vec<usize>,
+    gate: Option<std::sync::Arc<LiteralGate>>,
 }
 
 /// Distinct logsource sets whose routes are kept.
@@ -183,8 +191,9 @@ impl SigmaRules {
         routes
     }
 
-    /// [`SigmaRules::routes`], remembered per logsource set.
-    fn cached_routes(&self, sources: &[LogSource]) -> std::sync::Arc<[usize]> {
+    /// The route of an event of `sources`: [`SigmaRules::routes`] and their gate,
+    /// remembered per logsource set.
+    fn route(&self, sources: &[LogSource]) -> std::sync::Arc<Route> {
         let mut key = String::with_capacity(64);
         for source in sources {
             for part in [&source.product, &source.category, &source.service] {
@@ -199,15 +208,17 @@ impl SigmaRules {
             key.push('\u{2}');
         }
         // A poisoned lock only means a panic elsewhere while it was held; the map is whole.
-        if let Some(routes) = self.route_cache.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return routes.clone();
+        if let Some(route) = self.route_cache.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return route.clone();
         }
-        let routes: std::sync::Arc<[usize]> = self.routes(sources).into();
+        let partitions = self.routes(sources);
+        let gate = self.route_gate(&partitions);
+        let route = std::sync::Arc::new(Route { partitions, gate });
         let mut cache = self.route_cache.write().unwrap_or_else(|e| e.into_inner());
         if cache.len() < MAX_CACHED_ROUTES {
-            cache.insert(key, routes.clone());
+            cache.insert(key, route.clone());
         }
-        routes
+        route
     }
 
     /// Loads every rule under each path.
@@ -280,12 +291,11 @@ impl SigmaRules {
 
     /// Every rule of the event's logsource that matches it.
     pub fn evaluate(&self, event: &Event) -> Vec<Match> {
-        let sources = logsources(event);
-        let routes = self.cached_routes(&sources);
-        if routes.is_empty() {
+        let route = self.route(&logsources(event));
+        if route.partitions.is_empty() {
             return Vec::new();
         }
-        self.evaluate_routes(&routes, &sigma_fields(event))
+        self.evaluate_route(&route, &sigma_fields(event))
     }
 
     /// Ids (or titles) of the rules that match the event as the correlate stage sees it
@@ -294,32 +304,21 @@ impl SigmaRules {
     pub fn matching_ids_normalized(&self, event: &Event, doc: &SigmaDoc<'_>) -> Vec<String> {
         let mut sources = logsources(event);
         sources.push(LogSource { product: Some("threatpipe".into()), category: Some(event.class.as_str().into()), ..LogSource::default() });
-        self.evaluate_gated(&self.cached_routes(&sources), doc)
+        self.evaluate_gated(&self.route(&sources), doc)
             .into_iter()
             .map(rule_name)
             .collect()
     }
 
-    /// rsigma's results for the rules of `routes` that pass the literal gate: the same as
+    /// rsigma's results for the rules of `route` that pass the literal gate: the same as
     /// every routed engine's `evaluate`, at a fraction of the cost.
-    fn evaluate_gated(&self, routes: &[usize], doc: &SigmaDoc<'_>) -> Vec<rsigma_eval::EvaluationResult> {
-        let visit = |visit: &mut dyn FnMut(&str)| {
+    fn evaluate_gated(&self, route: &Route, doc: &SigmaDoc<'_>) -> Vec<rsigma_eval::EvaluationResult> {
+        let gate = route.gate.as_deref().unwrap_or_else(|| self.all_gate());
+        let candidates = gate.candidates(&route.partitions, |visit| {
             for value in doc.fields.values() {
                 visit(value);
             }
-        };
-        let candidates = match self.route_gate(routes) {
-            // The route's gate numbers its partitions in route order.
-            Some(gate) => {
-                let order: Vec<usize> = (0..routes.len()).collect();
-                let mut candidates = gate.candidates(&order, visit);
-                for (partition, _) in &mut candidates {
-                    *partition = routes[*partition];
-                }
-                candidates
-            }
-            None => self.all_gate().candidates(routes, visit),
-        };
+        });
         let mut results = Vec::new();
         for (slot, locals) in candidates {
             let rules = self.partitions[slot].rules();
@@ -354,7 +353,7 @@ impl SigmaRules {
         if gates.len() >= MAX_ROUTE_GATES {
             return None;
         }
-        let rules: Vec<&[rsigma_eval::CompiledRule]> = routes.iter().map(|&slot| self.partitions[slot].rules()).collect();
+        let rules: Vec<(usize, &[rsigma_eval::CompiledRule])> = routes.iter().map(|&slot| (slot, self.partitions[slot].rules())).collect();
         let gate = std::sync::Arc::new(LiteralGate::build(&rules));
         gates.insert(routes.to_vec(), gate.clone());
         Some(gate)
@@ -362,7 +361,7 @@ impl SigmaRules {
 
     fn all_gate(&self) -> &LiteralGate {
         self.all_gate.get_or_init(|| {
-            let rules: Vec<&[rsigma_eval::CompiledRule]> = self.partitions.iter().map(Engine::rules).collect();
+            let rules: Vec<(usize, &[rsigma_eval::CompiledRule])> = self.partitions.iter().map(Engine::rules).enumerate().collect();
             LiteralGate::build(&rules)
         })
     }
@@ -374,8 +373,8 @@ impl SigmaRules {
         (gate.literal_count(), gate.ungated_count())
     }
 
-    fn evaluate_routes(&self, routes: &[usize], doc: &SigmaDoc<'_>) -> Vec<Match> {
-        let results = self.evaluate_gated(routes, doc);
+    fn evaluate_route(&self, route: &Route, doc: &SigmaDoc<'_>) -> Vec<Match> {
+        let results = self.evaluate_gated(route, doc);
         results
             .into_iter()
             .filter_map(|result| {
