@@ -66,7 +66,7 @@ fetch_crate() { # name version sha256 destdir
 
 build_tansu() {
   local work="$TANSU_HOME/build"
-  log "building patched Tansu $TANSU_VERSION (12-20 min on two cores, once; cached in $TANSU_HOME)"
+  log "building patched Tansu $TANSU_VERSION (10-20 min on two cores, once; cached in $TANSU_HOME)"
   rm -rf "$work" && mkdir -p "$work"
   fetch_crate tansu "$TANSU_VERSION" "$TANSU_SHA256" "$work"
   fetch_crate tansu-storage "$TANSU_VERSION" "$TANSU_STORAGE_SHA256" "$work"

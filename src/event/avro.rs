@@ -216,9 +216,7 @@ pub fn decode<T: DeserializeOwned>(kind: SchemaKind, bytes: &[u8]) -> Result<T, 
         let decode_err = |detail: String| AvroError::Decode { kind: kind.as_str(), id, detail };
         let mut body = &bytes[FRAME_HEADER_BYTES..];
         let value = super::avro_plan::decode(plan, &mut body).map_err(|e| decode_err(e.to_string()))?;
-        if !body.is_empty() {
-            return Err(decode_err(format!("{} trailing bytes after the datum", body.len())));
-        }
+        whole_datum_read(body).map_err(decode_err)?;
         return Ok(value);
     }
     decode_resolving(kind, id, bytes)
@@ -233,10 +231,17 @@ fn decode_resolving<T: DeserializeOwned>(kind: SchemaKind, id: u32, bytes: &[u8]
     let mut body = bytes;
     let value = registry.readers[&id].read_value(&mut body).map_err(|e| decode_err(e.to_string()))?;
     let value = if current_id == id { value } else { value.resolve(reader).map_err(|e| decode_err(e.to_string()))? };
-    if !body.is_empty() {
-        return Err(decode_err(format!("{} trailing bytes after the datum", body.len())));
-    }
+    whole_datum_read(body).map_err(decode_err)?;
     apache_avro::from_value(&value).map_err(|e| decode_err(e.to_string()))
+}
+
+/// A frame holds exactly one datum: what is left after it is an error.
+fn whole_datum_read(rest: &[u8]) -> Result<(), String> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} trailing bytes after the datum", rest.len()))
+    }
 }
 
 pub fn encode_event(event: &Event) -> Result<Vec<u8>, AvroError> {
