@@ -96,6 +96,9 @@ struct BenchReport {
     /// Matches of every kind in one pass.
     matches_per_pass: usize,
     sigma_hits_routed: usize,
+    /// Mean number of routed Sigma rules per event that pass the literal gate and are
+    /// evaluated by rsigma.
+    sigma_candidates_per_event: f64,
     sigma_hits_unrouted: Option<usize>,
 }
 
@@ -154,6 +157,7 @@ fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
     let count_unrouted = args.hits.is_some() || lane("unrouted");
     let mut per_rule: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
     let mut matches_per_pass = 0;
+    let mut candidates = 0;
     for (event, doc) in events.iter().zip(&docs) {
         if count_unrouted {
             for id in detector.sigma.evaluate_document_unrouted(doc) {
@@ -162,6 +166,7 @@ fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
         }
         let matches = detector.scan(event);
         matches_per_pass += matches.len();
+        candidates += detector.sigma.candidate_count(event);
         for m in matches.into_iter().filter(|m| m.kind == "sigma") {
             per_rule.entry(m.rule_id).or_default().1 += 1;
         }
@@ -238,6 +243,7 @@ fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
         parts_events_per_sec: parts,
         matches_per_pass,
         sigma_hits_routed: per_rule.values().map(|c| c.1).sum(),
+        sigma_candidates_per_event: (candidates as f64 / events.len() as f64 * 100.0).round() / 100.0,
         sigma_hits_unrouted: count_unrouted.then(|| per_rule.values().map(|c| c.0).sum()),
     };
     println!("{}", serde_json::to_string(&report)?);

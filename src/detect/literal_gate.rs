@@ -203,11 +203,26 @@ fn required(hir: &regex_syntax::hir::Hir) -> Option<Vec<String>> {
     }
 }
 
-/// Builds the literal table while rules are analysed.
+/// A literal's scope: the field whose value must contain it, or [`ANY_FIELD`] (keyword
+/// detections, which rsigma matches against every value).
+const ANY_FIELD: u32 = u32::MAX;
+
+/// Builds the literal table while rules are analysed. Clauses name *scoped* literals: a
+/// text (lowercased, interned once) in a scope. A detection item reads one field of the
+/// event (`get_field` of its name), so its literals must occur in that field's value, not
+/// just somewhere in the event: `\cmd.exe` required of `Image` is not satisfied by a
+/// `ParentImage` that ends with it.
 #[derive(Default)]
 struct Literals {
     texts: Vec<String>,
     ids: ahash::AHashMap<String, u32>,
+    fields: Vec<String>,
+    field_ids: ahash::AHashMap<String, u32>,
+    /// Scoped literal id → (text id, field id or [`ANY_FIELD`]).
+    scoped: Vec<(u32, u32)>,
+    scoped_ids: ahash::AHashMap<(u32, u32), u32>,
+    /// The scope of the matcher being analysed.
+    scope: u32,
 }
 
 impl Literals {
@@ -234,14 +249,45 @@ impl Literals {
         Some(self.literal(&text.to_ascii_lowercase()))
     }
 
+    /// The scoped literal for `lower` in the current scope.
     fn literal(&mut self, lower: &str) -> u32 {
-        if let Some(&id) = self.ids.get(lower) {
+        let text = match self.ids.get(lower) {
+            Some(&id) => id,
+            None => {
+                let id = self.texts.len() as u32;
+                self.texts.push(lower.to_string());
+                self.ids.insert(lower.to_string(), id);
+                id
+            }
+        };
+        let key = (text, self.scope);
+        if let Some(&id) = self.scoped_ids.get(&key) {
             return id;
         }
-        let id = self.texts.len() as u32;
-        self.texts.push(lower.to_string());
-        self.ids.insert(lower.to_string(), id);
+        let id = self.scoped.len() as u32;
+        self.scoped.push(key);
+        self.scoped_ids.insert(key, id);
         id
+    }
+
+    /// Analyses `f` with its literals scoped to `field` (`None`: any value).
+    fn scoped<T>(&mut self, field: Option<&str>, f: impl FnOnce(&mut Self) -> T) -> T {
+        let scope = match field {
+            None => ANY_FIELD,
+            Some(name) => match self.field_ids.get(name) {
+                Some(&id) => id,
+                None => {
+                    let id = self.fields.len() as u32;
+                    self.fields.push(name.to_string());
+                    self.field_ids.insert(name.to_string(), id);
+                    id
+                }
+            },
+        };
+        let outer = std::mem::replace(&mut self.scope, scope);
+        let out = f(self);
+        self.scope = outer;
+        out
     }
 
     /// A clause for a regex: literals one of which every match contains ([`required`]).
@@ -276,7 +322,7 @@ impl Literals {
         clause
             .iter()
             .map(|&id| {
-                let text = &self.texts[id as usize];
+                let text = &self.texts[self.scoped[id as usize].0 as usize];
                 if text == NON_ASCII {
                     return 0.25;
                 }
@@ -338,15 +384,16 @@ impl Literals {
     fn detection(&mut self, detection: &CompiledDetection) -> Cnf {
         match detection {
             CompiledDetection::AllOf(items) => items.iter().fold(Cnf::always(), |acc, item| {
-                // An item with a presence test matches without any literal.
-                let cnf = if item.exists.is_some() { Cnf::always() } else { self.matcher(&item.matcher) };
+                // An item with a presence test matches without any literal; any other reads
+                // the value of its field (a keyword item: every value).
+                let cnf = if item.exists.is_some() { Cnf::always() } else { self.scoped(item.field.as_deref(), |l| l.matcher(&item.matcher)) };
                 acc.and(cnf)
             }),
             CompiledDetection::AnyOf(children) => {
                 let parts: Vec<Cnf> = children.iter().map(|child| self.detection(child)).collect();
                 self.any(parts)
             }
-            CompiledDetection::Keywords(matcher) => self.matcher(matcher),
+            CompiledDetection::Keywords(matcher) => self.scoped(None, |l| l.matcher(matcher)),
             CompiledDetection::And(children) => children.iter().fold(Cnf::always(), |acc, child| {
                 let cnf = self.detection(child);
                 acc.and(cnf)
@@ -437,13 +484,22 @@ pub struct LiteralGate {
     /// cost of a lookup): slot → gram key (0 = empty) and its run in `anchored`.
     slot_keys: Vec<u32>,
     slot_runs: Vec<(u32, u32)>,
-    /// (literal id, offset of the anchor in the literal), grouped by anchor.
+    /// (text id, offset of the anchor in the text), grouped by anchor.
     anchored: Vec<(u32, u32)>,
     /// Pre-screen of the gram keys: a clear bit means no anchor hashes there.
     screen: Vec<u64>,
-    /// The [`NON_ASCII`] pseudo-literal, when some rule needs it.
+    /// The text id of the [`NON_ASCII`] pseudo-literal, when some rule needs it.
     non_ascii: Option<u32>,
-    /// Literal id → gated rules whose primary (most selective) clause contains it.
+    /// Text id → its scoped literals, as (field id or [`ANY_FIELD`], scoped id): a run of
+    /// `scopes` from `scope_starts[id]` to `scope_starts[id + 1]`.
+    scope_starts: Vec<u32>,
+    scopes: Vec<(u32, u32)>,
+    /// Field name → field id, for the fields scoped literals name.
+    field_ids: ahash::AHashMap<Box<str>, u32>,
+    /// Whether some literal is scoped to any value (a keyword detection): without one, a
+    /// value of a field no literal names is not scanned at all.
+    any_scoped: bool,
+    /// Scoped literal id → gated rules whose primary (most selective) clause contains it.
     by_literal: Vec<Vec<u32>>,
     gated: Vec<GatedRule>,
     /// Per partition (the caller's id): local indexes of the rules with no gate.
@@ -469,16 +525,30 @@ impl IdSet {
     fn contains(&self, id: u32) -> bool {
         self.0[(id / 64) as usize] & (1u64 << (id % 64)) != 0
     }
+
+    fn remove(&mut self, id: u32) {
+        self.0[(id / 64) as usize] &= !(1u64 << (id % 64));
+    }
 }
 
 /// Per-partition candidates of one event: local rule indexes, ascending.
 pub type Candidates = Vec<(usize, Vec<u32>)>;
 
+/// What one event's scan has found so far.
+struct Found {
+    /// Texts found in the value being scanned (cleared after each value).
+    texts: IdSet,
+    value_texts: Vec<u32>,
+    /// Scoped literals found in the event, as a set and in order found.
+    scoped: IdSet,
+    scoped_order: Vec<u32>,
+}
+
 impl LiteralGate {
     /// Analyses every rule of every partition, given as (the caller's id for the
     /// partition, its rules); [`LiteralGate::candidates`] answers in those ids.
     pub fn build(partitions: &[(usize, &[CompiledRule])]) -> Self {
-        let mut literals = Literals::default();
+        let mut literals = Literals { scope: ANY_FIELD, ..Literals::default() };
         let mut cnfs = Vec::new();
         for (_, rules) in partitions {
             cnfs.push(rules.iter().map(|rule| literals.rule(rule)).collect::<Vec<_>>());
@@ -495,22 +565,38 @@ impl LiteralGate {
         }
         let mut anchors: std::collections::BTreeMap<u32, Vec<(u32, u32)>> = Default::default();
         let non_ascii = literals.ids.get(NON_ASCII).copied();
-        // Literals no clause kept (a sibling made their clause void) are not looked for.
-        let mut used = vec![false; literals.texts.len()];
+        // Scoped literals no clause kept (a sibling made their clause void) are not looked
+        // for, nor are texts none of whose scoped literals is kept.
+        let mut used = vec![false; literals.scoped.len()];
         for cnf in cnfs.iter().flatten() {
             for &id in cnf.0.iter().flatten() {
                 used[id as usize] = true;
             }
         }
+        let mut text_scopes: Vec<Vec<(u32, u32)>> = vec![Vec::new(); literals.texts.len()];
+        for (id, &(text, field)) in literals.scoped.iter().enumerate() {
+            if used[id] {
+                text_scopes[text as usize].push((field, id as u32));
+            }
+        }
         for (id, text) in literals.texts.iter().enumerate() {
-            if used[id] && Some(id as u32) != non_ascii {
+            if !text_scopes[id].is_empty() && Some(id as u32) != non_ascii {
                 let (key, offset) = anchor(text.as_bytes(), &counts);
                 anchors.entry(key).or_default().push((id as u32, offset as u32));
             }
         }
+        let mut scope_starts = Vec::with_capacity(text_scopes.len() + 1);
+        let mut scopes = Vec::new();
+        for run in &text_scopes {
+            scope_starts.push(scopes.len() as u32);
+            scopes.extend_from_slice(run);
+        }
+        scope_starts.push(scopes.len() as u32);
+        let any_scoped = scopes.iter().any(|&(field, _)| field == ANY_FIELD);
+        let field_ids = literals.field_ids.iter().map(|(name, &id)| (Box::from(name.as_str()), id)).collect();
 
         let mut gated = Vec::new();
-        let mut by_literal = vec![Vec::new(); literals.texts.len()];
+        let mut by_literal = vec![Vec::new(); literals.scoped.len()];
         let mut ungated: Vec<(usize, Vec<u32>)> = partitions.iter().map(|&(id, _)| (id, Vec::new())).collect();
         for ((partition, _), rules) in partitions.iter().zip(cnfs) {
             for (local, mut cnf) in rules.into_iter().enumerate() {
@@ -554,10 +640,10 @@ impl LiteralGate {
                 ((text.len() - t.len()) as u32, t.len() as u32)
             })
             .collect();
-        Self { text, spans, slot_keys, slot_runs, anchored, screen, non_ascii, by_literal, gated, ungated }
+        Self { text, spans, slot_keys, slot_runs, anchored, screen, non_ascii, scope_starts, scopes, field_ids, any_scoped, by_literal, gated, ungated }
     }
 
-    /// Distinct literals the gate looks for.
+    /// Distinct literal texts the gate looks for.
     pub fn literal_count(&self) -> usize {
         self.anchored.len() + usize::from(self.non_ascii.is_some())
     }
@@ -583,10 +669,10 @@ impl LiteralGate {
         self.ungated.iter().map(|(_, locals)| locals.len()).sum()
     }
 
-    /// Marks every literal that occurs in `text` (ASCII-case-insensitively): each position
-    /// whose gram is an anchor (pre-screened by one bit) is checked against the literals
-    /// anchored there.
-    fn scan(&self, text: &str, present: &mut IdSet, found: &mut Vec<u32>) {
+    /// Marks every literal text that occurs in `text` (ASCII-case-insensitively) in
+    /// `found.texts`: each position whose gram is an anchor (pre-screened by one bit) is
+    /// checked against the texts anchored there.
+    fn scan(&self, text: &str, found: &mut Found) {
         let bytes = text.as_bytes();
         let mut check = |key: u32, gram_start: usize| {
             let (word, bit) = screen_slot(key);
@@ -594,15 +680,15 @@ impl LiteralGate {
                 return;
             }
             for &(literal, offset) in self.anchored(key) {
-                if present.contains(literal) {
+                if found.texts.contains(literal) {
                     continue;
                 }
                 let (start, len) = self.spans[literal as usize];
                 let needle = &self.text[start as usize..(start + len) as usize];
                 let Some(start) = gram_start.checked_sub(offset as usize) else { continue };
                 if bytes.get(start..start + needle.len()).is_some_and(|window| window.eq_ignore_ascii_case(needle)) {
-                    present.insert(literal);
-                    found.push(literal);
+                    found.texts.insert(literal);
+                    found.value_texts.push(literal);
                 }
             }
         };
@@ -616,26 +702,49 @@ impl LiteralGate {
     }
 
     /// The rules of `routes` (partition ids as given to [`LiteralGate::build`]) that can
-    /// match an event whose string values `visit` yields, per partition in `routes` order.
-    pub fn candidates(&self, routes: &[usize], visit: impl FnOnce(&mut dyn FnMut(&str))) -> Candidates {
+    /// match an event whose (field name, string value) pairs `visit` yields, per partition
+    /// in `routes` order.
+    pub fn candidates(&self, routes: &[usize], visit: impl FnOnce(&mut dyn FnMut(&str, &str))) -> Candidates {
         let ungated = |p: usize| self.ungated.iter().find(|(id, _)| *id == p).map(|(_, locals)| locals.clone()).unwrap_or_default();
         let mut out: Candidates = routes.iter().map(|&p| (p, ungated(p))).collect();
         if self.spans.is_empty() {
             return out;
         }
-        let mut present = IdSet::with_capacity(self.spans.len());
-        let mut found: Vec<u32> = Vec::new();
-        visit(&mut |value: &str| {
-            self.scan(value, &mut present, &mut found);
+        let mut found = Found {
+            texts: IdSet::with_capacity(self.spans.len()),
+            value_texts: Vec::new(),
+            scoped: IdSet::with_capacity(self.by_literal.len()),
+            scoped_order: Vec::new(),
+        };
+        visit(&mut |name: &str, value: &str| {
+            let field = match self.field_ids.get(name) {
+                Some(&id) => id,
+                // No literal is scoped to this field: only keyword literals can be in it.
+                None if !self.any_scoped => return,
+                None => ANY_FIELD,
+            };
+            self.scan(value, &mut found);
             if !value.is_ascii() {
-                self.scan(&fold(value), &mut present, &mut found);
-                if let Some(id) = self.non_ascii.filter(|&id| present.insert(id)) {
-                    found.push(id);
+                self.scan(&fold(value), &mut found);
+                if let Some(id) = self.non_ascii.filter(|&id| found.texts.insert(id)) {
+                    found.value_texts.push(id);
                 }
             }
+            // The value's texts, in this field's scope and in any value's.
+            let Found { texts, value_texts, scoped, scoped_order } = &mut found;
+            for &text in value_texts.iter() {
+                texts.remove(text);
+                let run = self.scope_starts[text as usize] as usize..self.scope_starts[text as usize + 1] as usize;
+                for &(scope, id) in &self.scopes[run] {
+                    if (scope == ANY_FIELD || scope == field) && scoped.insert(id) {
+                        scoped_order.push(id);
+                    }
+                }
+            }
+            value_texts.clear();
         });
         let mut seen = IdSet::with_capacity(self.gated.len());
-        for id in found {
+        for id in found.scoped_order {
             for &rule in &self.by_literal[id as usize] {
                 if !seen.insert(rule) {
                     continue;
@@ -644,7 +753,7 @@ impl LiteralGate {
                 let Some(slot) = out.iter_mut().find(|(p, _)| *p == gated.partition as usize) else {
                     continue;
                 };
-                if gated.other_clauses.iter().all(|clause| clause.iter().any(|&l| present.contains(l))) {
+                if gated.other_clauses.iter().all(|clause| clause.iter().any(|&l| found.scoped.contains(l))) {
                     slot.1.push(gated.local);
                 }
             }
@@ -666,10 +775,11 @@ mod tests {
         (LiteralGate::build(&[(0, &rules)]), rules)
     }
 
-    fn candidates(gate: &LiteralGate, values: &[&str]) -> Vec<u32> {
+    /// Candidates for an event of (field, value) pairs.
+    fn candidates(gate: &LiteralGate, fields: &[(&str, &str)]) -> Vec<u32> {
         let mut out = gate.candidates(&[0], |visit| {
-            for v in values {
-                visit(v);
+            for (name, value) in fields {
+                visit(name, value);
             }
         });
         out.pop().map(|(_, c)| c).unwrap_or_default()
@@ -689,9 +799,9 @@ detection:
     fn conjunctions_need_every_selection() {
         let (gate, _) = gate(RULE);
         assert_eq!(gate.ungated_count(), 0);
-        assert_eq!(candidates(&gate, &["C:\\Windows\\CERTUTIL.exe", "certutil -URLcache -f"]), vec![0]);
-        assert!(candidates(&gate, &["C:\\Windows\\certutil.exe", "certutil -f"]).is_empty());
-        assert!(candidates(&gate, &["cmd.exe", "-decode"]).is_empty());
+        assert_eq!(candidates(&gate, &[("Image", "C:\\Windows\\CERTUTIL.exe"), ("CommandLine", "certutil -URLcache -f")]), vec![0]);
+        assert!(candidates(&gate, &[("Image", "C:\\Windows\\certutil.exe"), ("CommandLine", "certutil -f")]).is_empty());
+        assert!(candidates(&gate, &[("Image", "cmd.exe"), ("CommandLine", "-decode")]).is_empty());
     }
 
     #[test]
@@ -707,7 +817,7 @@ detection:
 "#,
         );
         assert_eq!(gate.ungated_count(), 1);
-        assert_eq!(candidates(&gate, &["nothing"]), vec![0]);
+        assert_eq!(candidates(&gate, &[("CommandLine", "nothing")]), vec![0]);
     }
 
     #[test]
@@ -722,9 +832,9 @@ detection:
   condition: 1 of sel_*
 "#,
         );
-        assert_eq!(candidates(&gate, &["run MIMIKATZ é"]), vec![0]);
-        assert_eq!(candidates(&gate, &["c:\\é\\ProcDump.exe"]), vec![0]);
-        assert!(candidates(&gate, &["c:\\é\\other.exe"]).is_empty());
+        assert_eq!(candidates(&gate, &[("CommandLine", "run MIMIKATZ é")]), vec![0]);
+        assert_eq!(candidates(&gate, &[("Image", "c:\\é\\ProcDump.exe")]), vec![0]);
+        assert!(candidates(&gate, &[("Image", "c:\\é\\other.exe")]).is_empty());
     }
 
     #[test]
@@ -741,9 +851,38 @@ detection:
 "#,
         );
         assert_eq!(gate.ungated_count(), 0);
-        assert_eq!(candidates(&gate, &["C:\\X\\WerFaultSecure.EXE 1234"]), vec![0]);
-        assert_eq!(candidates(&gate, &["C:\\Tools\\ProcDump64.exe -ma lsass"]), vec![0]);
-        assert_eq!(candidates(&gate, &["echo 😀"]), vec![0]);
-        assert!(candidates(&gate, &["notepad.exe readme.txt"]).is_empty());
+        assert_eq!(candidates(&gate, &[("CommandLine", "C:\\X\\WerFaultSecure.EXE 1234")]), vec![0]);
+        assert_eq!(candidates(&gate, &[("CommandLine", "C:\\Tools\\ProcDump64.exe -ma lsass")]), vec![0]);
+        assert_eq!(candidates(&gate, &[("CommandLine", "echo 😀")]), vec![0]);
+        assert!(candidates(&gate, &[("CommandLine", "notepad.exe readme.txt")]).is_empty());
+    }
+    #[test]
+    fn literals_count_only_in_the_field_that_names_them_and_keywords_in_any() {
+        let (gate, _) = gate(
+            r#"
+title: t
+logsource: {product: windows}
+detection:
+  img: {Image|endswith: '\rundll32.exe'}
+  cmd: {CommandLine|contains: 'javascript:'}
+  condition: img and cmd
+---
+title: k
+logsource: {product: windows}
+detection:
+  words: ['mimikatz']
+  condition: words
+"#,
+        );
+        let both = [("Image", "C:\\Windows\\rundll32.exe"), ("CommandLine", "rundll32 javascript:x")];
+        assert_eq!(candidates(&gate, &both), vec![0]);
+        // The image literal in another field (the parent) does not count for `Image`.
+        let parent = [("ParentImage", "C:\\Windows\\rundll32.exe"), ("CommandLine", "rundll32 javascript:x")];
+        assert!(candidates(&gate, &parent).is_empty());
+        // A keyword is looked for in every value, whatever its field.
+        assert_eq!(candidates(&gate, &[("Whatever", "run Mimikatz now")]), vec![1]);
+        // The same text in the right field serves a rule; in another field only keywords.
+        let swapped = [("Image", "javascript:"), ("CommandLine", "c:\\x\\rundll32.exe")];
+        assert!(candidates(&gate, &swapped).is_empty());
     }
 }
