@@ -99,6 +99,9 @@ struct BenchReport {
     /// Mean number of routed Sigma rules per event that pass the literal gate and are
     /// evaluated by rsigma.
     sigma_candidates_per_event: f64,
+    /// Of those, rules with no literal to gate them (evaluated on every event of their
+    /// logsource).
+    sigma_ungated_per_event: f64,
     sigma_hits_unrouted: Option<usize>,
 }
 
@@ -157,7 +160,7 @@ fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
     let count_unrouted = args.hits.is_some() || lane("unrouted");
     let mut per_rule: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
     let mut matches_per_pass = 0;
-    let mut candidates = 0;
+    let (mut candidates, mut ungated) = (0, 0);
     for (event, doc) in events.iter().zip(&docs) {
         if count_unrouted {
             for id in detector.sigma.evaluate_document_unrouted(doc) {
@@ -166,7 +169,9 @@ fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
         }
         let matches = detector.scan(event);
         matches_per_pass += matches.len();
-        candidates += detector.sigma.candidate_count(event);
+        let (passed, without_gate) = detector.sigma.candidate_count(event);
+        candidates += passed;
+        ungated += without_gate;
         for m in matches.into_iter().filter(|m| m.kind == "sigma") {
             per_rule.entry(m.rule_id).or_default().1 += 1;
         }
@@ -244,6 +249,7 @@ fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<()> {
         matches_per_pass,
         sigma_hits_routed: per_rule.values().map(|c| c.1).sum(),
         sigma_candidates_per_event: (candidates as f64 / events.len() as f64 * 100.0).round() / 100.0,
+        sigma_ungated_per_event: (ungated as f64 / events.len() as f64 * 100.0).round() / 100.0,
         sigma_hits_unrouted: count_unrouted.then(|| per_rule.values().map(|c| c.0).sum()),
     };
     println!("{}", serde_json::to_string(&report)?);

@@ -50,9 +50,12 @@ fn detector() -> Detector {
     // `cargo bench` passes --bench; the test suite runs each lane once as a smoke test, where
     // a million indicators (a minute to build in a debug build) would only cost time.
     let synthetic = if std::env::args().any(|a| a == "--bench") { 1_000_000 } else { 10_000 };
-    builder.load_text(Path::new("synthetic"), &threatpipe::rules_cli::synthetic_feed(synthetic), &Arc::from("synthetic"));
+    let feed = threatpipe::rules_cli::synthetic_feed(synthetic);
+    let started = std::time::Instant::now();
+    builder.load_text(Path::new("synthetic"), &feed, &Arc::from("synthetic"));
     detector.iocs = builder.build();
-    eprintln!("{report}; plus {} indicators", detector.iocs.len());
+    // The "1M indicators load in under 5 s" is measured here, not in a test.
+    eprintln!("{report}; plus {} indicators, {synthetic} synthetic ones parsed and built in {:.2?}", detector.iocs.len(), started.elapsed());
     detector
 }
 

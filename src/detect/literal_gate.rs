@@ -3,18 +3,23 @@
 //!
 //! An evtx process-creation event is routed to ~800 SigmaHQ rules; rsigma's engine picks
 //! its candidates with an Aho-Corasick automaton per field and evaluates the rest. This
-//! gate derives, from each compiled rule, literals that *must* occur in some value of the
-//! event for the rule to match, in conjunctive normal form: every clause is a set of
-//! literals of which at least one must be present (see [`Cnf`]). Contains, prefix, suffix
-//! and equality matchers give their value; regexes (including wildcard values, which rsigma
-//! compiles to regexes) give a literal every match contains ([`required`], from the
-//! regex-syntax HIR).
-//! One scan of the event's values finds which literals occur (each literal is anchored at
-//! its rarest 4-byte window: a one-bit pre-screen, then a compact hash table, then a byte
-//! comparison), and a rule is evaluated by rsigma, unchanged, only when all its clauses
-//! are satisfied. Rules with no clause (negations, presence tests, numbers, CIDR) are
-//! evaluated on every event of their logsource, as before. On SigmaHQ's evtx samples that
-//! leaves ~20 of ~800 rules to evaluate per event.
+//! gate derives, from each compiled rule, literals that *must* occur in the event for the
+//! rule to match, in conjunctive normal form: every clause is a set of literals of which at
+//! least one must be present (see [`Cnf`]). Contains, prefix, suffix and equality matchers
+//! give their value; regexes (including wildcard values, which rsigma compiles to regexes)
+//! give a literal every match contains ([`required`], from the regex-syntax HIR).
+//!
+//! A literal is scoped to the field its detection item reads (rsigma reads exactly that
+//! field's value), or to any value for keyword detections: `\rundll32.exe` required of
+//! `Image` is not satisfied by a `ParentImage` ending in it. Each field has its own table
+//! of anchored literals ([`AnchorTable`]; each literal at its rarest 4-byte window: a
+//! one-bit pre-screen, then a compact hash table, then a byte comparison), so a value is
+//! looked at only for the literals of its own field and the keywords, and a value of a
+//! field no rule names, only for keywords. A field item with no literal to look for (a
+//! number, a CIDR, a regex without a fixed part) still needs its field to be there: rsigma
+//! matches an absent field only with a bare `null`. A rule is evaluated by rsigma,
+//! unchanged, only when all its clauses are satisfied. Rules with no clause (negations,
+//! `null`, absence tests) are evaluated on every event of their logsource.
 //!
 //! The derivation is conservative by construction: a rule that matches an event always
 //! passes the gate, so the gate changes cost, never results (tests/sigma_regression.rs
@@ -26,14 +31,15 @@ use rsigma_eval::{CompiledDetection, CompiledMatcher, CompiledRule};
 use rsigma_parser::{ConditionExpr, Quantifier};
 
 /// A necessary condition for a matcher, detection or rule to be true of an event: every
-/// clause (a set of literal ids) must have at least one literal present in some value of
-/// the event. No clauses: no constraint (always a candidate). A clause with no literal:
+/// clause (a set of scoped literal ids) must have at least one literal present in a value
+/// of its scope. No clauses: no constraint (always a candidate). A clause with no literal:
 /// can never be satisfied (the rule cannot match at all).
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Cnf(Vec<Vec<u32>>);
 
 /// Largest number of clauses kept for the OR of two necessary conditions (their
-/// pairwise unions); beyond it only the pair of most selective clauses is kept.
+/// pairwise unions); beyond it only the unions of each side's two most selective clauses
+/// are kept.
 const MAX_OR_CLAUSES: usize = 4;
 
 impl Cnf {
@@ -84,8 +90,20 @@ impl Cnf {
             }
             return out;
         }
-        let best = |cnf: &Cnf| cnf.0.iter().min_by(|x, y| weight(x).total_cmp(&weight(y))).cloned().unwrap_or_default();
-        Cnf(vec![union(&best(&self), &best(&other))])
+        // The pairwise unions of each side's two most selective clauses.
+        fn best<'c>(cnf: &'c Cnf, weight: &dyn Fn(&[u32]) -> f64) -> Vec<&'c Vec<u32>> {
+            let mut clauses: Vec<&Vec<u32>> = cnf.0.iter().collect();
+            clauses.sort_by(|x, y| weight(x).total_cmp(&weight(y)));
+            clauses.truncate(2);
+            clauses
+        }
+        let mut out = Cnf::always();
+        for a in best(&self, weight) {
+            for b in best(&other, weight) {
+                out = out.and(Cnf(vec![union(a, b)]));
+            }
+        }
+        out
     }
 }
 
@@ -107,6 +125,11 @@ const MIN_LITERAL: usize = 4;
 /// The pseudo-literal present when some value has a non-ASCII character: the gate of
 /// matchers whose text has no ASCII run long enough to look for.
 const NON_ASCII: &str = "\u{0}non-ascii";
+
+/// The pseudo-literal present in its field's scope when the event has that field at all:
+/// the gate of a field item with no literal to look for (a regex with none, a CIDR, a
+/// number), which rsigma never matches on an event without the field.
+const PRESENT: &str = "\u{0}present";
 
 /// The text a regex node always matches, folded (see [`fold`]), if it is fixed: a literal,
 /// a class of case variants of one character (what `(?i)` makes of a letter), or a
@@ -223,6 +246,8 @@ struct Literals {
     scoped_ids: ahash::AHashMap<(u32, u32), u32>,
     /// The scope of the matcher being analysed.
     scope: u32,
+    /// Text id of a numeric pseudo-literal → the number a field's value must equal.
+    numbers: ahash::AHashMap<u32, f64>,
 }
 
 impl Literals {
@@ -326,6 +351,14 @@ impl Literals {
                 if text == NON_ASCII {
                     return 0.25;
                 }
+                // Most events of a logsource have most of its fields: the weakest gate.
+                if text == PRESENT {
+                    return 2.0;
+                }
+                // A number (an event id) is about as selective as a short literal.
+                if text.starts_with("\u{0}=") {
+                    return 0.1;
+                }
                 let len = text.len() as f64;
                 1.0 / (len * len)
             })
@@ -349,6 +382,13 @@ impl Literals {
             | M::StartsWith { value, case_insensitive }
             | M::EndsWith { value, case_insensitive } => self.intern(value, *case_insensitive).map_or_else(Cnf::always, Cnf::literal),
             M::Regex(regex) => self.regex(regex.as_str()),
+            // `EventID: 1`: the field's value must parse as that number (keywords: no gate).
+            M::NumericEq(n) if self.scope != ANY_FIELD && n.is_finite() => {
+                let id = self.literal(&format!("\u{0}={n:?}"));
+                let text = self.scoped[id as usize].0;
+                self.numbers.insert(text, *n);
+                Cnf::literal(id)
+            }
             M::RegexSetMatch { set, mode } => {
                 let parts: Vec<Cnf> = set.patterns().iter().map(|p| self.regex(p)).collect();
                 match mode {
@@ -386,7 +426,23 @@ impl Literals {
             CompiledDetection::AllOf(items) => items.iter().fold(Cnf::always(), |acc, item| {
                 // An item with a presence test matches without any literal; any other reads
                 // the value of its field (a keyword item: every value).
-                let cnf = if item.exists.is_some() { Cnf::always() } else { self.scoped(item.field.as_deref(), |l| l.matcher(&item.matcher)) };
+                let cnf = match (item.field.as_deref(), item.exists) {
+                    // `|exists: true` asks for the field; `false` or a keyword presence
+                    // test, for nothing a value can show.
+                    (Some(field), Some(true)) => self.scoped(Some(field), |l| Cnf::literal(l.literal(PRESENT))),
+                    (_, Some(_)) => Cnf::always(),
+                    (None, None) => self.scoped(None, |l| l.matcher(&item.matcher)),
+                    (Some(field), None) => self.scoped(Some(field), |l| {
+                        let cnf = l.matcher(&item.matcher);
+                        // rsigma matches an absent field only with a bare `null`; any other
+                        // matcher needs the field. Its literals already imply that.
+                        if cnf.0.is_empty() && !matches!(item.matcher, CompiledMatcher::Null) {
+                            Cnf::literal(l.literal(PRESENT))
+                        } else {
+                            cnf
+                        }
+                    }),
+                };
                 acc.and(cnf)
             }),
             CompiledDetection::AnyOf(children) => {
@@ -448,8 +504,10 @@ struct GatedRule {
     other_clauses: Vec<Vec<u32>>,
 }
 
-/// Bits in the gram pre-screen: 2^18 bits (32 KiB) stay in L1 while a value is scanned.
-const SCREEN_BITS: u32 = 18;
+/// Most bits in a table's gram pre-screen: 2^18 bits (32 KiB) stay in L1 while a value
+/// is scanned. Smaller tables get smaller screens, ~32 bits per anchor.
+const MAX_SCREEN_BITS: u32 = 18;
+const MIN_SCREEN_BITS: u32 = 9;
 
 /// The key of a 4-byte window, already ASCII-lowercased (never 0: literals are text).
 fn gram4(bytes: [u8; 4]) -> u32 {
@@ -460,13 +518,8 @@ fn table_slot(key: u32, capacity: usize) -> usize {
     (key.wrapping_mul(0x85EB_CA6B).rotate_right(13).wrapping_mul(0xC2B2_AE35) as usize) & (capacity - 1)
 }
 
-fn screen_slot(key: u32) -> (usize, u64) {
-    let hash = key.wrapping_mul(0x9E37_79B1) >> (32 - SCREEN_BITS);
-    ((hash / 64) as usize, 1u64 << (hash % 64))
-}
-
-/// Where a literal is looked for: its rarest 4-byte window (fewest literals share it;
-/// `.exe` and `\\win` are in thousands), as (gram key, offset in the literal).
+/// Where a literal is looked for: its rarest 4-byte window among the table's literals
+/// (`.exe` and `\\win` are in thousands), as (gram key, offset in the literal).
 fn anchor(text: &[u8], counts: &ahash::AHashMap<u32, u32>) -> (u32, usize) {
     text.windows(4)
         .enumerate()
@@ -475,30 +528,145 @@ fn anchor(text: &[u8], counts: &ahash::AHashMap<u32, u32>) -> (u32, usize) {
         .unwrap_or((0, 0))
 }
 
+/// The text ids of the pseudo-literals, where rules use them.
+#[derive(Clone, Copy)]
+struct Pseudo<'a> {
+    non_ascii: Option<u32>,
+    present: Option<u32>,
+    numbers: &'a ahash::AHashMap<u32, f64>,
+}
+
+/// A literal as a table looks for it.
+#[derive(Clone, Copy)]
+struct Anchored {
+    /// The scoped literal it stands for.
+    scoped: u32,
+    /// Its text id, and the offset of its anchor gram in that text.
+    text: u32,
+    offset: u32,
+}
+
+/// The literals of one scope (one field, or keywords), anchored by gram: a one-bit
+/// pre-screen, then a compact open-addressing table (cache misses, not hashing, are the
+/// cost of a lookup), then a byte comparison.
+struct AnchorTable {
+    /// Slot → gram key (0 = empty) and its run in `anchored`.
+    slot_keys: Vec<u32>,
+    slot_runs: Vec<(u32, u32)>,
+    anchored: Vec<Anchored>,
+    /// A clear bit means no anchor hashes there; `screen_shift` takes a key's hash to a bit.
+    screen: Vec<u64>,
+    screen_shift: u32,
+    /// Scoped literals satisfied by any non-ASCII value in this scope ([`NON_ASCII`]).
+    non_ascii: Vec<u32>,
+    /// Scoped literals satisfied by the field being there at all ([`PRESENT`]).
+    present: Vec<u32>,
+    /// Scoped literals satisfied by a value that parses as this number (as rsigma's
+    /// `NumericEq` parses it).
+    numbers: Vec<(f64, u32)>,
+}
+
+impl AnchorTable {
+    /// The table of `entries` (scoped id, text id); `None` when there are none.
+    fn build(entries: &[(u32, u32)], texts: &[String], pseudo: Pseudo) -> Option<Self> {
+        if entries.is_empty() {
+            return None;
+        }
+        // How many of the table's literals share each 4-byte window: common windows make
+        // poor anchors.
+        let mut counts: ahash::AHashMap<u32, u32> = Default::default();
+        for &(_, text) in entries {
+            let mut windows: Vec<u32> = texts[text as usize].as_bytes().windows(4).map(|w| gram4([w[0], w[1], w[2], w[3]])).collect();
+            windows.sort_unstable();
+            windows.dedup();
+            for key in windows {
+                *counts.entry(key).or_default() += 1;
+            }
+        }
+        let mut anchors: std::collections::BTreeMap<u32, Vec<Anchored>> = Default::default();
+        let (mut non_ascii, mut present, mut numbers) = (Vec::new(), Vec::new(), Vec::new());
+        for &(scoped, text) in entries {
+            if let Some(&n) = pseudo.numbers.get(&text) {
+                numbers.push((n, scoped));
+                continue;
+            }
+            if Some(text) == pseudo.non_ascii {
+                non_ascii.push(scoped);
+                continue;
+            }
+            if Some(text) == pseudo.present {
+                present.push(scoped);
+                continue;
+            }
+            let (key, offset) = anchor(texts[text as usize].as_bytes(), &counts);
+            anchors.entry(key).or_default().push(Anchored { scoped, text, offset: offset as u32 });
+        }
+        let screen_bits = ((anchors.len() * 32).next_power_of_two().trailing_zeros()).clamp(MIN_SCREEN_BITS, MAX_SCREEN_BITS);
+        let screen_shift = 32 - screen_bits;
+        let mut screen = vec![0u64; 1 << (screen_bits - 6)];
+        let capacity = (anchors.len() * 2).next_power_of_two().max(16);
+        let (mut slot_keys, mut slot_runs, mut anchored) = (vec![0u32; capacity], vec![(0u32, 0u32); capacity], Vec::new());
+        for (key, entries) in anchors {
+            let (word, bit) = Self::screen_slot(key, screen_shift);
+            screen[word] |= bit;
+            let mut slot = table_slot(key, capacity);
+            while slot_keys[slot] != 0 {
+                slot = (slot + 1) & (capacity - 1);
+            }
+            slot_keys[slot] = key;
+            slot_runs[slot] = (anchored.len() as u32, entries.len() as u32);
+            anchored.extend(entries);
+        }
+        Some(Self { slot_keys, slot_runs, anchored, screen, screen_shift, non_ascii, present, numbers })
+    }
+
+    /// Whether a value has to be scanned for this table: it has literals or takes note of
+    /// non-ASCII values.
+    fn has_text(&self) -> bool {
+        !self.anchored.is_empty() || !self.non_ascii.is_empty()
+    }
+
+    fn screen_slot(key: u32, shift: u32) -> (usize, u64) {
+        let hash = key.wrapping_mul(0x9E37_79B1) >> shift;
+        ((hash / 64) as usize, 1u64 << (hash % 64))
+    }
+
+    /// The literals anchored at gram `key`.
+    #[inline]
+    fn lookup(&self, key: u32) -> &[Anchored] {
+        let (word, bit) = Self::screen_slot(key, self.screen_shift);
+        if self.screen[word] & bit == 0 {
+            return &[];
+        }
+        let mask = self.slot_keys.len() - 1;
+        let mut slot = table_slot(key, self.slot_keys.len());
+        loop {
+            match self.slot_keys[slot] {
+                0 => return &[],
+                k if k == key => {
+                    let (start, len) = self.slot_runs[slot];
+                    return &self.anchored[start as usize..(start + len) as usize];
+                }
+                _ => slot = (slot + 1) & mask,
+            }
+        }
+    }
+}
+
 /// The gate over every rule of a set of logsource partitions (see the module docs).
 pub struct LiteralGate {
     /// Every literal's text (ASCII-lowercased), back to back; `spans[id]` is (start, len).
     text: Vec<u8>,
     spans: Vec<(u32, u32)>,
-    /// The anchors as a compact open-addressing table (cache misses, not hashing, are the
-    /// cost of a lookup): slot → gram key (0 = empty) and its run in `anchored`.
-    slot_keys: Vec<u32>,
-    slot_runs: Vec<(u32, u32)>,
-    /// (text id, offset of the anchor in the text), grouped by anchor.
-    anchored: Vec<(u32, u32)>,
-    /// Pre-screen of the gram keys: a clear bit means no anchor hashes there.
-    screen: Vec<u64>,
-    /// The text id of the [`NON_ASCII`] pseudo-literal, when some rule needs it.
-    non_ascii: Option<u32>,
-    /// Text id → its scoped literals, as (field id or [`ANY_FIELD`], scoped id): a run of
-    /// `scopes` from `scope_starts[id]` to `scope_starts[id + 1]`.
-    scope_starts: Vec<u32>,
-    scopes: Vec<(u32, u32)>,
-    /// Field name → field id, for the fields scoped literals name.
-    field_ids: ahash::AHashMap<Box<str>, u32>,
-    /// Whether some literal is scoped to any value (a keyword detection): without one, a
-    /// value of a field no literal names is not scanned at all.
-    any_scoped: bool,
+    /// Field name → its table: the literals scoped to that field. A value is scanned with
+    /// its field's table and the keyword table; a value of a field no literal names, with
+    /// the keyword table alone, and not at all when there are no keywords.
+    field_tables: ahash::AHashMap<Box<str>, AnchorTable>,
+    keyword_table: Option<AnchorTable>,
+    /// Distinct literal texts looked for.
+    texts_used: usize,
+    /// Scoped literals in all: the size of an event's set of found literals.
+    scoped_count: usize,
     /// Scoped literal id → gated rules whose primary (most selective) clause contains it.
     by_literal: Vec<Vec<u32>>,
     gated: Vec<GatedRule>,
@@ -525,24 +693,10 @@ impl IdSet {
     fn contains(&self, id: u32) -> bool {
         self.0[(id / 64) as usize] & (1u64 << (id % 64)) != 0
     }
-
-    fn remove(&mut self, id: u32) {
-        self.0[(id / 64) as usize] &= !(1u64 << (id % 64));
-    }
 }
 
 /// Per-partition candidates of one event: local rule indexes, ascending.
 pub type Candidates = Vec<(usize, Vec<u32>)>;
-
-/// What one event's scan has found so far.
-struct Found {
-    /// Texts found in the value being scanned (cleared after each value).
-    texts: IdSet,
-    value_texts: Vec<u32>,
-    /// Scoped literals found in the event, as a set and in order found.
-    scoped: IdSet,
-    scoped_order: Vec<u32>,
-}
 
 impl LiteralGate {
     /// Analyses every rule of every partition, given as (the caller's id for the
@@ -553,47 +707,35 @@ impl LiteralGate {
         for (_, rules) in partitions {
             cnfs.push(rules.iter().map(|rule| literals.rule(rule)).collect::<Vec<_>>());
         }
-        // How many literals share each 4-byte window: common windows make poor anchors.
-        let mut counts: ahash::AHashMap<u32, u32> = Default::default();
-        for text in &literals.texts {
-            let mut windows: Vec<u32> = text.as_bytes().windows(4).map(|w| gram4([w[0], w[1], w[2], w[3]])).collect();
-            windows.sort_unstable();
-            windows.dedup();
-            for key in windows {
-                *counts.entry(key).or_default() += 1;
-            }
-        }
-        let mut anchors: std::collections::BTreeMap<u32, Vec<(u32, u32)>> = Default::default();
-        let non_ascii = literals.ids.get(NON_ASCII).copied();
         // Scoped literals no clause kept (a sibling made their clause void) are not looked
-        // for, nor are texts none of whose scoped literals is kept.
+        // for.
         let mut used = vec![false; literals.scoped.len()];
         for cnf in cnfs.iter().flatten() {
             for &id in cnf.0.iter().flatten() {
                 used[id as usize] = true;
             }
         }
-        let mut text_scopes: Vec<Vec<(u32, u32)>> = vec![Vec::new(); literals.texts.len()];
+        let mut per_field: Vec<Vec<(u32, u32)>> = vec![Vec::new(); literals.fields.len()];
+        let mut keywords = Vec::new();
+        let mut texts_used = std::collections::BTreeSet::new();
         for (id, &(text, field)) in literals.scoped.iter().enumerate() {
-            if used[id] {
-                text_scopes[text as usize].push((field, id as u32));
+            if !used[id] {
+                continue;
+            }
+            texts_used.insert(text);
+            match field {
+                ANY_FIELD => keywords.push((id as u32, text)),
+                field => per_field[field as usize].push((id as u32, text)),
             }
         }
-        for (id, text) in literals.texts.iter().enumerate() {
-            if !text_scopes[id].is_empty() && Some(id as u32) != non_ascii {
-                let (key, offset) = anchor(text.as_bytes(), &counts);
-                anchors.entry(key).or_default().push((id as u32, offset as u32));
-            }
-        }
-        let mut scope_starts = Vec::with_capacity(text_scopes.len() + 1);
-        let mut scopes = Vec::new();
-        for run in &text_scopes {
-            scope_starts.push(scopes.len() as u32);
-            scopes.extend_from_slice(run);
-        }
-        scope_starts.push(scopes.len() as u32);
-        let any_scoped = scopes.iter().any(|&(field, _)| field == ANY_FIELD);
-        let field_ids = literals.field_ids.iter().map(|(name, &id)| (Box::from(name.as_str()), id)).collect();
+        let pseudo = Pseudo { non_ascii: literals.ids.get(NON_ASCII).copied(), present: literals.ids.get(PRESENT).copied(), numbers: &literals.numbers };
+        let field_tables = literals
+            .fields
+            .iter()
+            .zip(&per_field)
+            .filter_map(|(name, entries)| Some((Box::from(name.as_str()), AnchorTable::build(entries, &literals.texts, pseudo)?)))
+            .collect();
+        let keyword_table = AnchorTable::build(&keywords, &literals.texts, pseudo);
 
         let mut gated = Vec::new();
         let mut by_literal = vec![Vec::new(); literals.scoped.len()];
@@ -617,20 +759,6 @@ impl LiteralGate {
                 gated.push(GatedRule { partition: *partition as u32, local: local as u32, other_clauses: cnf.0 });
             }
         }
-        let mut screen = vec![0u64; 1 << (SCREEN_BITS - 6)];
-        let capacity = (anchors.len() * 2).next_power_of_two().max(16);
-        let (mut slot_keys, mut slot_runs, mut anchored) = (vec![0u32; capacity], vec![(0u32, 0u32); capacity], Vec::new());
-        for (key, entries) in anchors {
-            let (word, bit) = screen_slot(key);
-            screen[word] |= bit;
-            let mut slot = table_slot(key, capacity);
-            while slot_keys[slot] != 0 {
-                slot = (slot + 1) & (capacity - 1);
-            }
-            slot_keys[slot] = key;
-            slot_runs[slot] = (anchored.len() as u32, entries.len() as u32);
-            anchored.extend(entries);
-        }
         let mut text = Vec::new();
         let spans = literals
             .texts
@@ -640,28 +768,22 @@ impl LiteralGate {
                 ((text.len() - t.len()) as u32, t.len() as u32)
             })
             .collect();
-        Self { text, spans, slot_keys, slot_runs, anchored, screen, non_ascii, scope_starts, scopes, field_ids, any_scoped, by_literal, gated, ungated }
+        Self {
+            text,
+            spans,
+            field_tables,
+            keyword_table,
+            texts_used: texts_used.len(),
+            scoped_count: literals.scoped.len(),
+            by_literal,
+            gated,
+            ungated,
+        }
     }
 
     /// Distinct literal texts the gate looks for.
     pub fn literal_count(&self) -> usize {
-        self.anchored.len() + usize::from(self.non_ascii.is_some())
-    }
-
-    /// The literals anchored at gram `key`.
-    fn anchored(&self, key: u32) -> &[(u32, u32)] {
-        let mask = self.slot_keys.len() - 1;
-        let mut slot = table_slot(key, self.slot_keys.len());
-        loop {
-            match self.slot_keys[slot] {
-                0 => return &[],
-                k if k == key => {
-                    let (start, len) = self.slot_runs[slot];
-                    return &self.anchored[start as usize..(start + len) as usize];
-                }
-                _ => slot = (slot + 1) & mask,
-            }
-        }
+        self.texts_used
     }
 
     /// Rules evaluated on every event of their partition.
@@ -669,34 +791,36 @@ impl LiteralGate {
         self.ungated.iter().map(|(_, locals)| locals.len()).sum()
     }
 
-    /// Marks every literal text that occurs in `text` (ASCII-case-insensitively) in
-    /// `found.texts`: each position whose gram is an anchor (pre-screened by one bit) is
-    /// checked against the texts anchored there.
-    fn scan(&self, text: &str, found: &mut Found) {
+    /// Rules of `routes` evaluated on every event (no clause).
+    pub fn ungated_in(&self, routes: &[usize]) -> usize {
+        self.ungated.iter().filter(|(id, _)| routes.contains(id)).map(|(_, locals)| locals.len()).sum()
+    }
+
+    /// Marks in `found` every literal of `tables` that occurs in `text`
+    /// (ASCII-case-insensitively): each position whose gram is an anchor of a table is
+    /// checked against the literals anchored there.
+    fn scan(&self, text: &str, tables: &[&AnchorTable], found: &mut IdSet, order: &mut Vec<u32>) {
         let bytes = text.as_bytes();
-        let mut check = |key: u32, gram_start: usize| {
-            let (word, bit) = screen_slot(key);
-            if self.screen[word] & bit == 0 {
-                return;
-            }
-            for &(literal, offset) in self.anchored(key) {
-                if found.texts.contains(literal) {
-                    continue;
-                }
-                let (start, len) = self.spans[literal as usize];
-                let needle = &self.text[start as usize..(start + len) as usize];
-                let Some(start) = gram_start.checked_sub(offset as usize) else { continue };
-                if bytes.get(start..start + needle.len()).is_some_and(|window| window.eq_ignore_ascii_case(needle)) {
-                    found.texts.insert(literal);
-                    found.value_texts.push(literal);
-                }
-            }
-        };
         let mut window = 0u32;
         for (i, &byte) in bytes.iter().enumerate() {
             window = (window >> 8) | (u32::from(byte.to_ascii_lowercase()) << 24);
-            if i >= 3 {
-                check(window, i - 3);
+            if i < 3 {
+                continue;
+            }
+            let gram_start = i - 3;
+            for table in tables {
+                for anchored in table.lookup(window) {
+                    if found.contains(anchored.scoped) {
+                        continue;
+                    }
+                    let (start, len) = self.spans[anchored.text as usize];
+                    let needle = &self.text[start as usize..(start + len) as usize];
+                    let Some(start) = gram_start.checked_sub(anchored.offset as usize) else { continue };
+                    if bytes.get(start..start + needle.len()).is_some_and(|window| window.eq_ignore_ascii_case(needle)) {
+                        found.insert(anchored.scoped);
+                        order.push(anchored.scoped);
+                    }
+                }
             }
         }
     }
@@ -707,44 +831,43 @@ impl LiteralGate {
     pub fn candidates(&self, routes: &[usize], visit: impl FnOnce(&mut dyn FnMut(&str, &str))) -> Candidates {
         let ungated = |p: usize| self.ungated.iter().find(|(id, _)| *id == p).map(|(_, locals)| locals.clone()).unwrap_or_default();
         let mut out: Candidates = routes.iter().map(|&p| (p, ungated(p))).collect();
-        if self.spans.is_empty() {
+        if self.scoped_count == 0 {
             return out;
         }
-        let mut found = Found {
-            texts: IdSet::with_capacity(self.spans.len()),
-            value_texts: Vec::new(),
-            scoped: IdSet::with_capacity(self.by_literal.len()),
-            scoped_order: Vec::new(),
-        };
-        visit(&mut |name: &str, value: &str| {
-            let field = match self.field_ids.get(name) {
-                Some(&id) => id,
-                // No literal is scoped to this field: only keyword literals can be in it.
-                None if !self.any_scoped => return,
-                None => ANY_FIELD,
-            };
-            self.scan(value, &mut found);
+        let mut found = IdSet::with_capacity(self.scoped_count);
+        let mut order: Vec<u32> = Vec::new();
+        let scan_value = |value: &str, tables: &[&AnchorTable], found: &mut IdSet, order: &mut Vec<u32>| {
+            self.scan(value, tables, found, order);
             if !value.is_ascii() {
-                self.scan(&fold(value), &mut found);
-                if let Some(id) = self.non_ascii.filter(|&id| found.texts.insert(id)) {
-                    found.value_texts.push(id);
-                }
-            }
-            // The value's texts, in this field's scope and in any value's.
-            let Found { texts, value_texts, scoped, scoped_order } = &mut found;
-            for &text in value_texts.iter() {
-                texts.remove(text);
-                let run = self.scope_starts[text as usize] as usize..self.scope_starts[text as usize + 1] as usize;
-                for &(scope, id) in &self.scopes[run] {
-                    if (scope == ANY_FIELD || scope == field) && scoped.insert(id) {
-                        scoped_order.push(id);
+                self.scan(&fold(value), tables, found, order);
+                for &id in tables.iter().flat_map(|table| &table.non_ascii) {
+                    if found.insert(id) {
+                        order.push(id);
                     }
                 }
             }
-            value_texts.clear();
+        };
+        visit(&mut |name: &str, value: &str| {
+            let field = self.field_tables.get(name);
+            if let Some(table) = field {
+                let number = if table.numbers.is_empty() { None } else { value.parse::<f64>().ok() };
+                let numbers = table.numbers.iter().filter(|(n, _)| number.is_some_and(|v| (v - n).abs() < f64::EPSILON));
+                for id in table.present.iter().copied().chain(numbers.map(|&(_, id)| id)) {
+                    if found.insert(id) {
+                        order.push(id);
+                    }
+                }
+            }
+            // Tables with no literal to look for (only presence) are not scanned.
+            match (field.filter(|t| t.has_text()), self.keyword_table.as_ref()) {
+                (Some(field), Some(keywords)) => scan_value(value, &[field, keywords], &mut found, &mut order),
+                (Some(table), None) | (None, Some(table)) => scan_value(value, &[table], &mut found, &mut order),
+                // No literal is looked for in this field.
+                (None, None) => {}
+            }
         });
         let mut seen = IdSet::with_capacity(self.gated.len());
-        for id in found.scoped_order {
+        for id in order {
             for &rule in &self.by_literal[id as usize] {
                 if !seen.insert(rule) {
                     continue;
@@ -753,7 +876,7 @@ impl LiteralGate {
                 let Some(slot) = out.iter_mut().find(|(p, _)| *p == gated.partition as usize) else {
                     continue;
                 };
-                if gated.other_clauses.iter().all(|clause| clause.iter().any(|&l| found.scoped.contains(l))) {
+                if gated.other_clauses.iter().all(|clause| clause.iter().any(|&l| found.contains(l))) {
                     slot.1.push(gated.local);
                 }
             }
@@ -764,6 +887,7 @@ impl LiteralGate {
         out
     }
 }
+
 
 #[cfg(test)]
 mod tests {
@@ -884,5 +1008,54 @@ detection:
         // The same text in the right field serves a rule; in another field only keywords.
         let swapped = [("Image", "javascript:"), ("CommandLine", "c:\\x\\rundll32.exe")];
         assert!(candidates(&gate, &swapped).is_empty());
+    }
+    #[test]
+    fn field_items_without_literals_need_their_field() {
+        let (gate, _) = gate(
+            r#"
+title: t
+logsource: {product: windows}
+detection:
+  sel: {CommandLine|re: '\d+'}
+  condition: sel
+---
+title: e
+logsource: {product: windows}
+detection:
+  sel: {Hashes|exists: true}
+  condition: sel
+---
+title: n
+logsource: {product: windows}
+detection:
+  sel: {CommandLine: null}
+  condition: sel
+"#,
+        );
+        // Only the `null` rule matches an event without the field.
+        assert_eq!(gate.ungated_count(), 1);
+        assert_eq!(candidates(&gate, &[("Image", "x.exe")]), vec![2]);
+        assert_eq!(candidates(&gate, &[("CommandLine", "")]), vec![0, 2]);
+        assert_eq!(candidates(&gate, &[("Hashes", "MD5=1"), ("CommandLine", "a 1")]), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn numbers_gate_by_the_value_parsed_as_rsigma_parses_it() {
+        let (gate, rules) = gate(
+            r#"
+title: t
+logsource: {product: windows, service: sysmon}
+detection:
+  sel: {EventID: 28}
+  condition: sel
+"#,
+        );
+        assert_eq!(gate.ungated_count(), 0);
+        for (value, expected) in [("28", true), ("28.0", true), ("1", false), ("x28", false), ("", false)] {
+            assert_eq!(candidates(&gate, &[("EventID", value)]).len() == 1, expected, "{value:?}");
+            let doc = serde_json::json!({ "EventID": value });
+            assert_eq!(rsigma_eval::evaluate_rule(&rules[0], &rsigma_eval::event::JsonEvent::borrow(&doc)).is_some(), expected, "rsigma on {value:?}");
+        }
+        assert!(candidates(&gate, &[("Other", "28")]).is_empty());
     }
 }

@@ -328,11 +328,12 @@ impl SigmaRules {
     }
 
     /// How many rules of the event's logsources pass the literal gate and are evaluated by
-    /// rsigma (the cost the gate leaves); for `rules bench`.
-    pub fn candidate_count(&self, event: &Event) -> usize {
+    /// rsigma, and how many of those have no gate (the cost the gate leaves); for `rules
+    /// bench`.
+    pub fn candidate_count(&self, event: &Event) -> (usize, usize) {
         let route = self.route(&logsources(event));
         if route.partitions.is_empty() {
-            return 0;
+            return (0, 0);
         }
         let doc = sigma_fields(event);
         let gate = route.gate.as_deref().unwrap_or_else(|| self.all_gate());
@@ -341,7 +342,7 @@ impl SigmaRules {
                 visit(name, value);
             }
         });
-        candidates.iter().map(|(_, locals)| locals.len()).sum()
+        (candidates.iter().map(|(_, locals)| locals.len()).sum(), gate.ungated_in(&route.partitions))
     }
 
     /// Ids (or titles) of the matching rules of the event's logsources, every routed rule
