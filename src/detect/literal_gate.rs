@@ -19,7 +19,9 @@
 //! number, a CIDR, a regex without a fixed part) still needs its field to be there: rsigma
 //! matches an absent field only with a bare `null`. A rule is evaluated by rsigma,
 //! unchanged, only when all its clauses are satisfied. Rules with no clause (negations,
-//! `null`, absence tests) are evaluated on every event of their logsource.
+//! `null`, absence tests) are evaluated on every event of their logsource. On SigmaHQ's
+//! evtx samples ~7 of ~800 routed rules per event reach rsigma (~19 when literals counted
+//! anywhere in the event, ~11 with scopes but without presence and numbers).
 //!
 //! The derivation is conservative by construction: a rule that matches an event always
 //! passes the gate, so the gate changes cost, never results (tests/sigma_regression.rs
@@ -601,14 +603,10 @@ impl AnchorTable {
             let (key, offset) = anchor(texts[text as usize].as_bytes(), &counts);
             anchors.entry(key).or_default().push(Anchored { scoped, text, offset: offset as u32 });
         }
-        let screen_bits = ((anchors.len() * 32).next_power_of_two().trailing_zeros()).clamp(MIN_SCREEN_BITS, MAX_SCREEN_BITS);
-        let screen_shift = 32 - screen_bits;
-        let mut screen = vec![0u64; 1 << (screen_bits - 6)];
+        let (screen, screen_shift) = Self::screen_of(anchors.keys().copied(), anchors.len());
         let capacity = (anchors.len() * 2).next_power_of_two().max(16);
         let (mut slot_keys, mut slot_runs, mut anchored) = (vec![0u32; capacity], vec![(0u32, 0u32); capacity], Vec::new());
         for (key, entries) in anchors {
-            let (word, bit) = Self::screen_slot(key, screen_shift);
-            screen[word] |= bit;
             let mut slot = table_slot(key, capacity);
             while slot_keys[slot] != 0 {
                 slot = (slot + 1) & (capacity - 1);
@@ -618,6 +616,30 @@ impl AnchorTable {
             anchored.extend(entries);
         }
         Some(Self { slot_keys, slot_runs, anchored, screen, screen_shift, non_ascii, present, numbers })
+    }
+
+    /// A pre-screen of `count` gram keys, ~32 bits per key, and its shift.
+    fn screen_of(keys: impl Iterator<Item = u32>, count: usize) -> (Vec<u64>, u32) {
+        let bits = ((count * 32).next_power_of_two().trailing_zeros()).clamp(MIN_SCREEN_BITS, MAX_SCREEN_BITS);
+        let shift = 32 - bits;
+        let mut screen = vec![0u64; 1 << (bits - 6)];
+        for key in keys {
+            let (word, bit) = Self::screen_slot(key, shift);
+            screen[word] |= bit;
+        }
+        (screen, shift)
+    }
+
+    /// The gram keys of the table's anchors.
+    fn keys(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slot_keys.iter().copied().filter(|&k| k != 0)
+    }
+
+    /// Widens the pre-screen to `other`'s anchors too, so one screen check per position
+    /// serves a value scanned with both tables.
+    fn screen_also(&mut self, other: &AnchorTable) {
+        let count = self.keys().count() + other.keys().count();
+        (self.screen, self.screen_shift) = Self::screen_of(self.keys().chain(other.keys()).collect::<Vec<_>>().into_iter(), count);
     }
 
     /// Whether a value has to be scanned for this table: it has literals or takes note of
@@ -631,13 +653,16 @@ impl AnchorTable {
         ((hash / 64) as usize, 1u64 << (hash % 64))
     }
 
+    /// Whether the pre-screen lets gram `key` through.
+    #[inline]
+    fn screened(&self, key: u32) -> bool {
+        let (word, bit) = Self::screen_slot(key, self.screen_shift);
+        self.screen[word] & bit != 0
+    }
+
     /// The literals anchored at gram `key`.
     #[inline]
     fn lookup(&self, key: u32) -> &[Anchored] {
-        let (word, bit) = Self::screen_slot(key, self.screen_shift);
-        if self.screen[word] & bit == 0 {
-            return &[];
-        }
         let mask = self.slot_keys.len() - 1;
         let mut slot = table_slot(key, self.slot_keys.len());
         loop {
@@ -729,13 +754,19 @@ impl LiteralGate {
             }
         }
         let pseudo = Pseudo { non_ascii: literals.ids.get(NON_ASCII).copied(), present: literals.ids.get(PRESENT).copied(), numbers: &literals.numbers };
+        let keyword_table = AnchorTable::build(&keywords, &literals.texts, pseudo);
         let field_tables = literals
             .fields
             .iter()
             .zip(&per_field)
-            .filter_map(|(name, entries)| Some((Box::from(name.as_str()), AnchorTable::build(entries, &literals.texts, pseudo)?)))
+            .filter_map(|(name, entries)| {
+                let mut table = AnchorTable::build(entries, &literals.texts, pseudo)?;
+                if let Some(keywords) = &keyword_table {
+                    table.screen_also(keywords);
+                }
+                Some((Box::from(name.as_str()), table))
+            })
             .collect();
-        let keyword_table = AnchorTable::build(&keywords, &literals.texts, pseudo);
 
         let mut gated = Vec::new();
         let mut by_literal = vec![Vec::new(); literals.scoped.len()];
@@ -797,14 +828,19 @@ impl LiteralGate {
     }
 
     /// Marks in `found` every literal of `tables` that occurs in `text`
-    /// (ASCII-case-insensitively): each position whose gram is an anchor of a table is
-    /// checked against the literals anchored there.
+    /// (ASCII-case-insensitively): each position whose gram passes the first table's
+    /// pre-screen (which covers the anchors of all `tables`) is checked against the
+    /// literals anchored there.
     fn scan(&self, text: &str, tables: &[&AnchorTable], found: &mut IdSet, order: &mut Vec<u32>) {
+        let Some(screen) = tables.first() else { return };
         let bytes = text.as_bytes();
         let mut window = 0u32;
         for (i, &byte) in bytes.iter().enumerate() {
             window = (window >> 8) | (u32::from(byte.to_ascii_lowercase()) << 24);
             if i < 3 {
+                continue;
+            }
+            if !screen.screened(window) {
                 continue;
             }
             let gram_start = i - 3;
