@@ -6,9 +6,9 @@
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{create_topics, free_port, stage_env, unique, StageProcess};
+use support::{create_topics, free_port, stage_env, unique, wait_assignments, StageProcess};
 
 #[test]
 fn load_reports_alerts_feed_and_recall_measured_from_the_far_end() {
@@ -41,11 +41,8 @@ fn load_reports_alerts_feed_and_recall_measured_from_the_far_end() {
     }
     let port = free_port();
     let pipeline = StageProcess::start_serving("load-pipeline", &format!("127.0.0.1:{port}"), &[], &env);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while pipeline.log_text().matches("Partitions assigned.").count() < 5 {
-        assert!(Instant::now() < deadline, "the five stages did not get partitions:\n{}", pipeline.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // The five stages of the pipeline each get their partitions.
+    wait_assignments(&[&pipeline], 5, Duration::from_secs(90));
 
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("load.json");

@@ -349,7 +349,8 @@ impl Literals {
         clause
             .iter()
             .map(|&id| {
-                let text = &self.texts[self.scoped[id as usize].0 as usize];
+                let text_id = self.scoped[id as usize].0;
+                let text = &self.texts[text_id as usize];
                 if text == NON_ASCII {
                     return 0.25;
                 }
@@ -358,7 +359,7 @@ impl Literals {
                     return 2.0;
                 }
                 // A number (an event id) is about as selective as a short literal.
-                if text.starts_with("\u{0}=") {
+                if self.numbers.contains_key(&text_id) {
                     return 0.1;
                 }
                 let len = text.len() as f64;
@@ -569,8 +570,10 @@ struct AnchorTable {
 }
 
 impl AnchorTable {
-    /// The table of `entries` (scoped id, text id); `None` when there are none.
-    fn build(entries: &[(u32, u32)], texts: &[String], pseudo: Pseudo) -> Option<Self> {
+    /// The table of `entries` (scoped id, text id); `None` when there are none. Its
+    /// pre-screen also covers the anchors of `screen_also`, so one screen check per
+    /// position serves a value scanned with both tables.
+    fn build(entries: &[(u32, u32)], texts: &[String], pseudo: Pseudo, screen_also: Option<&AnchorTable>) -> Option<Self> {
         if entries.is_empty() {
             return None;
         }
@@ -603,7 +606,8 @@ impl AnchorTable {
             let (key, offset) = anchor(texts[text as usize].as_bytes(), &counts);
             anchors.entry(key).or_default().push(Anchored { scoped, text, offset: offset as u32 });
         }
-        let (screen, screen_shift) = Self::screen_of(anchors.keys().copied(), anchors.len());
+        let also = screen_also.map(AnchorTable::keys).into_iter().flatten();
+        let (screen, screen_shift) = Self::screen_of(anchors.keys().copied().chain(also));
         let capacity = (anchors.len() * 2).next_power_of_two().max(16);
         let (mut slot_keys, mut slot_runs, mut anchored) = (vec![0u32; capacity], vec![(0u32, 0u32); capacity], Vec::new());
         for (key, entries) in anchors {
@@ -618,8 +622,9 @@ impl AnchorTable {
         Some(Self { slot_keys, slot_runs, anchored, screen, screen_shift, non_ascii, present, numbers })
     }
 
-    /// A pre-screen of `count` gram keys, ~32 bits per key, and its shift.
-    fn screen_of(keys: impl Iterator<Item = u32>, count: usize) -> (Vec<u64>, u32) {
+    /// A pre-screen of gram keys, ~32 bits per key, and its shift.
+    fn screen_of(keys: impl Iterator<Item = u32> + Clone) -> (Vec<u64>, u32) {
+        let count = keys.clone().count();
         let bits = ((count * 32).next_power_of_two().trailing_zeros()).clamp(MIN_SCREEN_BITS, MAX_SCREEN_BITS);
         let shift = 32 - bits;
         let mut screen = vec![0u64; 1 << (bits - 6)];
@@ -631,15 +636,8 @@ impl AnchorTable {
     }
 
     /// The gram keys of the table's anchors.
-    fn keys(&self) -> impl Iterator<Item = u32> + '_ {
+    fn keys(&self) -> impl Iterator<Item = u32> + Clone + '_ {
         self.slot_keys.iter().copied().filter(|&k| k != 0)
-    }
-
-    /// Widens the pre-screen to `other`'s anchors too, so one screen check per position
-    /// serves a value scanned with both tables.
-    fn screen_also(&mut self, other: &AnchorTable) {
-        let count = self.keys().count() + other.keys().count();
-        (self.screen, self.screen_shift) = Self::screen_of(self.keys().chain(other.keys()).collect::<Vec<_>>().into_iter(), count);
     }
 
     /// Whether a value has to be scanned for this table: it has literals or takes note of
@@ -754,18 +752,12 @@ impl LiteralGate {
             }
         }
         let pseudo = Pseudo { non_ascii: literals.ids.get(NON_ASCII).copied(), present: literals.ids.get(PRESENT).copied(), numbers: &literals.numbers };
-        let keyword_table = AnchorTable::build(&keywords, &literals.texts, pseudo);
+        let keyword_table = AnchorTable::build(&keywords, &literals.texts, pseudo, None);
         let field_tables = literals
             .fields
             .iter()
             .zip(&per_field)
-            .filter_map(|(name, entries)| {
-                let mut table = AnchorTable::build(entries, &literals.texts, pseudo)?;
-                if let Some(keywords) = &keyword_table {
-                    table.screen_also(keywords);
-                }
-                Some((Box::from(name.as_str()), table))
-            })
+            .filter_map(|(name, entries)| Some((Box::from(name.as_str()), AnchorTable::build(entries, &literals.texts, pseudo, keyword_table.as_ref())?)))
             .collect();
 
         let mut gated = Vec::new();
@@ -924,7 +916,6 @@ impl LiteralGate {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1016,6 +1007,7 @@ detection:
         assert_eq!(candidates(&gate, &[("CommandLine", "echo 😀")]), vec![0]);
         assert!(candidates(&gate, &[("CommandLine", "notepad.exe readme.txt")]).is_empty());
     }
+
     #[test]
     fn literals_count_only_in_the_field_that_names_them_and_keywords_in_any() {
         let (gate, _) = gate(
@@ -1045,6 +1037,7 @@ detection:
         let swapped = [("Image", "javascript:"), ("CommandLine", "c:\\x\\rundll32.exe")];
         assert!(candidates(&gate, &swapped).is_empty());
     }
+
     #[test]
     fn field_items_without_literals_need_their_field() {
         let (gate, _) = gate(

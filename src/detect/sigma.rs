@@ -313,12 +313,7 @@ impl SigmaRules {
     /// rsigma's results for the rules of `route` that pass the literal gate: the same as
     /// every routed engine's `evaluate`, at a fraction of the cost.
     fn evaluate_gated(&self, route: &Route, doc: &SigmaDoc<'_>) -> Vec<rsigma_eval::EvaluationResult> {
-        let gate = route.gate.as_deref().unwrap_or_else(|| self.all_gate());
-        let candidates = gate.candidates(&route.partitions, |visit| {
-            for (name, value) in &doc.fields {
-                visit(name, value);
-            }
-        });
+        let (_, candidates) = self.gate_candidates(route, doc);
         let mut results = Vec::new();
         for (slot, locals) in candidates {
             let rules = self.partitions[slot].rules();
@@ -335,14 +330,19 @@ impl SigmaRules {
         if route.partitions.is_empty() {
             return (0, 0);
         }
-        let doc = sigma_fields(event);
+        let (gate, candidates) = self.gate_candidates(&route, &sigma_fields(event));
+        (candidates.iter().map(|(_, locals)| locals.len()).sum(), gate.ungated_in(&route.partitions))
+    }
+
+    /// The route's gate and the rules of the route it lets through for `doc`.
+    fn gate_candidates<'a>(&'a self, route: &'a Route, doc: &SigmaDoc<'_>) -> (&'a LiteralGate, super::literal_gate::Candidates) {
         let gate = route.gate.as_deref().unwrap_or_else(|| self.all_gate());
         let candidates = gate.candidates(&route.partitions, |visit| {
             for (name, value) in &doc.fields {
                 visit(name, value);
             }
         });
-        (candidates.iter().map(|(_, locals)| locals.len()).sum(), gate.ungated_in(&route.partitions))
+        (gate, candidates)
     }
 
     /// Ids (or titles) of the matching rules of the event's logsources, every routed rule

@@ -354,9 +354,15 @@ pub fn stage_env(test: &str, stages: &str) -> HashMap<String, String> {
 
 /// Waits until every process logged a partition assignment.
 pub fn wait_assigned(processes: &[&StageProcess]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    wait_assignments(processes, 1, Duration::from_secs(60));
+}
+
+/// Waits until each process has logged `stages` partition assignments (a process running
+/// several stages logs one per stage), at most `within`.
+pub fn wait_assignments(processes: &[&StageProcess], stages: usize, within: Duration) {
+    let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if processes.iter().all(|p| p.log_text().contains("Partitions assigned.")) {
+        if processes.iter().all(|p| p.log_text().matches("Partitions assigned.").count() >= stages) {
             return;
         }
         std::thread::sleep(Duration::from_millis(200));
