@@ -34,21 +34,31 @@ apt_install() {
 }
 
 # --- Tansu -------------------------------------------------------------------------------
-# Tansu 0.6.0 from crates.io with our patches (scripts/tansu/*.patch), both to its fetch:
-#   0001: it slept out the rest of fetch.wait.max.ms after every read, records or not, so
-#         each consumer hop cost up to twice that wait; patched, a fetch answers as soon as
-#         records are there, as Kafka does.
-#   0002: it listed every stored batch of the partition on each fetch (O(batches)), and a
-#         fetch from inside a batch skipped the rest of that batch (a consumer resuming
+# Tansu 0.6.0 from crates.io with our patches (scripts/tansu/<crate>/*.patch, applied to
+# that crate of Tansu's):
+#   tansu-storage/0001: its fetch slept out the rest of fetch.wait.max.ms after every read,
+#         records or not, so each consumer hop cost up to twice that wait; patched, a fetch
+#         answers as soon as records are there, as Kafka does.
+#   tansu-storage/0002: its fetch listed every stored batch of the partition (O(batches)),
+#         and a fetch from inside a batch skipped the rest of that batch (a consumer resuming
 #         mid-batch lost records); patched, batches are read one after another from the one
-#         that holds the offset. The tests rely on this: they produce ordinary batches.
+#         that holds the offset. And 0.6.0 skipped a batch still being written (a produce
+#         advances the watermark before it stores the batch, so with two producers on one
+#         partition a later batch can be stored first): the consumer lost that batch. The
+#         patched fetch stops in front of it. The tests rely on both.
+#   tansu-broker/0003: its group coordinator, when a member stopped heartbeating (killed),
+#         dropped it but kept the old assignment, and let a follower form the group with an
+#         empty assignment when the leader was the one lost; the lost member's partitions
+#         then stayed with nobody for good. Patched, the survivors rejoin and are assigned
+#         everything, as Kafka does after session.timeout.ms.
 # The binary is cached under a name that includes the patches' hash, so a changed patch
 # builds a new one and an unchanged one is reused.
 TANSU_VERSION=0.6.0
 TANSU_SHA256=4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d
 TANSU_STORAGE_SHA256=720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d
+TANSU_BROKER_SHA256=93c1e91b40c2a706dfdbe9a795c08c70918c874ad23f6e0e87564cc0a180e720
 TANSU_PATCHES="$(cd "$(dirname "$0")" && pwd)/tansu"
-TANSU_HOME="$CACHE/tansu-$TANSU_VERSION-$(cat "$TANSU_PATCHES"/*.patch | sha256sum | cut -c1-12)"
+TANSU_HOME="$CACHE/tansu-$TANSU_VERSION-$(cat "$TANSU_PATCHES"/*/*.patch | sha256sum | cut -c1-12)"
 
 find_tansu() {
   if [ -n "${TANSU_BIN:-}" ] && [ -x "$TANSU_BIN" ]; then echo "$TANSU_BIN"; return 0; fi
@@ -70,13 +80,17 @@ build_tansu() {
   rm -rf "$work" && mkdir -p "$work"
   fetch_crate tansu "$TANSU_VERSION" "$TANSU_SHA256" "$work"
   fetch_crate tansu-storage "$TANSU_VERSION" "$TANSU_STORAGE_SHA256" "$work"
+  fetch_crate tansu-broker "$TANSU_VERSION" "$TANSU_BROKER_SHA256" "$work"
   command -v patch >/dev/null 2>&1 || apt_install patch
-  for p in "$TANSU_PATCHES"/*.patch; do
-    patch -s -p1 -d "$work/tansu-storage-$TANSU_VERSION" <"$p" || die "applying $p failed"
+  local crate p
+  printf '\n[patch.crates-io]\n' >>"$work/tansu-$TANSU_VERSION/Cargo.toml"
+  for crate in tansu-storage tansu-broker; do
+    for p in "$TANSU_PATCHES/$crate"/*.patch; do
+      patch -s -p1 -d "$work/$crate-$TANSU_VERSION" <"$p" || die "applying $p failed"
+    done
+    printf '%s = { path = "../%s-%s" }\n' "$crate" "$crate" "$TANSU_VERSION" >>"$work/tansu-$TANSU_VERSION/Cargo.toml"
   done
-  printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' "$TANSU_VERSION" \
-    >>"$work/tansu-$TANSU_VERSION/Cargo.toml"
-  # The crate's own Cargo.lock pins every other dependency; only the patched one changes.
+  # The crate's own Cargo.lock pins every other dependency; only the patched ones change.
   # A target directory of its own, kept: the project's would hold cargo's lock for the
   # whole build, and keeping it makes a changed patch a rebuild of minutes, not of all.
   (cd "$work/tansu-$TANSU_VERSION" && CARGO_TARGET_DIR="$CACHE/tansu-target" cargo build --release \

@@ -108,6 +108,42 @@ fn check_dead_letters(data: &Dataset, records: &[ReadRecord], raw_topic: &str) {
     assert_eq!(seen, expected, "every malformed record is dead-lettered");
 }
 
+/// For a failure message: how many valid events are missing from `normalized`, where
+/// their raw records sit, and any offsets the test's own reader skipped (a gap there is the
+/// broker losing records for a consumer, not the stage).
+fn where_missing(env: &NormalizeEnv, data: &Dataset, normalized: &[ReadRecord]) -> String {
+    let seen: HashSet<String> = normalized_ids(normalized).into_keys().collect();
+    let mut raw = TopicReader::new(&env.raw);
+    raw.read_until(Duration::from_secs(30), |r| r.len() >= data.records.len());
+    let normalizer = threatpipe::normalize::Normalizer::new(Default::default(), "t");
+    let mut missing_positions = Vec::new();
+    for record in &raw.records {
+        let as_record = threatpipe::bus::Record { topic: "raw".into(), partition: 0, offset: 0, key: None, payload: record.payload.clone(), timestamp_ms: None };
+        if let Ok(event) = normalizer.normalize(&as_record, 0) {
+            if data.valid_ids.contains(&event.id) && !seen.contains(&event.id) {
+                missing_positions.push((record.partition, record.offset));
+            }
+        }
+    }
+    missing_positions.sort();
+    let mut read: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for record in normalized {
+        read.entry(record.partition).or_default().push(record.offset);
+    }
+    let reader_gaps: Vec<(i32, i64, i64)> = read
+        .iter_mut()
+        .flat_map(|(partition, offsets)| {
+            offsets.sort_unstable();
+            offsets.dedup();
+            offsets.windows(2).filter(|w| w[1] != w[0] + 1).map(|w| (*partition, w[0], w[1])).collect::<Vec<_>>()
+        })
+        .collect();
+    format!(
+        "only {} of {} events normalized (raw has {} records); missing raw positions {:?} ({} of them); gaps in what the reader read of the normalized topic (partition, last, next): {:?}",
+        seen.len(), data.valid_ids.len(), raw.records.len(), missing_positions.iter().take(20).collect::<Vec<_>>(), missing_positions.len(), reader_gaps
+    )
+}
+
 fn env_with_limit(test: &str) -> NormalizeEnv {
     let mut env = NormalizeEnv::new(test, 4);
     env.env.insert("THREATPIPE_NORMALIZE__MAX_EVENT_BYTES".into(), TEST_MAX_EVENT_BYTES.to_string());
@@ -130,7 +166,7 @@ fn two_instances_normalize_every_valid_event_exactly_once_and_dead_letter_the_re
     let valid = data.valid_ids.len();
     let mut counter = IdCounter::default();
     let complete = normalized.read_until(COMPLETION_TIMEOUT, |r| counter.update(r) >= valid);
-    assert!(complete, "only {} of {valid} events normalized; logs:\n{}\n---\n{}", counter.ids.len(), a.log_text(), b.log_text());
+    assert!(complete, "{}; logs:\n{}\n---\n{}", where_missing(&env, &data, &normalized.records), a.log_text(), b.log_text());
     assert!(dlq.read_until(Duration::from_secs(60), |r| dead_letter_keys(r).len() >= data.malformed.len()));
     // Anything duplicated would arrive right behind; look a little longer.
     normalized.poll_for(Duration::from_secs(2));
@@ -167,25 +203,7 @@ fn an_instance_killed_mid_stream_loses_nothing() {
     let mut counter = IdCounter::default();
     let complete = normalized.read_until(COMPLETION_TIMEOUT, |r| counter.update(r) >= valid);
     if !complete {
-        let seen: HashSet<String> = normalized_ids(&normalized.records).into_keys().collect();
-        let mut raw = TopicReader::new(&env.raw);
-        raw.read_until(Duration::from_secs(30), |r| r.len() >= data.records.len());
-        let normalizer = threatpipe::normalize::Normalizer::new(Default::default(), "t");
-        let mut missing_positions = Vec::new();
-        for record in &raw.records {
-            let as_record = threatpipe::bus::Record { topic: "raw".into(), partition: 0, offset: 0, key: None, payload: record.payload.clone(), timestamp_ms: None };
-            if let Ok(event) = normalizer.normalize(&as_record, 0) {
-                if data.valid_ids.contains(&event.id) && !seen.contains(&event.id) {
-                    missing_positions.push((record.partition, record.offset));
-                }
-            }
-        }
-        missing_positions.sort();
-        panic!(
-            "only {} of {valid} after the kill (raw has {} records); missing at {:?}..{:?} ({} found); logs:\n{}\n---\n{}\n---\n{}",
-            seen.len(), raw.records.len(), missing_positions.first(), missing_positions.last(), missing_positions.len(),
-            a.log_text(), b.log_text(), a2.log_text()
-        );
+        panic!("{} after the kill; logs:\n{}\n---\n{}\n---\n{}", where_missing(&env, &data, &normalized.records), a.log_text(), b.log_text(), a2.log_text());
     }
     let ids = normalized_ids(&normalized.records);
     let seen: HashSet<String> = ids.keys().cloned().collect();

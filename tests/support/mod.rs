@@ -106,7 +106,7 @@ pub fn create_topics(topics: &[&str], partitions: i32) {
 /// from a committed offset often starts inside a batch. Tansu 0.6.0 as released answered
 /// such a fetch with the *next* batch and silently skipped the rest (a fetch from offset 1
 /// of a batch 0..1157 returned 1158 onwards); the Tansu that scripts/services.sh builds
-/// carries our patch for it (scripts/tansu/0002-*), and returns the whole batch as Kafka
+/// carries our patch for it (scripts/tansu/tansu-storage/0002-*), and returns the whole batch as Kafka
 /// does, librdkafka dropping what lies below the offset.
 pub fn produce_all(topic: &str, records: &[(String, Vec<u8>)]) {
     let counter = DeliveryCounter::default();
