@@ -13,13 +13,13 @@ mod support;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use support::{DeliveryCounter, TopicReader, brokers, create_topics, require_broker, unique};
 
-const PRODUCERS: usize = 4;
+const PRODUCERS: usize = 8;
 const RECORDS_EACH: usize = 5_000;
 
 #[test]
@@ -38,10 +38,12 @@ fn concurrent_producers_to_one_partition_lose_nothing_for_a_consumer_reading_beh
             let topic = Arc::clone(&topic);
             std::thread::spawn(move || {
                 let counter = DeliveryCounter::default();
-                // No linger: many small batches, each one more chance to interleave.
+                // One record per batch, no linger: as many batches as records, each one more chance
+                // for two producers' batches to be stored out of order.
                 let producer: ThreadedProducer<DeliveryCounter> = ClientConfig::new()
                     .set("bootstrap.servers", brokers())
                     .set("linger.ms", "0")
+                    .set("batch.num.messages", "1")
                     .create_with_context(counter.clone())
                     .unwrap();
                 for i in 0..RECORDS_EACH {
@@ -64,15 +66,16 @@ fn concurrent_producers_to_one_partition_lose_nothing_for_a_consumer_reading_beh
         .collect();
 
     let total = PRODUCERS * RECORDS_EACH;
-    // Read while they write (the reader is polled on this thread as the writers run).
-    let complete = reader.read_until(Duration::from_secs(180), |records| records.len() >= total);
+    // Read while they write (the reader is polled on this thread as the writers run), then
+    // until everything is in or nothing more comes: what is missing then was skipped.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while reader.records.len() < total && !writers.iter().all(|w| w.is_finished()) && Instant::now() < deadline {
+        reader.poll_for(Duration::from_millis(200));
+    }
     for writer in writers {
         writer.join().expect("producer thread");
     }
-    if !complete {
-        // Whatever is still on its way arrives now; anything still missing was skipped.
-        reader.poll_for(Duration::from_secs(5));
-    }
+    reader.read_until(Duration::from_secs(10), |records| records.len() >= total);
 
     let offsets: Vec<i64> = reader.records.iter().map(|r| r.offset).collect();
     let gaps: Vec<(i64, i64)> = offsets.windows(2).filter(|w| w[1] != w[0] + 1).map(|w| (w[0], w[1])).collect();
