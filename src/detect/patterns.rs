@@ -4,8 +4,9 @@
 //! Regexes are the expensive part of a scan and almost never match. Every pattern names
 //! the literals (`any = [...]`) at least one of which occurs, case-insensitively, in any
 //! text it can match. All literals of all packs go into one Aho-Corasick automaton; a text
-//! field is scanned once, and only patterns whose literal was seen run their regex. A
-//! pattern without literals is always run (and `rules validate` warns about it).
+//! field is scanned once, and only patterns whose literal was seen run their regex. The
+//! patterns without literals (`rules validate` warns about them) are screened together by
+//! one `RegexSet` pass per text, and only those it finds run their regex and check.
 //!
 //! Some patterns need more than a regex to be precise: card numbers pass a Luhn check, US
 //! SSNs the SSA's area/group/serial rules, Brazilian CPFs their two check digits, JWTs a
@@ -30,7 +31,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use regex::Regex;
+use regex::{Regex, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 
 use super::FileError;
@@ -234,6 +235,12 @@ pub struct PatternPacks {
     automaton: Option<AhoCorasick>,
     /// Patterns with no literal: always run.
     always: Vec<u32>,
+    /// The `always` patterns as one set, `always[i]` its pattern i: one pass over a text
+    /// says which of them match at all, so only those run their regex and check. The PII
+    /// patterns (cards, SSNs, CPFs, IBANs, phones) have no literal, and one pass each over
+    /// every text cost more than the rest of the packs together. None when the set does
+    /// not build (size limit); then each runs on its own, as before.
+    always_set: Option<RegexSet>,
     packs: Vec<String>,
 }
 
@@ -280,7 +287,7 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 
 impl PatternPacks {
     pub fn empty() -> Self {
-        Self { patterns: Vec::new(), literal_patterns: Vec::new(), automaton: None, always: Vec::new(), packs: Vec::new() }
+        Self { patterns: Vec::new(), literal_patterns: Vec::new(), automaton: None, always: Vec::new(), always_set: None, packs: Vec::new() }
     }
 
     /// Loads every `.toml` pack under `path` (file or directory). A pack or pattern that
@@ -383,7 +390,10 @@ impl PatternPacks {
                 }
             }
         };
-        (Self { patterns, literal_patterns, automaton, always, packs }, errors)
+        let always_set = (!always.is_empty())
+            .then(|| RegexSetBuilder::new(always.iter().map(|&i| patterns[i as usize].regex.as_str())).size_limit(32 << 20).build().ok())
+            .flatten();
+        (Self { patterns, literal_patterns, automaton, always, always_set, packs }, errors)
     }
 
     pub fn len(&self) -> usize {
@@ -413,7 +423,10 @@ impl PatternPacks {
         for (field, text) in text_fields(event) {
             let text = text.as_ref();
             candidates.clear();
-            candidates.extend_from_slice(&self.always);
+            match &self.always_set {
+                Some(set) => candidates.extend(set.matches(text).iter().map(|i| self.always[i])),
+                None => candidates.extend_from_slice(&self.always),
+            }
             if let Some(ac) = &self.automaton {
                 for m in ac.find_overlapping_iter(text) {
                     candidates.extend_from_slice(&self.literal_patterns[m.pattern().as_usize()]);
