@@ -1,12 +1,15 @@
 //! Pattern packs: regexes for prompt injection, secrets, PII and web attacks, shipped as
-//! TOML files in `pipelines/patterns/`, gated by one shared literal automaton.
+//! TOML files in `pipelines/patterns/`, gated by a literal automaton per text field.
 //!
 //! Regexes are the expensive part of a scan and almost never match. Every pattern names
 //! the literals (`any = [...]`) at least one of which occurs, case-insensitively, in any
-//! text it can match. All literals of all packs go into one Aho-Corasick automaton; a text
-//! field is scanned once, and only patterns whose literal was seen run their regex. The
-//! patterns without literals (`rules validate` warns about them) are screened together by
-//! one `RegexSet` pass per text, and only those it finds run their regex and check.
+//! text it can match. The literals of the patterns that apply to a text field go into that
+//! field's Aho-Corasick automaton ([`FieldScan`]); a text is scanned once, and only patterns
+//! whose literal was seen run their regex. A field's automaton holds only its own patterns'
+//! literals: the web-attack literals `or`, `;` and `'` are not looked for (and found
+//! everywhere) in a command line. The patterns without literals (`rules validate` warns
+//! about them) are screened together by one `RegexSet` pass per text, and only those it
+//! finds run their regex and check.
 //!
 //! Some patterns need more than a regex to be precise: card numbers pass a Luhn check, US
 //! SSNs the SSA's area/group/serial rules, Brazilian CPFs their two check digits, JWTs a
@@ -227,21 +230,73 @@ struct Pattern {
     fields: Vec<String>,
 }
 
-/// Every loaded pattern and the automaton over their literals.
+/// Every loaded pattern, and for each text field the automaton over the literals of the
+/// patterns that apply to it.
 pub struct PatternPacks {
     patterns: Vec<Pattern>,
-    /// Literal index in the automaton → patterns that require it.
-    literal_patterns: Vec<Vec<u32>>,
+    /// Patterns with no literal, of any field (for `rules validate`).
+    always: Vec<u32>,
+    /// One per name of [`TEXT_FIELDS`], in that order.
+    scans: Vec<FieldScan>,
+    packs: Vec<String>,
+}
+
+/// The text fields packs scan, by the names [`text_fields`] gives them.
+pub const TEXT_FIELDS: [&str; 8] =
+    ["message", "llm.prompt", "llm.response", "http.url", "http.user_agent", "http.referrer", "process.command_line", "http.body"];
+
+/// What a text of one field is scanned with: the patterns that apply to the field.
+#[derive(Default)]
+struct FieldScan {
+    /// Over the field's patterns' literals; literal index → patterns that require it.
     automaton: Option<AhoCorasick>,
-    /// Patterns with no literal: always run.
+    literal_patterns: Vec<Vec<u32>>,
+    /// The field's patterns with no literal: run on every text of the field.
     always: Vec<u32>,
     /// The `always` patterns as one set, `always[i]` its pattern i: one pass over a text
     /// says which of them match at all, so only those run their regex and check. The PII
     /// patterns (cards, SSNs, CPFs, IBANs, phones) have no literal, and one pass each over
     /// every text cost more than the rest of the packs together. None when the set does
-    /// not build (size limit); then each runs on its own, as before.
+    /// not build (size limit); then each runs on its own.
     always_set: Option<RegexSet>,
-    packs: Vec<String>,
+}
+
+impl FieldScan {
+    /// The scan of `field`: `patterns` (with their lower-cased literals) that apply to it.
+    fn build(field: &str, patterns: &[Pattern], literals_of: &[Vec<String>], errors: &mut Vec<FileError>) -> Self {
+        let mut scan = FieldScan::default();
+        let mut literals: Vec<&str> = Vec::new();
+        let mut literal_index: HashMap<&str, usize> = HashMap::new();
+        for (index, (pattern, any)) in patterns.iter().zip(literals_of).enumerate() {
+            if !pattern.fields.is_empty() && !pattern.fields.iter().any(|f| f == field) {
+                continue;
+            }
+            let index = index as u32;
+            if any.is_empty() {
+                scan.always.push(index);
+            }
+            for literal in any {
+                let i = *literal_index.entry(literal.as_str()).or_insert_with(|| {
+                    literals.push(literal.as_str());
+                    scan.literal_patterns.push(Vec::new());
+                    literals.len() - 1
+                });
+                if !scan.literal_patterns[i].contains(&index) {
+                    scan.literal_patterns[i].push(index);
+                }
+            }
+        }
+        if !literals.is_empty() {
+            match AhoCorasickBuilder::new().ascii_case_insensitive(true).match_kind(MatchKind::Standard).build(&literals) {
+                Ok(ac) => scan.automaton = Some(ac),
+                Err(e) => errors.push(FileError { path: PathBuf::from("<packs>"), reason: format!("literal automaton of {field}: {e}") }),
+            }
+        }
+        scan.always_set = (!scan.always.is_empty())
+            .then(|| RegexSetBuilder::new(scan.always.iter().map(|&i| patterns[i as usize].regex.as_str())).size_limit(32 << 20).build().ok())
+            .flatten();
+        scan
+    }
 }
 
 /// The text fields of an event that packs scan, by their dotted names.
@@ -287,7 +342,7 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 
 impl PatternPacks {
     pub fn empty() -> Self {
-        Self { patterns: Vec::new(), literal_patterns: Vec::new(), automaton: None, always: Vec::new(), always_set: None, packs: Vec::new() }
+        Self { patterns: Vec::new(), always: Vec::new(), scans: Vec::new(), packs: Vec::new() }
     }
 
     /// Loads every `.toml` pack under `path` (file or directory). A pack or pattern that
@@ -320,9 +375,8 @@ impl PatternPacks {
     pub fn from_sources(sources: &[(PathBuf, String)]) -> (Self, Vec<FileError>) {
         let mut errors = Vec::new();
         let mut patterns = Vec::new();
-        let mut literals: Vec<String> = Vec::new();
-        let mut literal_index: HashMap<String, usize> = HashMap::new();
-        let mut literal_patterns: Vec<Vec<u32>> = Vec::new();
+        // Per pattern, its literals, lower-cased.
+        let mut literals_of: Vec<Vec<String>> = Vec::new();
         let mut always = Vec::new();
         let mut packs = Vec::new();
         let mut seen_ids: HashMap<String, PathBuf> = HashMap::new();
@@ -349,6 +403,11 @@ impl PatternPacks {
                         continue;
                     }
                 };
+                let fields = if spec.fields.is_empty() { pack.fields.clone() } else { spec.fields };
+                if let Some(unknown) = fields.iter().find(|f| !TEXT_FIELDS.contains(&f.as_str())) {
+                    errors.push(fail(format!("field {unknown:?} is not a text field packs scan (one of {})", TEXT_FIELDS.join(", "))));
+                    continue;
+                }
                 seen_ids.insert(spec.id.clone(), path.clone());
                 let index = patterns.len() as u32;
                 let mut tags = pack.tags.clone();
@@ -361,39 +420,16 @@ impl PatternPacks {
                     tags,
                     regex,
                     check: spec.check,
-                    fields: if spec.fields.is_empty() { pack.fields.clone() } else { spec.fields },
+                    fields,
                 });
                 if spec.any.is_empty() {
                     always.push(index);
                 }
-                for literal in spec.any {
-                    let literal = literal.to_lowercase();
-                    let i = *literal_index.entry(literal.clone()).or_insert_with(|| {
-                        literals.push(literal);
-                        literal_patterns.push(Vec::new());
-                        literals.len() - 1
-                    });
-                    if !literal_patterns[i].contains(&index) {
-                        literal_patterns[i].push(index);
-                    }
-                }
+                literals_of.push(spec.any.iter().map(|literal| literal.to_lowercase()).collect());
             }
         }
-        let automaton = if literals.is_empty() {
-            None
-        } else {
-            match AhoCorasickBuilder::new().ascii_case_insensitive(true).match_kind(MatchKind::Standard).build(&literals) {
-                Ok(ac) => Some(ac),
-                Err(e) => {
-                    errors.push(FileError { path: PathBuf::from("<packs>"), reason: format!("literal automaton: {e}") });
-                    None
-                }
-            }
-        };
-        let always_set = (!always.is_empty())
-            .then(|| RegexSetBuilder::new(always.iter().map(|&i| patterns[i as usize].regex.as_str())).size_limit(32 << 20).build().ok())
-            .flatten();
-        (Self { patterns, literal_patterns, automaton, always, always_set, packs }, errors)
+        let scans = TEXT_FIELDS.iter().map(|field| FieldScan::build(field, &patterns, &literals_of, &mut errors)).collect();
+        (Self { patterns, always, scans, packs }, errors)
     }
 
     pub fn len(&self) -> usize {
@@ -421,24 +457,22 @@ impl PatternPacks {
         }
         let mut candidates: Vec<u32> = Vec::new();
         for (field, text) in text_fields(event) {
+            let Some(scan) = TEXT_FIELDS.iter().position(|f| *f == field).and_then(|i| self.scans.get(i)) else { continue };
             let text = text.as_ref();
             candidates.clear();
-            match &self.always_set {
-                Some(set) => candidates.extend(set.matches(text).iter().map(|i| self.always[i])),
-                None => candidates.extend_from_slice(&self.always),
+            match &scan.always_set {
+                Some(set) => candidates.extend(set.matches(text).iter().map(|i| scan.always[i])),
+                None => candidates.extend_from_slice(&scan.always),
             }
-            if let Some(ac) = &self.automaton {
+            if let Some(ac) = &scan.automaton {
                 for m in ac.find_overlapping_iter(text) {
-                    candidates.extend_from_slice(&self.literal_patterns[m.pattern().as_usize()]);
+                    candidates.extend_from_slice(&scan.literal_patterns[m.pattern().as_usize()]);
                 }
             }
             candidates.sort_unstable();
             candidates.dedup();
             for &index in &candidates {
                 let pattern = &self.patterns[index as usize];
-                if !pattern.fields.is_empty() && !pattern.fields.iter().any(|f| f == field) {
-                    continue;
-                }
                 let hit = pattern
                     .regex
                     .find_iter(text)
@@ -515,6 +549,34 @@ mod tests {
         let matches = packs.evaluate(&event);
         let ids: Vec<_> = matches.iter().map(|m| (m.rule_id.as_str(), m.fields.keys().next().map(String::as_str))).collect();
         assert_eq!(ids, vec![("card", Some("llm.prompt")), ("ignore", Some("llm.prompt"))]);
+    }
+
+    #[test]
+    fn a_pattern_runs_only_on_its_fields_and_an_unknown_field_is_reported() {
+        let pack = r#"
+            name = "t"
+            [[pattern]]
+            id = "semi"
+            title = "semicolon in a url"
+            regex = ';\s*rm\b'
+            any = [";"]
+            fields = ["http.url"]
+            [[pattern]]
+            id = "typo"
+            title = "a field packs do not scan"
+            regex = 'x'
+            any = ["x"]
+            fields = ["http.uri"]
+        "#;
+        let (packs, errors) = PatternPacks::from_sources(&[(PathBuf::from("t.toml"), pack.to_string())]);
+        assert_eq!(packs.len(), 1);
+        assert!(errors[0].to_string().contains("pattern typo: field \"http.uri\" is not a text field"), "{errors:?}");
+        let mut event = Event::default();
+        event.message = Some("a; rm -rf /".into());
+        assert!(packs.evaluate(&event).is_empty(), "not a field of the pattern");
+        event.http = Some(crate::event::Http { url: Some("/x?a=1; rm -rf /".into()), ..Default::default() });
+        let ids: Vec<_> = packs.evaluate(&event).into_iter().map(|m| (m.rule_id, m.fields.into_keys().collect::<Vec<_>>())).collect();
+        assert_eq!(ids, vec![("semi".to_string(), vec!["http.url".to_string()])]);
     }
 
     #[test]
