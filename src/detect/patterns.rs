@@ -571,8 +571,7 @@ mod tests {
         let (packs, errors) = PatternPacks::from_sources(&[(PathBuf::from("t.toml"), pack.to_string())]);
         assert_eq!(packs.len(), 1);
         assert!(errors[0].to_string().contains("pattern typo: field \"http.uri\" is not a text field"), "{errors:?}");
-        let mut event = Event::default();
-        event.message = Some("a; rm -rf /".into());
+        let mut event = Event { message: Some("a; rm -rf /".into()), ..Event::default() };
         assert!(packs.evaluate(&event).is_empty(), "not a field of the pattern");
         event.http = Some(crate::event::Http { url: Some("/x?a=1; rm -rf /".into()), ..Default::default() });
         let ids: Vec<_> = packs.evaluate(&event).into_iter().map(|m| (m.rule_id, m.fields.into_keys().collect::<Vec<_>>())).collect();
