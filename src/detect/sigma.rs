@@ -191,6 +191,40 @@ impl SigmaRules {
         routes
     }
 
+    /// The route of `event`. A Windows event's logsources follow from four of its raw
+    /// values (provider, channel, event id, Sysmon event type; see [`logsources`]), so its
+    /// route is remembered under those, and an event seen before skips working out its
+    /// logsources (lower-casing, allocating): ~3% of a scan.
+    fn event_route(&self, event: &Event) -> std::sync::Arc<Route> {
+        if !is_windows(event) {
+            return self.route(&logsources(event));
+        }
+        let mut key = String::with_capacity(96);
+        key.push('\u{3}');
+        let attr = |name: &str| event.attrs.get(name).map(String::as_str);
+        for part in [event.source.product.as_deref(), attr("Channel"), attr("EventID"), attr("EventType")] {
+            // Length-prefixed: no value, whatever its characters, reads as two.
+            match part {
+                Some(value) => {
+                    key.push_str(&value.len().to_string());
+                    key.push(':');
+                    key.push_str(value);
+                }
+                None => key.push('-'),
+            }
+        }
+        // A poisoned lock only means a panic elsewhere while it was held; the map is whole.
+        if let Some(route) = self.route_cache.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return route.clone();
+        }
+        let route = self.route(&logsources(event));
+        let mut cache = self.route_cache.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() < MAX_CACHED_ROUTES {
+            cache.insert(key, route.clone());
+        }
+        route
+    }
+
     /// The route of an event of `sources`: [`SigmaRules::routes`] and their gate,
     /// remembered per logsource set.
     fn route(&self, sources: &[LogSource]) -> std::sync::Arc<Route> {
@@ -291,7 +325,7 @@ impl SigmaRules {
 
     /// Every rule of the event's logsource that matches it.
     pub fn evaluate(&self, event: &Event) -> Vec<Match> {
-        let route = self.route(&logsources(event));
+        let route = self.event_route(event);
         if route.partitions.is_empty() {
             return Vec::new();
         }
@@ -540,7 +574,9 @@ fn host_product(event: &Event) -> Option<String> {
 /// file-delete events also belong to their umbrella category (`registry_event`).
 pub fn logsources(event: &Event) -> Vec<LogSource> {
     let mut ls = LogSource::default();
-    if event.source.format == "evtx" || event.source.vendor.as_deref() == Some("microsoft") {
+    // Only the provider, the Channel, EventID and EventType attributes decide a Windows
+    // event's logsources ([`SigmaRules::event_route`] relies on it).
+    if is_windows(event) {
         ls.product = Some("windows".into());
         let provider = event.source.product.as_deref().unwrap_or_default().to_ascii_lowercase();
         let channel = event.attrs.get("Channel").map(String::as_str);
@@ -579,6 +615,11 @@ pub fn logsources(event: &Event) -> Vec<LogSource> {
         _ => None,
     };
     vec![ls]
+}
+
+/// Whether `event` is a Windows event, whose logsources come from its provider and channel.
+fn is_windows(event: &Event) -> bool {
+    event.source.format == "evtx" || event.source.vendor.as_deref() == Some("microsoft")
 }
 
 /// The event's fields as Sigma sees them: producer fields by their own names (Windows
@@ -731,5 +772,62 @@ impl rsigma_eval::Event for SigmaDoc<'_> {
             visit(k);
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sysmon registry events: one EventID, two EventTypes, two logsources.
+    const RULES: &str = r#"
+title: key created
+id: 00000000-0000-0000-0000-000000000001
+logsource: {product: windows, category: registry_add}
+detection:
+  sel: {TargetObject|contains: '\Run\'}
+  condition: sel
+---
+title: key deleted
+id: 00000000-0000-0000-0000-000000000002
+logsource: {product: windows, category: registry_delete}
+detection:
+  sel: {TargetObject|contains: '\Run\'}
+  condition: sel
+"#;
+
+    fn sysmon(event_type: &str, provider: &str) -> Event {
+        let mut event = Event::default();
+        event.source.format = "evtx".into();
+        event.source.product = Some(provider.into());
+        for (name, value) in [("Channel", "Microsoft-Windows-Sysmon/Operational"), ("EventID", "12"), ("EventType", event_type), ("TargetObject", "HKLM\\Software\\Microsoft\\Windows\\CurrentVersion\\Run\\x")] {
+            event.attrs.insert(name.into(), value.into());
+        }
+        event
+    }
+
+    #[test]
+    fn a_remembered_windows_route_is_the_route_of_the_events_logsources() {
+        let (rules, errors) = SigmaRules::from_yaml(RULES);
+        assert!(errors.is_empty(), "{errors:?}");
+        let ids = |event: &Event| rules.evaluate(event).into_iter().map(|m| m.title).collect::<Vec<_>>();
+        // Each twice: the second answer comes from the remembered route.
+        for _ in 0..2 {
+            assert_eq!(ids(&sysmon("CreateKey", "Microsoft-Windows-Sysmon")), vec!["key created"]);
+            assert_eq!(ids(&sysmon("DeleteKey", "Microsoft-Windows-Sysmon")), vec!["key deleted"]);
+        }
+        for event_type in ["CreateKey", "DeleteKey", "RenameKey"] {
+            let event = sysmon(event_type, "Microsoft-Windows-Sysmon");
+            assert_eq!(rules.event_route(&event).partitions, rules.route(&logsources(&event)).partitions, "{event_type}");
+        }
+        // Values that would run together without the lengths do not share a route.
+        let mut a = sysmon("DeleteKey", "p");
+        a.attrs.remove("Channel");
+        let mut b = sysmon("DeleteKey", "p");
+        b.source.product = None;
+        b.attrs.insert("Channel".into(), "p".into());
+        for event in [&a, &b] {
+            assert_eq!(rules.event_route(event).partitions, rules.route(&logsources(event)).partitions);
+        }
     }
 }
