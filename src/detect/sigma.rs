@@ -213,11 +213,16 @@ impl SigmaRules {
                 None => key.push('-'),
             }
         }
+        self.remembered_route(key, || self.route(&logsources(event)))
+    }
+
+    /// The route remembered under `key`, or `make`'s, remembered while the cache has room.
+    fn remembered_route(&self, key: String, make: impl FnOnce() -> std::sync::Arc<Route>) -> std::sync::Arc<Route> {
         // A poisoned lock only means a panic elsewhere while it was held; the map is whole.
         if let Some(route) = self.route_cache.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return route.clone();
         }
-        let route = self.route(&logsources(event));
+        let route = make();
         let mut cache = self.route_cache.write().unwrap_or_else(|e| e.into_inner());
         if cache.len() < MAX_CACHED_ROUTES {
             cache.insert(key, route.clone());
@@ -241,18 +246,11 @@ impl SigmaRules {
             }
             key.push('\u{2}');
         }
-        // A poisoned lock only means a panic elsewhere while it was held; the map is whole.
-        if let Some(route) = self.route_cache.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return route.clone();
-        }
-        let partitions = self.routes(sources);
-        let gate = self.route_gate(&partitions);
-        let route = std::sync::Arc::new(Route { partitions, gate });
-        let mut cache = self.route_cache.write().unwrap_or_else(|e| e.into_inner());
-        if cache.len() < MAX_CACHED_ROUTES {
-            cache.insert(key, route.clone());
-        }
-        route
+        self.remembered_route(key, || {
+            let partitions = self.routes(sources);
+            let gate = self.route_gate(&partitions);
+            std::sync::Arc::new(Route { partitions, gate })
+        })
     }
 
     /// Loads every rule under each path.
