@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use support::{DeliveryCounter, TopicReader, brokers, create_topics, require_broker, unique};
+use support::{DeliveryCounter, TopicReader, brokers, create_topics, require_broker, send_queued, unique};
 
 const PRODUCERS: usize = 8;
 const RECORDS_EACH: usize = 5_000;
@@ -48,16 +48,7 @@ fn concurrent_producers_to_one_partition_lose_nothing_for_a_consumer_reading_beh
                     .unwrap();
                 for i in 0..RECORDS_EACH {
                     let key = format!("p{p}-{i}");
-                    let mut record = BaseRecord::to(topic.as_str()).key(key.as_bytes()).payload(key.as_bytes());
-                    loop {
-                        match producer.send(record) {
-                            Ok(()) => break,
-                            Err((_, returned)) => {
-                                record = returned;
-                                std::thread::sleep(Duration::from_millis(1));
-                            }
-                        }
-                    }
+                    send_queued(&producer, BaseRecord::to(topic.as_str()).key(key.as_bytes()).payload(key.as_bytes()));
                 }
                 producer.flush(Duration::from_secs(120)).expect("every record acknowledged");
                 assert_eq!(counter.failed.load(Ordering::Relaxed), 0, "producer {p}: a delivery failed");

@@ -117,21 +117,25 @@ pub fn produce_all(topic: &str, records: &[(String, Vec<u8>)]) {
         .create_with_context(counter.clone())
         .unwrap();
     for (key, payload) in records {
-        let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(payload.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, returned)) => {
-                    record = returned;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        send_queued(&producer, BaseRecord::to(topic).key(key.as_bytes()).payload(payload.as_slice()));
     }
     // Large inputs on a busy machine take a while: the wait grows with the count.
     let patience = Duration::from_secs(60).max(Duration::from_millis(2) * records.len() as u32);
     producer.flush(patience).unwrap_or_else(|e| panic!("producing {} records to {topic}: {e}", records.len()));
     assert_eq!(counter.failed.load(Ordering::Relaxed), 0, "the test's own produce to {topic} failed");
+}
+
+/// Queues `record` on `producer`, waiting while its queue is full.
+pub fn send_queued(producer: &ThreadedProducer<DeliveryCounter>, mut record: BaseRecord<'_, [u8], [u8]>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, returned)) => {
+                record = returned;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
