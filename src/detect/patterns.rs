@@ -241,9 +241,29 @@ pub struct PatternPacks {
     packs: Vec<String>,
 }
 
-/// The text fields packs scan, by the names [`text_fields`] gives them.
+/// The text fields packs scan, by name; [`text_fields`] gives each text with its index here.
 pub const TEXT_FIELDS: [&str; 8] =
     ["message", "llm.prompt", "llm.response", "http.url", "http.user_agent", "http.referrer", "process.command_line", "http.body"];
+
+/// The index of `name` in [`TEXT_FIELDS`]; used in `const` blocks, so a name that is not
+/// there fails the build, not a scan.
+const fn text_field(name: &str) -> usize {
+    let mut index = 0;
+    while index < TEXT_FIELDS.len() {
+        let (a, b) = (TEXT_FIELDS[index].as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut i = 0;
+            while i < a.len() && a[i] == b[i] {
+                i += 1;
+            }
+            if i == a.len() {
+                return index;
+            }
+        }
+        index += 1;
+    }
+    panic!("not a name in TEXT_FIELDS")
+}
 
 /// What a text of one field is scanned with: the patterns that apply to the field.
 #[derive(Default)]
@@ -300,31 +320,33 @@ impl FieldScan {
 }
 
 /// The text fields of an event that packs scan, by their dotted names.
-pub fn text_fields(event: &Event) -> Vec<(&'static str, std::borrow::Cow<'_, str>)> {
-    let mut out: Vec<(&'static str, std::borrow::Cow<'_, str>)> = Vec::with_capacity(8);
-    fn put<'e>(out: &mut Vec<(&'static str, std::borrow::Cow<'e, str>)>, name: &'static str, value: Option<&'e str>) {
+/// The event's texts packs scan, each with its field's index in [`TEXT_FIELDS`].
+pub fn text_fields(event: &Event) -> Vec<(usize, std::borrow::Cow<'_, str>)> {
+    let mut out: Vec<(usize, std::borrow::Cow<'_, str>)> = Vec::with_capacity(8);
+    fn put<'e>(out: &mut Vec<(usize, std::borrow::Cow<'e, str>)>, field: usize, value: Option<&'e str>) {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
             let v = &v[..floor_char_boundary(v, MAX_SCAN_BYTES)];
+            let name = TEXT_FIELDS[field];
             let decoded = if name.starts_with("http.") && name != "http.user_agent" { url_decode(v) } else { v.into() };
-            out.push((name, decoded));
+            out.push((field, decoded));
         }
     }
-    put(&mut out, "message", event.message.as_deref());
+    put(&mut out, const { text_field("message") }, event.message.as_deref());
     if let Some(llm) = &event.llm {
-        put(&mut out, "llm.prompt", llm.prompt.as_deref());
-        put(&mut out, "llm.response", llm.response.as_deref());
+        put(&mut out, const { text_field("llm.prompt") }, llm.prompt.as_deref());
+        put(&mut out, const { text_field("llm.response") }, llm.response.as_deref());
     }
     if let Some(http) = &event.http {
-        put(&mut out, "http.url", http.url.as_deref());
-        put(&mut out, "http.user_agent", http.user_agent.as_deref());
-        put(&mut out, "http.referrer", http.referrer.as_deref());
+        put(&mut out, const { text_field("http.url") }, http.url.as_deref());
+        put(&mut out, const { text_field("http.user_agent") }, http.user_agent.as_deref());
+        put(&mut out, const { text_field("http.referrer") }, http.referrer.as_deref());
     }
     if let Some(p) = &event.process {
-        put(&mut out, "process.command_line", p.command_line.as_deref());
+        put(&mut out, const { text_field("process.command_line") }, p.command_line.as_deref());
     }
     for name in ["body", "request_body", "http.request.body.content"] {
         if let Some(v) = event.attrs.get(name) {
-            put(&mut out, "http.body", Some(v.as_str()));
+            put(&mut out, const { text_field("http.body") }, Some(v.as_str()));
         }
     }
     out
@@ -456,8 +478,9 @@ impl PatternPacks {
             return matches;
         }
         let mut candidates: Vec<u32> = Vec::new();
-        for (field, text) in text_fields(event) {
-            let Some(scan) = TEXT_FIELDS.iter().position(|f| *f == field).and_then(|i| self.scans.get(i)) else { continue };
+        for (field_index, text) in text_fields(event) {
+            let Some(scan) = self.scans.get(field_index) else { continue };
+            let field = TEXT_FIELDS[field_index];
             let text = text.as_ref();
             candidates.clear();
             match &scan.always_set {
