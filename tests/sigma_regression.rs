@@ -11,7 +11,7 @@ use std::time::Instant;
 use support::{data_dir, files_under};
 use threatpipe::bus::Record;
 use threatpipe::detect::sigma::SigmaRules;
-use threatpipe::event::Event;
+use threatpipe::event::{Event, Match};
 use threatpipe::generator::{EventGenerator, GeneratorConfig};
 use threatpipe::normalize::{NormalizeConfig, Normalizer};
 
@@ -101,34 +101,41 @@ fn sigmahq_regression_samples_fire_their_rules() {
     }
     let (literals, ungated) = rules.gate_stats();
     eprintln!(
-        "literal gate ({literals} literals, {ungated} ungated rules): {} events, {} hits, identical to every routed rule evaluated",
-        gate.events, gate.hits
+        "literal gate ({literals} literals, {ungated} ungated rules): {} events, {} hits with {} matched fields, identical to every routed rule evaluated by rsigma",
+        gate.events, gate.hits, gate.fields
     );
     assert!(gate.mismatches.is_empty(), "the literal gate changed results: {:#?}", &gate.mismatches[..gate.mismatches.len().min(5)]);
     assert!(gate.hits > 100, "the comparison saw hits: {}", gate.hits);
+    assert!(gate.fields > gate.hits, "the comparison saw matched fields: {}", gate.fields);
 }
 
 /// The literal gate must never change what matches: gated evaluation (what quick-scan
-/// runs) against every routed rule evaluated by rsigma's engines.
+/// runs, with its one-pass naming of matched fields) against every routed rule evaluated by
+/// rsigma's engines, compared match by match: rule, level, tags and matched fields.
 #[derive(Default)]
 struct GateCheck {
     events: usize,
     hits: usize,
-    mismatches: Vec<(String, Vec<String>, Vec<String>)>,
+    fields: usize,
+    mismatches: Vec<(String, Vec<Match>, Vec<Match>)>,
 }
 
 impl GateCheck {
     /// The ids of the rules that match the event (gated), after comparing them.
     fn check(&mut self, rules: &SigmaRules, event: &Event) -> Vec<String> {
-        let mut gated: Vec<String> = rules.evaluate(event).into_iter().map(|m| m.rule_id).collect();
-        let mut reference = rules.matching_ids_ungated(event);
-        gated.sort();
-        reference.sort();
+        let order = |mut matches: Vec<Match>| {
+            matches.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));
+            matches
+        };
+        let gated = order(rules.evaluate(event));
+        let reference = order(rules.evaluate_ungated(event));
         self.events += 1;
         self.hits += reference.len();
+        self.fields += reference.iter().map(|m| m.fields.len()).sum::<usize>();
+        let ids = gated.iter().map(|m| m.rule_id.clone()).collect();
         if gated != reference {
-            self.mismatches.push((event.id.clone(), gated.clone(), reference));
+            self.mismatches.push((event.id.clone(), gated, reference));
         }
-        gated
+        ids
     }
 }

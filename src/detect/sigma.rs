@@ -336,22 +336,19 @@ impl SigmaRules {
     pub fn matching_ids_normalized(&self, event: &Event, doc: &SigmaDoc<'_>) -> Vec<String> {
         let mut sources = logsources(event);
         sources.push(LogSource { product: Some("threatpipe".into()), category: Some(event.class.as_str().into()), ..LogSource::default() });
-        self.evaluate_gated(&self.route(&sources), doc)
-            .into_iter()
-            .map(rule_name)
-            .collect()
+        self.evaluate_gated(&self.route(&sources), doc).into_iter().map(|m| m.rule_id).collect()
     }
 
-    /// rsigma's results for the rules of `route` that pass the literal gate: the same as
-    /// every routed engine's `evaluate`, at a fraction of the cost.
-    fn evaluate_gated(&self, route: &Route, doc: &SigmaDoc<'_>) -> Vec<rsigma_eval::EvaluationResult> {
+    /// The rules of `route` that pass the literal gate and match: the same as every routed
+    /// engine's `evaluate`, at a fraction of the cost.
+    fn evaluate_gated(&self, route: &Route, doc: &SigmaDoc<'_>) -> Vec<Match> {
         let (_, candidates) = self.gate_candidates(route, doc);
-        let mut results = Vec::new();
+        let mut matches = Vec::new();
         for (slot, locals) in candidates {
             let rules = self.partitions[slot].rules();
-            results.extend(locals.into_iter().filter_map(|local| rsigma_eval::evaluate_rule(&rules[local as usize], doc)));
+            matches.extend(locals.into_iter().filter_map(|local| evaluate_candidate(&rules[local as usize], doc)));
         }
-        results
+        matches
     }
 
     /// How many rules of the event's logsources pass the literal gate and are evaluated by
@@ -378,15 +375,9 @@ impl SigmaRules {
     }
 
     /// Ids (or titles) of the matching rules of the event's logsources, every routed rule
-    /// evaluated by rsigma's engines without the literal gate: the reference the gate is
-    /// tested against.
+    /// evaluated by rsigma's engines without the literal gate ([`SigmaRules::evaluate_ungated`]).
     pub fn matching_ids_ungated(&self, event: &Event) -> Vec<String> {
-        let doc = sigma_fields(event);
-        self.routes(&logsources(event))
-            .into_iter()
-            .flat_map(|slot| self.partitions[slot].evaluate(&doc))
-            .map(rule_name)
-            .collect()
+        self.evaluate_ungated(event).into_iter().map(|m| m.rule_id).collect()
     }
 
     /// The gate of `routes`, built on first use; `None` once [`MAX_ROUTE_GATES`] routes
@@ -424,26 +415,18 @@ impl SigmaRules {
     }
 
     fn evaluate_route(&self, route: &Route, doc: &SigmaDoc<'_>) -> Vec<Match> {
-        let results = self.evaluate_gated(route, doc);
-        results
+        self.evaluate_gated(route, doc)
+    }
+
+    /// Every rule of the event's logsources that matches it, each evaluated by rsigma's
+    /// engines as they stand (no literal gate, rsigma's own matched fields): the reference
+    /// quick-scan's results are tested against.
+    pub fn evaluate_ungated(&self, event: &Event) -> Vec<Match> {
+        let doc = sigma_fields(event);
+        self.routes(&logsources(event))
             .into_iter()
-            .filter_map(|result| {
-                let detection = result.as_detection()?;
-                let fields = detection
-                    .matched_fields
-                    .iter()
-                    .map(|m| (m.field.clone(), m.value.as_str().map(str::to_string).unwrap_or_else(|| m.value.to_string())))
-                    .collect();
-                let header = &result.header;
-                Some(Match {
-                    rule_id: header.rule_id.clone().unwrap_or_else(|| header.rule_title.clone()),
-                    title: header.rule_title.clone(),
-                    level: header.level.map(|l| format!("{l:?}").to_ascii_lowercase()).unwrap_or_else(|| "informational".into()),
-                    kind: "sigma".into(),
-                    tags: header.tags.clone(),
-                    fields,
-                })
-            })
+            .flat_map(|slot| self.partitions[slot].evaluate(&doc))
+            .filter_map(rsigma_match)
             .collect()
     }
 }
@@ -452,6 +435,214 @@ impl SigmaRules {
 fn rule_name(result: rsigma_eval::EvaluationResult) -> String {
     let header = result.header;
     header.rule_id.unwrap_or(header.rule_title)
+}
+
+/// A match as we record it, from rsigma's result.
+fn rsigma_match(result: rsigma_eval::EvaluationResult) -> Option<Match> {
+    let detection = result.as_detection()?;
+    let fields = detection
+        .matched_fields
+        .iter()
+        .map(|m| (m.field.clone(), m.value.as_str().map(str::to_string).unwrap_or_else(|| m.value.to_string())))
+        .collect();
+    let header = result.header;
+    Some(Match {
+        rule_id: header.rule_id.unwrap_or_else(|| header.rule_title.clone()),
+        title: header.rule_title,
+        level: level_name(header.level).into(),
+        kind: "sigma".into(),
+        tags: header.tags,
+        fields,
+    })
+}
+
+fn level_name(level: Option<rsigma_parser::Level>) -> &'static str {
+    use rsigma_parser::Level;
+    match level {
+        None | Some(Level::Informational) => "informational",
+        Some(Level::Low) => "low",
+        Some(Level::Medium) => "medium",
+        Some(Level::High) => "high",
+        Some(Level::Critical) => "critical",
+    }
+}
+
+/// One candidate rule on the event, decided and its matched fields named exactly as
+/// `rsigma_eval::evaluate_rule` does, in one pass over the rule where rsigma makes three.
+///
+/// rsigma decides a rule with a boolean pass; for a rule that matches it runs a second
+/// pass to name the matched selections (cloning each name), then evaluates every item of
+/// those selections again to name the matched fields. On mixed traffic a matching rule
+/// cost about three evaluations, and rsigma's evaluation was a third of the scan. Here one
+/// walk of the condition ([`condition_matches`], rsigma's detail pass with borrowed names)
+/// decides the rule and names its selections, with rsigma's compiled matchers deciding
+/// every item; the fields come from what that walk implies: in a selection that matched,
+/// every item of a mapping matched (only a list of mappings has its members evaluated
+/// again, to know which). Array scopes, which SigmaHQ does not use, take rsigma's own path.
+/// `sigma_regression` checks every routed rule of the collection, on its samples and on
+/// generator traffic, against rsigma's engines, matched fields included.
+fn evaluate_candidate(rule: &rsigma_eval::CompiledRule, doc: &SigmaDoc<'_>) -> Option<Match> {
+    let mut selections = Vec::new();
+    let mut matched = Some(false);
+    for condition in &rule.conditions {
+        selections.clear();
+        matched = condition_matches(condition, &rule.detections, doc, &mut selections);
+        if matched != Some(false) {
+            break;
+        }
+    }
+    let rsigma = || rsigma_eval::evaluate_rule(rule, doc).and_then(rsigma_match);
+    match matched {
+        Some(true) => {}
+        Some(false) => return None,
+        None => return rsigma(),
+    }
+    let mut fields = std::collections::HashMap::new();
+    for name in selections {
+        let Some(detection) = rule.detections.get(name) else { continue };
+        if matched_fields(detection, doc, &mut fields).is_none() {
+            return rsigma();
+        }
+    }
+    Some(Match {
+        rule_id: rule.id.clone().unwrap_or_else(|| rule.title.clone()),
+        title: rule.title.clone(),
+        level: level_name(rule.level).into(),
+        kind: "sigma".into(),
+        tags: rule.tags.clone(),
+        fields,
+    })
+}
+
+/// Whether `expr` holds, and the selections that matched on the way, in the order and
+/// with the short-circuits of rsigma's `eval_condition` (its detail pass): `and`/`or` stop
+/// at the first deciding operand, a `1 of`/`all of` selector evaluates each selection it
+/// names. `None` for an array scope.
+fn condition_matches<'r>(
+    expr: &rsigma_parser::ConditionExpr,
+    detections: &'r std::collections::HashMap<String, rsigma_eval::CompiledDetection>,
+    doc: &SigmaDoc<'_>,
+    selections: &mut Vec<&'r str>,
+) -> Option<bool> {
+    use rsigma_parser::{ConditionExpr, Quantifier};
+    Some(match expr {
+        ConditionExpr::Identifier(name) => match detections.get_key_value(name) {
+            Some((name, detection)) => {
+                let matched = detection_matches(detection, doc)?;
+                if matched {
+                    selections.push(name);
+                }
+                matched
+            }
+            None => false,
+        },
+        ConditionExpr::And(operands) => {
+            for operand in operands {
+                if !condition_matches(operand, detections, doc, selections)? {
+                    return Some(false);
+                }
+            }
+            true
+        }
+        ConditionExpr::Or(operands) => {
+            for operand in operands {
+                if condition_matches(operand, detections, doc, selections)? {
+                    return Some(true);
+                }
+            }
+            false
+        }
+        ConditionExpr::Not(operand) => !condition_matches(operand, detections, doc, selections)?,
+        ConditionExpr::Selector { quantifier, pattern } => {
+            let (mut named, mut matched) = (0u64, 0u64);
+            for (name, detection) in detections.iter().filter(|(name, _)| pattern.matches_detection_name(name)) {
+                named += 1;
+                if detection_matches(detection, doc)? {
+                    matched += 1;
+                    selections.push(name);
+                }
+            }
+            match quantifier {
+                Quantifier::Any => matched >= 1,
+                Quantifier::All => matched == named,
+                Quantifier::Count(n) => matched >= *n,
+            }
+        }
+    })
+}
+
+/// The (field, value) pairs rsigma reports for `detection`, which matched the event
+/// (rsigma's `collect_detection_fields` without match details: the fields present of each
+/// matched mapping's items; keyword and absence matches are not reported). `None` for an
+/// array scope, which this does not walk.
+fn matched_fields(detection: &rsigma_eval::CompiledDetection, doc: &SigmaDoc<'_>, out: &mut std::collections::HashMap<String, String>) -> Option<()> {
+    use rsigma_eval::CompiledDetection;
+    match detection {
+        CompiledDetection::AllOf(items) => {
+            for item in items {
+                let Some(field) = &item.field else { continue };
+                let Some(value) = doc.get(field) else { continue };
+                // The mapping matched, so every item did; an `exists` item matched on
+                // presence, and rsigma reports it only where its matcher takes the value.
+                if item.exists.is_some() && !item.matcher.matches(&EventValue::Str(Cow::Borrowed(value)), doc) {
+                    continue;
+                }
+                out.insert(field.clone(), value.to_string());
+            }
+        }
+        CompiledDetection::AnyOf(members) => {
+            for member in members {
+                if detection_matches(member, doc)? {
+                    matched_fields(member, doc, out)?;
+                }
+            }
+        }
+        // Every part of a matched conjunction matched.
+        CompiledDetection::And(parts) => {
+            for part in parts {
+                matched_fields(part, doc, out)?;
+            }
+        }
+        CompiledDetection::Keywords(_) => {}
+        CompiledDetection::ArrayMatch { .. } | CompiledDetection::Conditional { .. } => return None,
+    }
+    Some(())
+}
+
+/// Whether `detection` matches the event, as rsigma decides it (`eval_detection` with no
+/// bloom filter); `None` for an array scope.
+fn detection_matches(detection: &rsigma_eval::CompiledDetection, doc: &SigmaDoc<'_>) -> Option<bool> {
+    use rsigma_eval::{CompiledDetection, CompiledMatcher};
+    Some(match detection {
+        CompiledDetection::AllOf(items) => items.iter().all(|item| match (&item.field, item.exists) {
+            // A document value is never null.
+            (Some(field), Some(exists)) => doc.get(field).is_some() == exists,
+            (None, Some(exists)) => !exists,
+            (Some(field), None) => match doc.get(field) {
+                Some(value) => item.matcher.matches(&EventValue::Str(Cow::Borrowed(value)), doc),
+                None => matches!(item.matcher, CompiledMatcher::Null),
+            },
+            (None, None) => item.matcher.matches_keyword(doc),
+        }),
+        CompiledDetection::AnyOf(members) => {
+            for member in members {
+                if detection_matches(member, doc)? {
+                    return Some(true);
+                }
+            }
+            false
+        }
+        CompiledDetection::And(parts) => {
+            for part in parts {
+                if !detection_matches(part, doc)? {
+                    return Some(false);
+                }
+            }
+            true
+        }
+        CompiledDetection::Keywords(matcher) => matcher.matches_keyword(doc),
+        CompiledDetection::ArrayMatch { .. } | CompiledDetection::Conditional { .. } => return None,
+    })
 }
 
 /// Sysmon event id (and, for registry object events, EventType) → Sigma logsource
