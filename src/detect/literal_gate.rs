@@ -515,20 +515,17 @@ struct GatedRule {
 const MAX_SCREEN_BITS: u32 = 18;
 const MIN_SCREEN_BITS: u32 = 9;
 
-/// `u8::to_ascii_lowercase` as a table: one load per scanned byte.
-static ASCII_LOWER: [u8; 256] = {
-    let mut table = [0u8; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        table[byte] = (byte as u8).to_ascii_lowercase();
-        byte += 1;
-    }
-    table
-};
+/// Set in every byte of a gram to make its key ([`gram4`]).
+const GRAM_FOLD: u32 = 0x2020_2020;
 
-/// The key of a 4-byte window, already ASCII-lowercased (never 0: literals are text).
+/// The key of a 4-byte window: its bytes as loaded, with bit 5 of each set. ASCII
+/// lowering only changes bit 5 (`A`-`Z` to `a`-`z`), so a text's window and the lowered
+/// literal it equals case-insensitively have one key, with no lowering per scanned
+/// position; windows that differ only in bit 5 elsewhere (`\` and `|`, `@` and `` ` ``)
+/// share a key too, and the byte comparison that follows every lookup tells them apart.
+/// Never 0 (the empty table slot).
 fn gram4(bytes: [u8; 4]) -> u32 {
-    u32::from_le_bytes(bytes)
+    u32::from_le_bytes(bytes) | GRAM_FOLD
 }
 
 fn table_slot(key: u32, capacity: usize) -> usize {
@@ -665,11 +662,20 @@ impl AnchorTable {
         ((hash / 64) as usize, 1u64 << (hash % 64))
     }
 
-    /// Whether the pre-screen lets gram `key` through.
+    /// The first window at or after byte `from` of `bytes` that the pre-screen lets
+    /// through, as (its start, its key). One unaligned load, a multiply and a bit test per
+    /// position: the whole per-byte cost of the gate on text with nothing to find.
     #[inline]
-    fn screened(&self, key: u32) -> bool {
-        let (word, bit) = Self::screen_slot(key, self.screen_shift);
-        self.screen[word] & bit != 0
+    fn next_screened(&self, bytes: &[u8], from: usize) -> Option<(usize, u32)> {
+        let (screen, shift) = (self.screen.as_slice(), self.screen_shift);
+        let mut key = 0;
+        let offset = bytes.get(from..)?.windows(4).position(|window| {
+            // A window is four bytes: the conversion cannot fail, and compiles to one load.
+            key = gram4(<[u8; 4]>::try_from(window).unwrap_or_default());
+            let (word, bit) = Self::screen_slot(key, shift);
+            screen.get(word).is_some_and(|word| word & bit != 0)
+        })?;
+        Some((from + offset, key))
     }
 
     /// The literals anchored at gram `key`.
@@ -840,16 +846,11 @@ impl LiteralGate {
     fn scan(&self, text: &str, tables: &[&AnchorTable], found: &mut IdSet, order: &mut Vec<u32>) {
         let Some(screen) = tables.first() else { return };
         let bytes = text.as_bytes();
-        let Some((head, rest)) = bytes.split_first_chunk::<3>() else { return };
-        // The window holds the last four bytes, lowered, the newest in the top byte.
-        let mut window = head.iter().fold(0u32, |window, &byte| (window >> 8) | (u32::from(ASCII_LOWER[usize::from(byte)]) << 24));
-        for (gram_start, &byte) in rest.iter().enumerate() {
-            window = (window >> 8) | (u32::from(ASCII_LOWER[usize::from(byte)]) << 24);
-            if !screen.screened(window) {
-                continue;
-            }
+        let mut from = 0;
+        while let Some((gram_start, key)) = screen.next_screened(bytes, from) {
+            from = gram_start + 1;
             for table in tables {
-                for anchored in table.lookup(window) {
+                for anchored in table.lookup(key) {
                     if found.contains(anchored.scoped) {
                         continue;
                     }
