@@ -497,7 +497,7 @@ fn evaluate_candidate(rule: &rsigma_eval::CompiledRule, doc: &SigmaDoc<'_>) -> O
         Some(false) => return None,
         None => return rsigma(),
     }
-    let mut fields = std::collections::HashMap::new();
+    let mut fields = crate::event::FieldMap::default();
     for name in selections {
         let Some(detection) = rule.detections.get(name) else { continue };
         if matched_fields(detection, doc, &mut fields).is_none() {
@@ -575,7 +575,7 @@ fn condition_matches<'r>(
 /// (rsigma's `collect_detection_fields` without match details: the fields present of each
 /// matched mapping's items; keyword and absence matches are not reported). `None` for an
 /// array scope, which this does not walk.
-fn matched_fields(detection: &rsigma_eval::CompiledDetection, doc: &SigmaDoc<'_>, out: &mut std::collections::HashMap<String, String>) -> Option<()> {
+fn matched_fields(detection: &rsigma_eval::CompiledDetection, doc: &SigmaDoc<'_>, out: &mut crate::event::FieldMap<String>) -> Option<()> {
     use rsigma_eval::CompiledDetection;
     match detection {
         CompiledDetection::AllOf(items) => {

@@ -3,8 +3,6 @@
 //! They live beside [`super::Event`] because they share its schema versioning: each type
 //! mirrors a record in `schemas/avro/*.avsc`.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 /// One rule, IoC or pattern that matched an event (quick-scan).
@@ -17,7 +15,7 @@ pub struct Match {
     pub kind: String,
     pub tags: Vec<String>,
     /// Matched field → matched value.
-    pub fields: HashMap<String, String>,
+    pub fields: super::FieldMap<String>,
 }
 
 /// A correlation signal (correlate): a rule whose window condition held.
@@ -40,7 +38,7 @@ pub struct Score {
     /// Fused risk, 0–100.
     pub risk: f64,
     pub model_version: String,
-    pub parts: HashMap<String, f64>,
+    pub parts: super::FieldMap<f64>,
     pub top_features: Vec<String>,
 }
 

@@ -121,7 +121,7 @@ impl MlScoreStage {
 
     /// The score of `event` given its baseline deviations.
     pub fn score(&self, event: &Event, deviations: crate::ml::features::Features) -> Score {
-        let mut parts = std::collections::HashMap::new();
+        let mut parts = crate::event::FieldMap::default();
         // (strength, feature) candidates for the explanation.
         let mut reasons: Vec<(f64, String)> = Vec::new();
         let rules = rules_risk(event);
