@@ -78,9 +78,15 @@ fn a_clickhouse_stopped_for_30_seconds_mid_run_loses_nothing() {
     while events(&config) < 6_000 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(300));
     }
-    let log = sink.log_text();
-    assert_eq!(events(&config), 6_000, "everything produced during the outage lands after it; log:\n{log}");
+    assert_eq!(events(&config), 6_000, "everything produced during the outage lands after it; log:\n{}", sink.log_text());
     assert_eq!(support::runtime().block_on(count(&config, "SELECT count() FROM tp_outage.events FINAL")), 6_000);
+    // The sink logs the recovery after the insert returns, so the rows can be counted a
+    // moment before the line is written.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sink.log_text().contains("succeed again") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = sink.log_text();
     assert!(log.contains("ClickHouse insert failed") && log.contains("succeed again"), "the outage was noticed and recovered from:\n{log}");
 }
 
