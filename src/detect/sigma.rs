@@ -327,7 +327,7 @@ impl SigmaRules {
         if route.partitions.is_empty() {
             return Vec::new();
         }
-        self.evaluate_route(&route, &sigma_fields(event))
+        self.evaluate_gated(&route, &sigma_fields(event))
     }
 
     /// Ids (or titles) of the rules that match the event as the correlate stage sees it
@@ -412,10 +412,6 @@ impl SigmaRules {
     pub fn gate_stats(&self) -> (usize, usize) {
         let gate = self.all_gate();
         (gate.literal_count(), gate.ungated_count())
-    }
-
-    fn evaluate_route(&self, route: &Route, doc: &SigmaDoc<'_>) -> Vec<Match> {
-        self.evaluate_gated(route, doc)
     }
 
     /// Every rule of the event's logsources that matches it, each evaluated by rsigma's
