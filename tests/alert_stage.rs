@@ -97,17 +97,42 @@ fn alerts_are_published_for_the_live_feed() {
     let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = support::unique("tp-test:alert-pub");
     let channel = format!("{prefix}:channel");
+    let stream = format!("{prefix}:stream");
     let client = redis::Client::open(redis_url.as_str()).unwrap();
     let mut subscriber = client.get_connection().unwrap();
     let mut pubsub = subscriber.as_pubsub();
     pubsub.subscribe(&channel).unwrap();
     pubsub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let config = AlertConfig { channel: channel.clone(), ..AlertConfig::default() };
-    let mut stage = AlertStage::new(config, DedupeStore::open(&redis_url, &prefix).unwrap(), "alerts".into(), "alerts.json".into(), "events.dlq".into());
-    let out = run(&mut stage, &with_match(event("p1", "acme", "alice"), "r-x", "critical", &[]), 0);
-    let alert = alert_of(&out);
-    let message: String = pubsub.get_message().unwrap().get_payload().unwrap();
-    assert_eq!(serde_json::from_str::<Alert>(&message).unwrap(), alert);
+    let config = AlertConfig { channel: channel.clone(), stream: stream.clone(), ..AlertConfig::default() };
+    let stage = || AlertStage::new(config.clone(), DedupeStore::open(&redis_url, &prefix).unwrap(), "alerts".into(), "alerts.json".into(), "events.dlq".into());
+    let mut stages = [stage(), stage()];
+    let x = |id: &str| with_match(event(id, "acme", "alice"), "r-x", "critical", &[]);
+    // The stage builds the feed message for the id and count it expects and Redis publishes
+    // it with the join only if they are right; the rest are rebuilt and published after.
+    // Each case: what goes to the topics is exactly what the feed gets.
+    let cases = [
+        (0, "p1", 1), // a new alert (expected: new id, count 1)
+        (0, "p2", 2), // a repeat on the same stage (expected: same id, count 2)
+        (1, "p3", 3), // a repeat on another instance (expected wrong: new id, 1)
+        (0, "p4", 4), // back on the first (expected wrong: count 3, it is 4)
+        (1, "p1", 4), // a replay of p1 (expected: 3 + 1, right by chance)
+        (0, "p2", 4), // a replay of p2 (expected wrong: 5; p2 counts once)
+    ];
+    let mut first_id = None;
+    for (instance, id, count) in cases {
+        let e = x(id);
+        let alert = alert_of(&run(&mut stages[instance], &e, 0));
+        assert_eq!(alert.count, count, "{}", e.id);
+        assert_eq!(first_id.get_or_insert_with(|| alert.id.clone()), &alert.id, "one alert for the key");
+        let message: String = pubsub.get_message().unwrap().get_payload().unwrap();
+        assert_eq!(serde_json::from_str::<Alert>(&message).unwrap(), alert, "{}", e.id);
+    }
+    // And the resume stream holds the same messages, in order.
+    let mut connection = client.get_connection().unwrap();
+    let held: Vec<(String, Vec<String>)> = redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query(&mut connection).unwrap();
+    let counts: Vec<i64> = held.iter().map(|(_, fields)| serde_json::from_str::<Alert>(&fields[1]).unwrap().count).collect();
+    assert_eq!(counts, [1, 2, 3, 4, 4, 4]);
+    let _: () = redis::cmd("DEL").arg(&stream).query(&mut connection).unwrap();
 }
 
 #[test]

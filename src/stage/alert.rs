@@ -146,7 +146,8 @@ pub enum DedupeStore {
 pub struct RedisDedupe {
     url: String,
     client: redis::Client,
-    connection: Option<redis::Connection>,
+    /// The connection and the SHA1 of [`JOIN_AND_PUBLISH`] as loaded on it.
+    connection: Option<(redis::Connection, String)>,
     prefix: String,
 }
 
@@ -164,7 +165,59 @@ pub struct Joined {
     pub id: String,
     pub count: i64,
     pub new_event: bool,
+    /// Whether the live-feed message offered with the join went out (it does when the
+    /// alert's id and count came out as the message says).
+    pub published: bool,
 }
+
+/// A live-feed message offered with a join: the alert as JSON, built for the id and count
+/// the stage expects. Published only if the join gives exactly those; otherwise the stage
+/// rebuilds it and calls [`DedupeStore::publish`].
+pub struct Offer<'a> {
+    pub id: &'a str,
+    pub count: i64,
+    pub message: &'a str,
+}
+
+/// Where the live feed is reached: the Redis channel and bounded stream, or (memory store)
+/// this process's hub.
+pub struct FeedTarget<'a> {
+    pub hub: Option<&'a crate::feed::FeedHub>,
+    pub channel: &'a str,
+    pub stream: &'a str,
+    pub max_len: usize,
+}
+
+/// One round trip per alert: the join (the first instance to see the key names the alert;
+/// each event counts once) and, when the offered message is right, its publication on the
+/// channel and the resume stream. Atomic, so a key cannot expire between reading and
+/// joining it. Key names under the prefix are built in the script: fine on one Redis (not
+/// on Redis Cluster, which wants every key in KEYS).
+///
+/// KEYS: alert key, stream. ARGV: prefix, new id, event id, window ms, channel, stream
+/// length, offered id, offered count, message. Returns {id, count, added, published}.
+const JOIN_AND_PUBLISH: &str = r#"
+redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[4])
+local id = redis.call('GET', KEYS[1]) or ARGV[2]
+local events = ARGV[1] .. ':events:' .. id
+local count_key = ARGV[1] .. ':count:' .. id
+local added = redis.call('SADD', events, ARGV[3])
+redis.call('PEXPIRE', events, ARGV[4])
+local count
+if added == 1 then
+  count = redis.call('INCR', count_key)
+  redis.call('PEXPIRE', count_key, ARGV[4])
+else
+  count = tonumber(redis.call('GET', count_key) or '1')
+end
+local published = 0
+if id == ARGV[7] and count == tonumber(ARGV[8]) then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'alert', ARGV[9])
+  redis.call('PUBLISH', ARGV[5], ARGV[9])
+  published = 1
+end
+return {id, count, added, published}
+"#;
 
 impl DedupeStore {
     pub fn open(spec: &str, prefix: &str) -> Result<Self, String> {
@@ -175,8 +228,9 @@ impl DedupeStore {
         Ok(Self::Redis(Box::new(RedisDedupe { url: spec.into(), client, connection: None, prefix: prefix.into() })))
     }
 
-    /// Joins `event_id` to the alert keyed `key` (creating it with `new_id` if none is open).
-    pub fn join(&mut self, key: &str, new_id: &str, event_id: &str, window: Duration, now_us: i64) -> Result<Joined, String> {
+    /// Joins `event_id` to the alert keyed `key` (creating it with `new_id` if none is open),
+    /// and hands `offer` to the feed if the alert's id and count come out as offered.
+    pub fn join(&mut self, key: &str, new_id: &str, event_id: &str, window: Duration, now_us: i64, offer: &Offer<'_>, feed: &FeedTarget<'_>) -> Result<Joined, String> {
         let window_us = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
         match self {
             Self::Memory(map) => {
@@ -186,52 +240,72 @@ impl DedupeStore {
                 if new_event {
                     entry.count += 1;
                 }
-                Ok(Joined { id: entry.id.clone(), count: entry.count, new_event })
+                let published = entry.id == offer.id && entry.count == offer.count;
+                let joined = Joined { id: entry.id.clone(), count: entry.count, new_event, published };
+                if published {
+                    Self::publish_memory(feed, offer.message)?;
+                }
+                Ok(joined)
             }
             Self::Redis(redis) => {
                 let RedisDedupe { url, client, connection, prefix } = &mut **redis;
-                if connection.is_none() {
-                    *connection = Some(client.get_connection_with_timeout(Duration::from_secs(2)).map_err(|e| format!("{url}: {e}"))?);
-                }
-                let Some(c) = connection.as_mut() else { unreachable!("connected above") };
                 let ttl = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
-                let result = (|| -> redis::RedisResult<Joined> {
-                    let key = format!("{prefix}:key:{key}");
-                    // The first instance to see the key names the alert; the others join it.
-                    let _: Option<String> = redis::cmd("SET").arg(&key).arg(new_id).arg("NX").arg("PX").arg(ttl).query(c)?;
-                    let id: String = redis::cmd("GET").arg(&key).query::<Option<String>>(c)?.unwrap_or_else(|| new_id.to_string());
-                    let events = format!("{prefix}:events:{id}");
-                    let count_key = format!("{prefix}:count:{id}");
-                    let (added, _): (i64, i64) = redis::pipe().cmd("SADD").arg(&events).arg(event_id).cmd("PEXPIRE").arg(&events).arg(ttl).query(c)?;
-                    let count: i64 = if added == 1 {
-                        let (count, _): (i64, i64) = redis::pipe().cmd("INCR").arg(&count_key).cmd("PEXPIRE").arg(&count_key).arg(ttl).query(c)?;
-                        count
-                    } else {
-                        redis::cmd("GET").arg(&count_key).query::<Option<i64>>(c)?.unwrap_or(1)
-                    };
-                    Ok(Joined { id, count, new_event: added == 1 })
+                let alert_key = format!("{prefix}:key:{key}");
+                let result = (|| -> redis::RedisResult<(String, i64, i64, i64)> {
+                    if connection.is_none() {
+                        let mut c = client.get_connection_with_timeout(Duration::from_secs(2))?;
+                        let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(JOIN_AND_PUBLISH).query(&mut c)?;
+                        *connection = Some((c, sha));
+                    }
+                    let Some((c, sha)) = connection.as_mut() else { unreachable!("connected above") };
+                    redis::cmd("EVALSHA")
+                        .arg(&*sha)
+                        .arg(2)
+                        .arg(&alert_key)
+                        .arg(feed.stream)
+                        .arg(&*prefix)
+                        .arg(new_id)
+                        .arg(event_id)
+                        .arg(ttl)
+                        .arg(feed.channel)
+                        .arg(feed.max_len)
+                        .arg(offer.id)
+                        .arg(offer.count)
+                        .arg(offer.message)
+                        .query(c)
                 })();
-                result.map_err(|e| {
+                // Any failure drops the connection: the next join reconnects and loads the
+                // script again (which also covers a Redis restart's NOSCRIPT).
+                let (id, count, added, published) = result.map_err(|e| {
                     *connection = None;
                     format!("{url}: {e}")
-                })
+                })?;
+                Ok(Joined { id, count, new_event: added == 1, published: published == 1 })
             }
         }
     }
 
-    /// Hands `message` to the live feed: with Redis, publishes it on `channel` and appends
-    /// it to `stream` (trimmed to about `max_len`) in one round trip; in memory, to `hub`.
-    pub fn publish(&mut self, hub: Option<&crate::feed::FeedHub>, channel: &str, stream: &str, max_len: usize, message: &str) -> Result<(), String> {
+    fn publish_memory(feed: &FeedTarget<'_>, message: &str) -> Result<(), String> {
+        feed.hub.map_or(Ok(()), |hub| hub.publish_json(message))
+    }
+
+    /// Hands `message` to the live feed: with Redis, publishes it on the channel and appends
+    /// it to the stream (trimmed to about `max_len`) in one round trip; in memory, to the hub.
+    pub fn publish(&mut self, feed: &FeedTarget<'_>, message: &str) -> Result<(), String> {
         match self {
-            Self::Memory(_) => hub.map_or(Ok(()), |hub| hub.publish_json(message)),
+            Self::Memory(_) => Self::publish_memory(feed, message),
             Self::Redis(redis) => {
                 let RedisDedupe { url, connection, .. } = &mut **redis;
-                let Some(c) = connection.as_mut() else { return Ok(()) };
+                // Only called after a join, which leaves a connection (or an error).
+                let Some((c, _)) = connection.as_mut() else { return Err(format!("{url}: not connected")) };
                 redis::pipe()
-                    .cmd("XADD").arg(stream).arg("MAXLEN").arg("~").arg(max_len).arg("*").arg("alert").arg(message).ignore()
-                    .cmd("PUBLISH").arg(channel).arg(message).ignore()
+                    .cmd("XADD").arg(feed.stream).arg("MAXLEN").arg("~").arg(feed.max_len).arg("*").arg("alert").arg(message).ignore()
+                    .cmd("PUBLISH").arg(feed.channel).arg(message).ignore()
                     .query::<()>(c)
-                    .map_err(|e| format!("{url}: {e}"))
+                    .map_err(|e| {
+                        *connection = None;
+                        format!("{url}: {e}")
+                    })
             }
         }
     }
@@ -245,11 +319,20 @@ pub struct AlertStage {
     output_topic: String,
     json_topic: String,
     dlq_topic: String,
+    /// The id and count each alert key had after this stage's last join of it: the next
+    /// event of the key most likely makes it (id, count + 1), so the feed message is built
+    /// for that and goes out with the join in one round trip. Only a guess (another
+    /// instance, a replay or an expired window makes it wrong, and then the message is
+    /// rebuilt); bounded by [`EXPECTED_KEYS`], overflow policy: forget them all.
+    expected: HashMap<String, (String, i64)>,
 }
+
+/// Alert keys whose id and count the stage remembers (see `AlertStage::expected`).
+const EXPECTED_KEYS: usize = 65_536;
 
 impl AlertStage {
     pub fn new(config: AlertConfig, store: DedupeStore, output_topic: String, json_topic: String, dlq_topic: String) -> Self {
-        Self { config, store, feed: None, output_topic, json_topic, dlq_topic }
+        Self { config, store, feed: None, output_topic, json_topic, dlq_topic, expected: HashMap::new() }
     }
 
     /// Hands alerts to `hub` when there is no Redis between the stage and the feed.
@@ -270,11 +353,12 @@ impl Stage for AlertStage {
         let key = format!("{}|{}|{}", event.tenant, candidate.primary, event.partition_key);
         // Named after the event that opens it: stable if that event is replayed to open it.
         let new_id = format!("alert-{:032x}", xxhash_rust::xxh3::xxh3_128(format!("{key}|{}", event.id).as_bytes()));
-        // An unreachable dedupe store is an outside failure: the stage stops and the record
-        // replays (it counts once when it does).
-        let joined = self.store.join(&key, &new_id, &event.id, self.config.suppress, now_us).map_err(StageError::External)?;
-        let alert = Alert {
-            id: joined.id,
+        let (offered_id, offered_count) = match self.expected.get(&key) {
+            Some((id, count)) => (id.clone(), count + 1),
+            None => (new_id.clone(), 1),
+        };
+        let mut alert = Alert {
+            id: offered_id,
             tenant: event.tenant.clone(),
             time_us: now_us,
             last_seen_us: event.time_us,
@@ -283,12 +367,30 @@ impl Stage for AlertStage {
             rule_ids: candidate.rule_ids,
             entity: event.partition_key.clone(),
             risk: event.score.as_ref().map(|s| s.risk),
-            count: joined.count,
+            count: offered_count,
             attack_tactics: candidate.tactics,
             attack_techniques: candidate.techniques,
             event_ids: vec![event.id.clone()],
             summary: event.message.clone(),
         };
+        let mut json = serde_json::to_string(&alert).map_err(|e| StageError::Internal(e.to_string()))?;
+        // The live feed gets the alert on replays too (it drops what it already showed by id
+        // and count), so a crash between counting the event and publishing it cannot cost
+        // the feed an alert. An unreachable store or a failed publish is an outside
+        // failure: the stage stops and the record replays (it counts once when it does).
+        let feed = FeedTarget { hub: self.feed.as_deref(), channel: &self.config.channel, stream: &self.config.stream, max_len: self.config.stream_max_len };
+        let offer = Offer { id: &alert.id, count: alert.count, message: &json };
+        let joined = self.store.join(&key, &new_id, &event.id, self.config.suppress, now_us, &offer, &feed).map_err(StageError::External)?;
+        if !joined.published {
+            alert.id = joined.id.clone();
+            alert.count = joined.count;
+            json = serde_json::to_string(&alert).map_err(|e| StageError::Internal(e.to_string()))?;
+            self.store.publish(&feed, &json).map_err(StageError::External)?;
+        }
+        if self.expected.len() >= EXPECTED_KEYS && !self.expected.contains_key(&key) {
+            self.expected.clear();
+        }
+        self.expected.insert(key, (joined.id, joined.count));
         metrics::counter!(crate::telemetry::names::ALERTS_RAISED, "severity" => crate::connect::format::severity_name(alert.severity)).increment(1);
         if event.ingest_time_us > 0 {
             metrics::histogram!(crate::telemetry::names::ALERT_LATENCY).record((now_us - event.ingest_time_us).max(0) as f64 / 1e6);
@@ -296,13 +398,7 @@ impl Stage for AlertStage {
         let key_bytes = Some(alert.id.clone().into_bytes());
         let payload = avro::encode_alert(&alert).map_err(|e| StageError::Internal(e.to_string()))?;
         out.push(OutMessage { topic: self.output_topic.clone(), key: key_bytes.clone(), payload });
-        let json = serde_json::to_string(&alert).map_err(|e| StageError::Internal(e.to_string()))?;
-        out.push(OutMessage { topic: self.json_topic.clone(), key: key_bytes, payload: json.clone().into_bytes() });
-        // Published on replays too (the feed drops what it already showed by id and count),
-        // so a crash between counting the event and publishing it cannot cost the feed an
-        // alert. A publish that fails is an outside failure: the record replays.
-        let (channel, stream, max_len) = (&self.config.channel, &self.config.stream, self.config.stream_max_len);
-        self.store.publish(self.feed.as_deref(), channel, stream, max_len, &json).map_err(StageError::External)?;
+        out.push(OutMessage { topic: self.json_topic.clone(), key: key_bytes, payload: json.into_bytes() });
         Ok(())
     }
 }
