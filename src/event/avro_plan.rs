@@ -147,6 +147,56 @@ pub fn decode<'de, T: de::Deserialize<'de>>(plan: &Plan, input: &mut &'de [u8]) 
     T::deserialize(Datum { plan, input })
 }
 
+/// Decodes one record of `plan` like [`decode`], and tells where its field `field` began:
+/// the number of bytes of `input` before it. Noted on the way (no second pass), so a stage
+/// that changes only a record's last fields can copy the bytes before them as they came.
+/// `None` when the type read the record some other way than field by field.
+pub fn decode_marking<'de, T: de::Deserialize<'de>>(plan: &Plan, input: &mut &'de [u8], field: &str) -> Result<(T, Option<usize>), PlanError> {
+    let Plan::Record(fields, _) = plan else { return fail("not a record") };
+    let Some(position) = fields.iter().position(|(name, _)| name == field) else { return fail(format!("no field {field} in the record")) };
+    let noted = std::cell::Cell::new(None);
+    let start = input.len();
+    let value = T::deserialize(Marked { plan, input: &mut *input, mark: (fields.len() - position, &noted) })?;
+    Ok((value, noted.get().map(|left| start - left)))
+}
+
+/// The top record of [`decode_marking`]: a [`Datum`] whose record fields note one position.
+struct Marked<'p, 'a, 'de> {
+    plan: &'p Plan,
+    input: &'a mut &'de [u8],
+    mark: (usize, &'a std::cell::Cell<Option<usize>>),
+}
+
+impl<'de> de::Deserializer<'de> for Marked<'_, '_, 'de> {
+    type Error = PlanError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, PlanError> {
+        match self.plan {
+            Plan::Record(fields, _) => visitor.visit_map(Fields { fields: fields.iter(), by_index: None, value: None, input: self.input, mark: Some(self.mark) }),
+            plan => Datum { plan, input: self.input }.deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        names: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, PlanError> {
+        match self.plan {
+            Plan::Record(fields, same) if same.check(fields, names) => {
+                visitor.visit_map(Fields { fields: fields.iter(), by_index: Some(0), value: None, input: self.input, mark: Some(self.mark) })
+            }
+            _ => self.deserialize_any(visitor),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
 /// Avro's variable-length zig-zag long.
 fn read_long(input: &mut &[u8]) -> Result<i64, PlanError> {
     // Most longs on the wire (lengths, union branches, small numbers) take one byte.
@@ -227,7 +277,7 @@ impl<'de> de::Deserializer<'de> for Datum<'_, '_, 'de> {
                 let variant = branch(variants, self.input)?;
                 Datum { plan: variant, input: self.input }.deserialize_any(visitor)
             }
-            Plan::Record(fields, _) => visitor.visit_map(Fields { fields: fields.iter(), by_index: None, value: None, input: self.input }),
+            Plan::Record(fields, _) => visitor.visit_map(Fields { fields: fields.iter(), by_index: None, value: None, input: self.input, mark: None }),
             Plan::Enum(symbols) => visitor.visit_str(symbol(symbols, self.input)?),
         }
     }
@@ -268,7 +318,7 @@ impl<'de> de::Deserializer<'de> for Datum<'_, '_, 'de> {
     ) -> Result<V::Value, PlanError> {
         match self.plan {
             Plan::Record(fields, same) if same.check(fields, names) => {
-                visitor.visit_map(Fields { fields: fields.iter(), by_index: Some(0), value: None, input: self.input })
+                visitor.visit_map(Fields { fields: fields.iter(), by_index: Some(0), value: None, input: self.input, mark: None })
             }
             _ => self.deserialize_any(visitor),
         }
@@ -374,12 +424,19 @@ struct Fields<'p, 'a, 'de> {
     by_index: Option<u64>,
     value: Option<&'p Plan>,
     input: &'a mut &'de [u8],
+    /// (fields left when the marked field is next, where to note the bytes then left).
+    mark: Option<(usize, &'a std::cell::Cell<Option<usize>>)>,
 }
 
 impl<'de> de::MapAccess<'de> for Fields<'_, '_, 'de> {
     type Error = PlanError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, PlanError> {
+        if let Some((left, noted)) = self.mark {
+            if self.fields.len() == left {
+                noted.set(Some(self.input.len()));
+            }
+        }
         let Some((name, plan)) = self.fields.next() else { return Ok(None) };
         self.value = Some(plan);
         match &mut self.by_index {
@@ -399,6 +456,15 @@ impl<'de> de::MapAccess<'de> for Fields<'_, '_, 'de> {
     fn size_hint(&self) -> Option<usize> {
         Some(self.fields.len())
     }
+}
+
+/// Writes the fields of record `plan` from `from` on, in schema order, to `out`: with
+/// [`decode_marking`], a record is re-encoded with only its last fields replaced (the bytes
+/// before them copied as they are). `end` fails unless every field to the last was written.
+pub fn suffix_writer<'p, 'o>(plan: &'p Plan, from: &str, out: &'o mut Vec<u8>) -> Result<impl serde::ser::SerializeStruct<Ok = (), Error = PlanError> + use<'p, 'o>, PlanError> {
+    let Plan::Record(fields, _) = plan else { return fail("not a record") };
+    let Some(first) = fields.iter().position(|(name, _)| name == from) else { return fail(format!("no field {from} in the record")) };
+    Ok(Record { fields: fields[first..].iter(), out })
 }
 
 fn write_long(out: &mut Vec<u8>, value: i64) {

@@ -141,7 +141,7 @@ impl Stage for CorrelateStage {
     }
 
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let Some(mut event) = super::decode_or_dead_letter("correlate", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
+        let Some((mut event, detections_at)) = super::decode_for_detection_or_dead_letter("correlate", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
         let state = self.state.get_mut(&record.topic, record.partition);
         let signals = if state.applied_offset.is_some_and(|applied| record.offset <= applied) {
             // Replay of a record this state already includes.
@@ -166,7 +166,7 @@ impl Stage for CorrelateStage {
 
         let findings: Vec<Event> = signals.iter().map(|s| finding_event(s, &event, record, now_us)).collect();
         event.correlations = signals;
-        let payload = avro::encode_event(&event).map_err(|e| StageError::Internal(e.to_string()))?;
+        let payload = avro::encode_event_detections(&record.payload, detections_at, &event).map_err(|e| StageError::Internal(e.to_string()))?;
         out.push(OutMessage { topic: self.output_topic.clone(), key: record.key.clone(), payload });
         for finding in findings {
             let payload = avro::encode_event(&finding).map_err(|e| StageError::Internal(e.to_string()))?;

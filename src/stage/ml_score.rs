@@ -210,7 +210,7 @@ impl Stage for MlScoreStage {
     }
 
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let Some(mut event) = super::decode_or_dead_letter("ml-score", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
+        let Some((mut event, detections_at)) = super::decode_for_detection_or_dead_letter("ml-score", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
         let entity = entity_of(&event);
         let state = self.state.get_mut(&record.topic, record.partition);
         let replayed = state.applied_offset.is_some_and(|applied| record.offset <= applied);
@@ -240,7 +240,7 @@ impl Stage for MlScoreStage {
         }
         metrics::histogram!(names::ML_RISK).record(score.risk);
         event.score = Some(score);
-        let payload = avro::encode_event(&event).map_err(|e| StageError::Internal(e.to_string()))?;
+        let payload = avro::encode_event_detections(&record.payload, detections_at, &event).map_err(|e| StageError::Internal(e.to_string()))?;
         out.push(OutMessage { topic: self.output_topic.clone(), key: record.key.clone(), payload });
         Ok(())
     }

@@ -145,12 +145,35 @@ pub fn decode_or_dead_letter(
     match crate::event::avro::decode_event(&record.payload) {
         Ok(event) => Ok(Some(event)),
         Err(e) => {
-            let dead = crate::normalize::dead_letter(stage, record, "bad_avro", e.to_string(), DLQ_ORIGINAL_BYTES, now_us);
-            let payload = crate::event::avro::encode_dead_letter(&dead).map_err(|e| StageError::Internal(e.to_string()))?;
-            out.push(OutMessage { topic: dlq_topic.to_string(), key: record.key.clone(), payload });
+            dead_letter_bad_avro(stage, record, e, now_us, dlq_topic, out)?;
             Ok(None)
         }
     }
+}
+
+/// [`decode_or_dead_letter`] for a stage that changes only the event's detection fields:
+/// also where they begin, for [`crate::event::avro::encode_event_detections`].
+pub fn decode_for_detection_or_dead_letter(
+    stage: &str,
+    record: &Record,
+    now_us: i64,
+    dlq_topic: &str,
+    out: &mut Vec<OutMessage>,
+) -> Result<Option<(crate::event::Event, Option<crate::event::avro::DetectionsAt>)>, StageError> {
+    match crate::event::avro::decode_event_for_detection(&record.payload) {
+        Ok(decoded) => Ok(Some(decoded)),
+        Err(e) => {
+            dead_letter_bad_avro(stage, record, e, now_us, dlq_topic, out)?;
+            Ok(None)
+        }
+    }
+}
+
+fn dead_letter_bad_avro(stage: &str, record: &Record, error: crate::event::avro::AvroError, now_us: i64, dlq_topic: &str, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
+    let dead = crate::normalize::dead_letter(stage, record, "bad_avro", error.to_string(), DLQ_ORIGINAL_BYTES, now_us);
+    let payload = crate::event::avro::encode_dead_letter(&dead).map_err(|e| StageError::Internal(e.to_string()))?;
+    out.push(OutMessage { topic: dlq_topic.to_string(), key: record.key.clone(), payload });
+    Ok(())
 }
 
 /// Shared resources stages are built with (loaded once per process, not per stage).

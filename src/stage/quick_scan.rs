@@ -29,7 +29,7 @@ impl Stage for QuickScanStage {
     }
 
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let Some(mut event) = super::decode_or_dead_letter("quick-scan", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
+        let Some((mut event, detections_at)) = super::decode_for_detection_or_dead_letter("quick-scan", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
         let detector = self.detector.current();
         let found = detector.scan(&event);
         for m in &found {
@@ -38,7 +38,7 @@ impl Stage for QuickScanStage {
         // A replayed record may already carry our matches: replace, never duplicate.
         event.matches.retain(|m| !matches!(m.kind.as_str(), "sigma" | "ioc" | "pattern"));
         event.matches.extend(found);
-        let payload = avro::encode_event(&event).map_err(|e| StageError::Internal(e.to_string()))?;
+        let payload = avro::encode_event_detections(&record.payload, detections_at, &event).map_err(|e| StageError::Internal(e.to_string()))?;
         out.push(OutMessage { topic: self.output_topic.clone(), key: record.key.clone(), payload });
         Ok(())
     }
