@@ -12,7 +12,8 @@
 # One instance runs all five stages and serves the live feed; topics are fresh per lane.
 # `threatpipe load` reads the alerts topic and, as a person watching would, the feed (a
 # token for all tenants). FETCH_WAIT_MS sets the stages' fetch.wait.max.ms (librdkafka's
-# default otherwise). Results: the tables, and JSON in /tmp/threatpipe-e2e-*.json.
+# default otherwise). THREATPIPE_BIN runs that binary instead of building this checkout.
+# Results: the tables, and JSON in /tmp/threatpipe-e2e-*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE="${1:-0}"
@@ -20,8 +21,12 @@ SECONDS_="${2:-20}"
 ROUNDS="${3:-1}"
 BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/threatpipe/target}"
-cargo build --release --locked -q
-B="$CARGO_TARGET_DIR/release/threatpipe"
+if [ -n "${THREATPIPE_BIN:-}" ]; then
+  B="$THREATPIPE_BIN"   # another build (say, last release's) on the same broker, for a before/after
+else
+  cargo build --release --locked -q
+  B="$CARGO_TARGET_DIR/release/threatpipe"
+fi
 PORT="${THREATPIPE_LOAD_PORT:-8093}"
 COUNT=$(( RATE > 0 ? RATE * SECONDS_ : 100000 ))
 pids=()

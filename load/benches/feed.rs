@@ -4,13 +4,14 @@
 //!   CARGO_TARGET_DIR=~/.cache/threatpipe/target cargo bench --bench feed [-- CLIENTS RATE SECONDS TENANTS]
 //!
 //!   FEED_MODE=fanout cargo bench --bench feed      # the feed alone: alerts published on Redis
+//!   FEED_STAGES=one cargo bench --bench feed       # five stages on one instance, alert on both
 //!
 //! (Runs only under `cargo bench`; needs the broker and Redis of scripts/services.sh.)
 //! Defaults: 1000 clients, 2000 events/s, 30 s, 20 tenants (each alert goes to the 50
 //! clients of its tenant, 25 per instance: 100,000 deliveries/s).
 //!
 //! Two instances run every stage (same consumer groups, so each raises the alerts of its
-//! partitions) and serve the feed; every client belongs to one tenant. Each event is a DNS
+//! partitions; with FEED_STAGES=one the second runs only the alert stage) and serve the feed; every client belongs to one tenant. Each event is a DNS
 //! query for a known-bad domain from its own address, so each raises its own alert. The
 //! producer keeps the send time of every event; a client computes, for every alert, the
 //! time from its event's send to the alert's arrival. Reported: p50/p95/p99/max of that
@@ -138,11 +139,15 @@ fn main() {
     for t in 0..tenants {
         env.insert(format!("THREATPIPE_FEED__TOKENS__tok-tenant-{t:02}"), format!("tenant-{t:02}"));
     }
-    let start_instance = |port: u16| {
+    // FEED_STAGES=one: the first instance runs the five stages, the second only the alert
+    // stage (sharing its partitions with the first's) and the feed: half the consumers and
+    // producers on the broker, for the same work.
+    let one_pipeline = std::env::var("FEED_STAGES").is_ok_and(|m| m == "one");
+    let start_instance = |port: u16, stages: &[&str]| {
         let log = std::env::temp_dir().join(format!("{run}-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_threatpipe"))
             .args(["run", "--brokers", &brokers, "--no-generator", "--quiet", "--http-listen", &format!("127.0.0.1:{port}")])
-            .args(if fanout_only { &["--stages", "alert"][..] } else { &[][..] })
+            .args(stages)
             .envs(&env)
             .env("THREATPIPE_LOG", "warn,threatpipe::bus=info")
             .stdout(Stdio::null())
@@ -152,10 +157,16 @@ fn main() {
         Instance { child, port, log }
     };
     let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let instances = [start_instance(free_port()), start_instance(free_port())];
+    let alert_only: &[&str] = &["--stages", "alert"];
+    let (first, second) = match (fanout_only, one_pipeline) {
+        (true, _) => (alert_only, alert_only),
+        (false, true) => (&[][..], alert_only),
+        (false, false) => (&[][..], &[][..]),
+    };
+    let instances = [start_instance(free_port(), first), start_instance(free_port(), second)];
     let deadline = Instant::now() + Duration::from_secs(120);
-    let stages = if fanout_only { 1 } else { 5 };
-    while !instances.iter().all(|i| std::fs::read_to_string(&i.log).unwrap_or_default().matches("Partitions assigned.").count() >= stages) {
+    let stages = [first, second].map(|s| if s.is_empty() { 5 } else { 1 });
+    while !instances.iter().zip(stages).all(|(i, n)| std::fs::read_to_string(&i.log).unwrap_or_default().matches("Partitions assigned.").count() >= n) {
         assert!(Instant::now() < deadline, "instances did not get their partitions; logs in {:?}", instances.iter().map(|i| &i.log).collect::<Vec<_>>());
         std::thread::sleep(Duration::from_millis(250));
     }

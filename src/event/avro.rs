@@ -500,6 +500,23 @@ mod tests {
     }
 
     #[test]
+    fn a_type_with_fewer_fields_steps_over_the_rest() {
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        struct Narrow {
+            id: String,
+            tenant: String,
+            score: Option<Score>,
+        }
+        let bytes = encode_event(&full_event()).unwrap();
+        let narrow: Narrow = decode(SchemaKind::Event, &bytes).unwrap();
+        assert_eq!(narrow, Narrow { id: "evt-1".into(), tenant: "acme".into(), score: full_event().score });
+        // What is stepped over is still checked for length: a cut frame is refused.
+        for cut in [bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode::<Narrow>(SchemaKind::Event, &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
     fn minimal_event_round_trips() {
         let event = Event { id: "x".into(), ..Default::default() };
         assert_eq!(decode_event(&encode_event(&event).unwrap()).unwrap(), event);

@@ -328,9 +328,15 @@ impl<'de> de::Deserializer<'de> for Datum<'_, '_, 'de> {
         visitor.visit_newtype_struct(self)
     }
 
+    /// A field the type being read does not have: stepped over, nothing built.
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, PlanError> {
+        skip(self.plan, self.input)?;
+        visitor.visit_unit()
+    }
+
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct seq tuple tuple_struct map identifier ignored_any
+        bytes byte_buf unit unit_struct seq tuple tuple_struct map identifier
     }
 }
 
@@ -465,6 +471,44 @@ pub fn suffix_writer<'p, 'o>(plan: &'p Plan, from: &str, out: &'o mut Vec<u8>) -
     let Plan::Record(fields, _) = plan else { return fail("not a record") };
     let Some(first) = fields.iter().position(|(name, _)| name == from) else { return fail(format!("no field {from} in the record")) };
     Ok(Record { fields: fields[first..].iter(), out })
+}
+
+/// Steps over one datum of `plan` without building anything: lengths are read and checked,
+/// strings are not validated (a field skipped is a field not read).
+fn skip(plan: &Plan, input: &mut &[u8]) -> Result<(), PlanError> {
+    match plan {
+        Plan::Null => {}
+        Plan::Boolean => drop(take(input, 1)?),
+        Plan::Float => drop(take(input, 4)?),
+        Plan::Double => drop(take(input, 8)?),
+        Plan::Int | Plan::Long => drop(read_long(input)?),
+        Plan::Enum(symbols) => drop(symbol(symbols, input)?),
+        Plan::Bytes | Plan::String => {
+            let len = read_long(input)?;
+            take(input, len)?;
+        }
+        Plan::Array(item) | Plan::Map(item) => {
+            let keyed = matches!(plan, Plan::Map(_));
+            let mut blocks = Blocks::new(item, input);
+            while blocks.next_item()? {
+                if keyed {
+                    let len = read_long(blocks.input)?;
+                    take(blocks.input, len)?;
+                }
+                skip(item, blocks.input)?;
+            }
+        }
+        Plan::Union(variants) => {
+            let variant = branch(variants, input)?;
+            skip(variant, input)?;
+        }
+        Plan::Record(fields, _) => {
+            for (_, field) in fields {
+                skip(field, input)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn write_long(out: &mut Vec<u8>, value: i64) {

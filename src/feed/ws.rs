@@ -133,13 +133,19 @@ async fn session(mut socket: WebSocket, feed: Arc<Feed>, grant: Grant, filter: F
     ping.tick().await;
     let mut last_heard = Instant::now();
     let close = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    // Made once, not per pass of the loop: a fresh `cancelled()` future registers with the
+    // token under its lock each time it is polled first, and the loop passes once per alert.
+    let shutting_down = shutdown.cancelled();
+    let dropped = subscription.slot.dropped.clone();
+    let lagged_out = dropped.cancelled();
+    tokio::pin!(shutting_down, lagged_out);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => {
+            _ = &mut shutting_down => {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.send(close(1001, "server shutting down"))).await;
                 break;
             }
-            _ = subscription.slot.dropped.cancelled() => {
+            _ = &mut lagged_out => {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.send(close(CLOSE_LAGGED, "lagged: too slow; reconnect with since=<last alert id>"))).await;
                 break;
             }

@@ -311,6 +311,29 @@ impl DedupeStore {
     }
 }
 
+/// The part of an event the alert stage reads. The rest of the event (its fields, attributes,
+/// features, raw text: most of its bytes) is stepped over when decoding, not built: the
+/// stage decodes every event and raises alerts on few.
+#[derive(Deserialize)]
+struct AlertInput {
+    id: String,
+    time_us: i64,
+    ingest_time_us: i64,
+    tenant: String,
+    partition_key: String,
+    message: Option<String>,
+    matches: Vec<crate::event::Match>,
+    correlations: Vec<crate::event::Correlation>,
+    score: Option<crate::event::Score>,
+}
+
+impl AlertInput {
+    fn into_event(self) -> Event {
+        let AlertInput { id, time_us, ingest_time_us, tenant, partition_key, message, matches, correlations, score } = self;
+        Event { id, time_us, ingest_time_us, tenant, partition_key, message, matches, correlations, score, ..Event::default() }
+    }
+}
+
 pub struct AlertStage {
     config: AlertConfig,
     store: DedupeStore,
@@ -348,7 +371,13 @@ impl Stage for AlertStage {
     }
 
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let Some(event) = super::decode_or_dead_letter("alert", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
+        let event = match avro::decode::<AlertInput>(avro::SchemaKind::Event, &record.payload) {
+            Ok(input) => input.into_event(),
+            Err(e) => {
+                super::dead_letter_bad_avro("alert", record, e, now_us, &self.dlq_topic, out)?;
+                return Ok(());
+            }
+        };
         let Some(candidate) = self.config.decide(&event) else { return Ok(()) };
         let key = format!("{}|{}|{}", event.tenant, candidate.primary, event.partition_key);
         // Named after the event that opens it: stable if that event is replayed to open it.

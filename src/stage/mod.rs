@@ -169,7 +169,7 @@ pub fn decode_for_detection_or_dead_letter(
     }
 }
 
-fn dead_letter_bad_avro(stage: &str, record: &Record, error: crate::event::avro::AvroError, now_us: i64, dlq_topic: &str, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
+pub(crate) fn dead_letter_bad_avro(stage: &str, record: &Record, error: crate::event::avro::AvroError, now_us: i64, dlq_topic: &str, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
     let dead = crate::normalize::dead_letter(stage, record, "bad_avro", error.to_string(), DLQ_ORIGINAL_BYTES, now_us);
     let payload = crate::event::avro::encode_dead_letter(&dead).map_err(|e| StageError::Internal(e.to_string()))?;
     out.push(OutMessage { topic: dlq_topic.to_string(), key: record.key.clone(), payload });
