@@ -170,6 +170,14 @@ pub struct Joined {
     pub published: bool,
 }
 
+/// What joins an alert: the event `event_id`, to the alert keyed `key`, which is named
+/// `new_id` if this event opens it.
+pub struct Joining<'a> {
+    pub key: &'a str,
+    pub new_id: &'a str,
+    pub event_id: &'a str,
+}
+
 /// A live-feed message offered with a join: the alert as JSON, built for the id and count
 /// the stage expects. Published only if the join gives exactly those; otherwise the stage
 /// rebuilds it and calls [`DedupeStore::publish`].
@@ -228,9 +236,10 @@ impl DedupeStore {
         Ok(Self::Redis(Box::new(RedisDedupe { url: spec.into(), client, connection: None, prefix: prefix.into() })))
     }
 
-    /// Joins `event_id` to the alert keyed `key` (creating it with `new_id` if none is open),
-    /// and hands `offer` to the feed if the alert's id and count come out as offered.
-    pub fn join(&mut self, key: &str, new_id: &str, event_id: &str, window: Duration, now_us: i64, offer: &Offer<'_>, feed: &FeedTarget<'_>) -> Result<Joined, String> {
+    /// Joins the event to its alert (opening it if none is open within `window`), and hands
+    /// `offer` to the feed if the alert's id and count come out as offered.
+    pub fn join(&mut self, joining: &Joining<'_>, window: Duration, now_us: i64, offer: &Offer<'_>, feed: &FeedTarget<'_>) -> Result<Joined, String> {
+        let Joining { key, new_id, event_id } = *joining;
         let window_us = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
         match self {
             Self::Memory(map) => {
@@ -409,7 +418,8 @@ impl Stage for AlertStage {
         // failure: the stage stops and the record replays (it counts once when it does).
         let feed = FeedTarget { hub: self.feed.as_deref(), channel: &self.config.channel, stream: &self.config.stream, max_len: self.config.stream_max_len };
         let offer = Offer { id: &alert.id, count: alert.count, message: &json };
-        let joined = self.store.join(&key, &new_id, &event.id, self.config.suppress, now_us, &offer, &feed).map_err(StageError::External)?;
+        let joining = Joining { key: &key, new_id: &new_id, event_id: &event.id };
+        let joined = self.store.join(&joining, self.config.suppress, now_us, &offer, &feed).map_err(StageError::External)?;
         if !joined.published {
             alert.id = joined.id.clone();
             alert.count = joined.count;
