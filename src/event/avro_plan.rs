@@ -172,22 +172,20 @@ impl<'de> de::Deserializer<'de> for Marked<'_, '_, 'de> {
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, PlanError> {
         match self.plan {
-            Plan::Record(fields, _) => visitor.visit_map(Fields { fields: fields.iter(), by_index: None, value: None, input: self.input, mark: Some(self.mark) }),
+            Plan::Record(fields, _) => visit_record(fields, false, self.input, Some(self.mark), visitor),
             plan => Datum { plan, input: self.input }.deserialize_any(visitor),
         }
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
         self,
-        _: &'static str,
+        name: &'static str,
         names: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, PlanError> {
         match self.plan {
-            Plan::Record(fields, same) if same.check(fields, names) => {
-                visitor.visit_map(Fields { fields: fields.iter(), by_index: Some(0), value: None, input: self.input, mark: Some(self.mark) })
-            }
-            _ => self.deserialize_any(visitor),
+            Plan::Record(fields, same) => visit_record(fields, same.check(fields, names), self.input, Some(self.mark), visitor),
+            plan => Datum { plan, input: self.input }.deserialize_struct(name, names, visitor),
         }
     }
 
@@ -195,6 +193,18 @@ impl<'de> de::Deserializer<'de> for Marked<'_, '_, 'de> {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
         bytes byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
     }
+}
+
+/// Hands a record's fields to `visitor`: by index when the type declares them in schema
+/// order (`by_index`, from [`SameFields`]), otherwise by name; `mark` as in [`decode_marking`].
+fn visit_record<'de, V: Visitor<'de>>(
+    fields: &[(String, Plan)],
+    by_index: bool,
+    input: &mut &'de [u8],
+    mark: Option<(usize, &std::cell::Cell<Option<usize>>)>,
+    visitor: V,
+) -> Result<V::Value, PlanError> {
+    visitor.visit_map(Fields { fields: fields.iter(), by_index: by_index.then_some(0), value: None, input, mark })
 }
 
 /// Avro's variable-length zig-zag long.
@@ -277,7 +287,7 @@ impl<'de> de::Deserializer<'de> for Datum<'_, '_, 'de> {
                 let variant = branch(variants, self.input)?;
                 Datum { plan: variant, input: self.input }.deserialize_any(visitor)
             }
-            Plan::Record(fields, _) => visitor.visit_map(Fields { fields: fields.iter(), by_index: None, value: None, input: self.input, mark: None }),
+            Plan::Record(fields, _) => visit_record(fields, false, self.input, None, visitor),
             Plan::Enum(symbols) => visitor.visit_str(symbol(symbols, self.input)?),
         }
     }
@@ -317,9 +327,7 @@ impl<'de> de::Deserializer<'de> for Datum<'_, '_, 'de> {
         visitor: V,
     ) -> Result<V::Value, PlanError> {
         match self.plan {
-            Plan::Record(fields, same) if same.check(fields, names) => {
-                visitor.visit_map(Fields { fields: fields.iter(), by_index: Some(0), value: None, input: self.input, mark: None })
-            }
+            Plan::Record(fields, same) => visit_record(fields, same.check(fields, names), self.input, None, visitor),
             _ => self.deserialize_any(visitor),
         }
     }
