@@ -34,3 +34,8 @@ pub mod serve;
 pub mod stage;
 pub mod state;
 pub mod telemetry;
+
+/// A hash map for per-record lookups (partitions, schema ids, offsets): std's default
+/// SipHash resists flooding by untrusted keys, which these keys are not, and it cost ~5% of
+/// the embedded pipeline's instructions.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;

@@ -20,7 +20,9 @@
 //!   straggler acked after a revoke could commit an offset past records the next owner had
 //!   not processed yet, and a later owner would skip them (data loss on rebalance storms).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::FastMap;
 
 use super::{CommitOffsets, Position};
 
@@ -39,7 +41,7 @@ struct PartitionState {
 }
 
 /// Whether `generation` of a partition is the one currently assigned to us.
-fn owns(assignment: &Option<HashMap<(String, i32), u64>>, topic: &str, partition: i32, generation: u64) -> bool {
+fn owns(assignment: &Option<FastMap<(String, i32), u64>>, topic: &str, partition: i32, generation: u64) -> bool {
     match assignment {
         None => true,
         Some(assignment) => assignment.get(&(topic.to_string(), partition)) == Some(&generation),
@@ -48,7 +50,7 @@ fn owns(assignment: &Option<HashMap<(String, i32), u64>>, topic: &str, partition
 
 /// Where a partition may be committed: its contiguous acknowledged point, capped by the
 /// stage's checkpoint when the stage keeps state.
-fn commit_point(durable: &Option<HashMap<(String, i32), i64>>, topic: &str, partition: i32, committable: Option<i64>) -> Option<i64> {
+fn commit_point(durable: &Option<FastMap<(String, i32), i64>>, topic: &str, partition: i32, committable: Option<i64>) -> Option<i64> {
     match durable {
         None => committable,
         Some(durable) => Some(committable?.min(*durable.get(&(topic.to_string(), partition))?)),
@@ -58,15 +60,15 @@ fn commit_point(durable: &Option<HashMap<(String, i32), i64>>, topic: &str, part
 /// Tracks received and acknowledged offsets per topic-partition.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
-    partitions: HashMap<(String, i32), PartitionState>,
+    partitions: FastMap<(String, i32), PartitionState>,
     in_flight: usize,
     /// `None`: every partition is ours (in-memory bus). `Some`: only these, by generation.
-    assignment: Option<HashMap<(String, i32), u64>>,
+    assignment: Option<FastMap<(String, i32), u64>>,
     next_generation: u64,
     /// Stateful stages: per partition, the offset through which the stage's state is
     /// checkpointed (exclusive). Commits never pass it, so a new owner that restores the
     /// checkpoint resumes exactly where that state ends. `None`: stateless, no cap.
-    durable: Option<HashMap<(String, i32), i64>>,
+    durable: Option<FastMap<(String, i32), i64>>,
 }
 
 impl OffsetTracker {
@@ -76,7 +78,7 @@ impl OffsetTracker {
 
     /// From now on, only partitions passed to [`Self::assigned`] are accepted.
     pub fn track_assignment(&mut self) {
-        self.assignment.get_or_insert_with(HashMap::new);
+        self.assignment.get_or_insert_with(FastMap::default);
     }
 
     /// Partitions were assigned: each starts a new generation with fresh state.
@@ -150,7 +152,7 @@ impl OffsetTracker {
     /// on commits are capped by what was last reported per partition, and a partition never
     /// reported commits nothing.
     pub fn set_durable(&mut self, offsets: &CommitOffsets) {
-        let durable = self.durable.get_or_insert_with(HashMap::new);
+        let durable = self.durable.get_or_insert_with(FastMap::default);
         for (topic, partition, offset) in offsets {
             durable.insert((topic.clone(), *partition), *offset);
         }

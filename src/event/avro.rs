@@ -22,6 +22,8 @@
 //! capped by [`MAX_AVRO_ALLOCATION_BYTES`] so a forged length prefix cannot exhaust memory.
 
 use std::collections::HashMap;
+
+use crate::FastMap;
 use std::sync::LazyLock;
 
 use apache_avro::schema_compatibility::SchemaCompatibility;
@@ -113,15 +115,15 @@ pub enum AvroError {
 }
 
 struct Registry {
-    by_id: HashMap<u32, (KnownSchema, Schema)>,
+    by_id: FastMap<u32, (KnownSchema, Schema)>,
     /// A datum reader per schema id with the schema's named types resolved once:
     /// `apache_avro::from_avro_datum` resolves them on every call, which was most of the
     /// decode time of an event (39 µs of ~45 for a 1.7 KB evtx event).
-    readers: HashMap<u32, GenericSingleObjectReader>,
+    readers: FastMap<u32, GenericSingleObjectReader>,
     /// Direct decoding plans (no `Value` tree; see `avro_plan`) for data written with the
     /// current schema of its kind, the common case.
-    plans: HashMap<u32, super::avro_plan::Plan>,
-    current: HashMap<SchemaKind, u32>,
+    plans: FastMap<u32, super::avro_plan::Plan>,
+    current: FastMap<SchemaKind, u32>,
 }
 
 /// The Confluent wire-format header (magic byte + big-endian schema id), which is exactly
@@ -140,8 +142,8 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     // Bound decoder allocations before the first decode. It can only be set once per
     // process; a second call returns the value already set, which is fine.
     apache_avro::max_allocation_bytes(MAX_AVRO_ALLOCATION_BYTES);
-    let mut by_id = HashMap::new();
-    let mut readers = HashMap::new();
+    let mut by_id = FastMap::default();
+    let mut readers = FastMap::default();
     let mut current: HashMap<SchemaKind, (u32, u32)> = HashMap::new();
     for known in KNOWN_SCHEMAS {
         // The schemas are compiled into the binary and parsed by a unit test, so a parse
@@ -157,7 +159,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
             *entry = (known.id, known.version);
         }
     }
-    let current: HashMap<SchemaKind, u32> = current.into_iter().map(|(k, (id, _))| (k, id)).collect();
+    let current: FastMap<SchemaKind, u32> = current.into_iter().map(|(k, (id, _))| (k, id)).collect();
     let plans = current.values().filter_map(|id| Some((*id, super::avro_plan::Plan::new(&by_id[id].1)?))).collect();
     Registry { by_id, readers, plans, current }
 });

@@ -8,8 +8,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use xxhash_rust::xxh3::Xxh3DefaultBuilder;
-
 use serde_json::{Map, Value};
 
 use super::{fields, NormalizeError, Parsed};
@@ -25,67 +23,90 @@ const MAX_ATTR_DEPTH: usize = 6;
 const EVTX_DATA: &str = "Event.EventData.";
 const EVTX_USER_DATA: &str = "Event.UserData.";
 
-/// One bit of a 64-bit presence mask for a key: cheap (length and two bytes, no hashing of
-/// the whole key) because it runs for every alias of every event.
-fn key_bit(key: &str) -> u64 {
-    let bytes = key.as_bytes();
-    let (first, last) = match (bytes.first(), bytes.last()) {
-        (Some(f), Some(l)) => (u64::from(*f), u64::from(*l)),
-        _ => return 1,
+/// One bit of a 128-bit presence mask for the key `bytes[..len]`: cheap (length and two
+/// bytes, no hashing of the whole key) because it runs for every alias of every event. A
+/// `const fn`, so each alias's bits are worked out at compile time ([`Alias::new`]).
+const fn key_bit(bytes: &[u8], len: usize) -> u128 {
+    if len == 0 {
+        return 1;
+    }
+    let (first, last) = (bytes[0] as u64, bytes[len - 1] as u64);
+    let h = (len as u64).wrapping_mul(0x9E37_79B9) ^ first.wrapping_mul(31) ^ last.wrapping_mul(131);
+    1u128 << (h % 128)
+}
+
+/// A path producers use for a field (`"src_ip"`, `"src_endpoint.ip"`), with the position of
+/// its first dot and the presence bits of the whole path and of its head worked out when
+/// compiling, not for each of the ~170 aliases looked up per event (finding the dot alone
+/// was ~5% of normalize).
+#[derive(Clone, Copy)]
+struct Alias {
+    path: &'static str,
+    /// Index of the first `.`, or the path's length when it has none.
+    dot: usize,
+    bit: u128,
+    head_bit: u128,
+}
+
+impl Alias {
+    const fn new(path: &'static str) -> Self {
+        let bytes = path.as_bytes();
+        let mut dot = 0;
+        while dot < bytes.len() && bytes[dot] != b'.' {
+            dot += 1;
+        }
+        Self { path, dot, bit: key_bit(bytes, bytes.len()), head_bit: key_bit(bytes, dot) }
+    }
+}
+
+/// `paths!["a", "b.c"]`: a `&'static [Alias]`, built at compile time.
+macro_rules! paths {
+    ($($path:literal),+ $(,)?) => {
+        const { &[$(Alias::new($path)),+] }
     };
-    let h = (bytes.len() as u64).wrapping_mul(0x9E37_79B9) ^ first.wrapping_mul(31) ^ last.wrapping_mul(131);
-    1u64 << (h % 64)
 }
 
 struct Reader<'a> {
     /// The root's keys in a hash index: `serde_json::Map` is a BTreeMap, and ~170 alias
     /// lookups per event as ordered searches were over half of normalize's time.
-    index: HashMap<&'a str, &'a Value, Xxh3DefaultBuilder>,
+    index: HashMap<&'a str, &'a Value, ahash::RandomState>,
     /// The alias paths that gave a field (kept out of `attrs`): static strings, so marking
     /// one is a pointer copy, not an allocation.
-    used: HashSet<&'static str, Xxh3DefaultBuilder>,
-    /// Presence mask of the root's keys. Most of the ~170 alias paths name a key the event
-    /// does not have; the mask rejects them without a map search (the map is a BTreeMap, and
-    /// those searches were over half of normalize's time on 1 KB JSON events).
-    present: u64,
+    used: HashSet<&'static str, ahash::RandomState>,
+    /// Presence mask of the root's keys. Most alias paths name a key the event does not
+    /// have; the mask rejects them without a map search.
+    present: u128,
 }
 
 impl<'a> Reader<'a> {
     fn new(root: &'a Map<String, Value>) -> Self {
-        let present = root.keys().fold(0, |mask, k| mask | key_bit(k));
+        let present = root.keys().fold(0, |mask, k| mask | key_bit(k.as_bytes(), k.len()));
         let index = root.iter().map(|(k, v)| (k.as_str(), v)).collect();
         Self { index, used: HashSet::default(), present }
     }
 
-    fn maybe_present(&self, key: &str) -> bool {
-        self.present & key_bit(key) != 0
-    }
-
-    fn lookup(&self, path: &str) -> Option<&'a Value> {
-        if self.maybe_present(path) {
-            if let Some(v) = self.index.get(path) {
+    /// The value at `alias`: a root key of that exact name (ECS exporters flatten
+    /// `source.ip` into one key), else the dotted path through nested objects.
+    fn lookup(&self, alias: &Alias) -> Option<&'a Value> {
+        if self.present & alias.bit != 0 {
+            if let Some(v) = self.index.get(alias.path) {
                 return Some(v);
             }
         }
-        // A byte loop, not `split_once('.')`: paths are a few bytes long and ~140 are
-        // looked up per event, where `str`'s searcher costs more in set-up than it saves.
-        let dot = path.bytes().position(|b| b == b'.')?;
-        let (head, rest) = (&path[..dot], &path[dot + 1..]);
-        if !self.maybe_present(head) {
+        if alias.dot == alias.path.len() || self.present & alias.head_bit == 0 {
             return None;
         }
-        let parts = rest.split('.');
-        let mut current = *self.index.get(head)?;
-        for part in parts {
+        let mut current = *self.index.get(&alias.path[..alias.dot])?;
+        for part in alias.path[alias.dot + 1..].split('.') {
             current = current.as_object()?.get(part)?;
         }
         Some(current)
     }
 
     /// First path holding a non-null scalar (or array, when `allow_array`).
-    fn first(&mut self, paths: &[&'static str], allow_array: bool) -> Option<&'a Value> {
-        for path in paths {
-            if let Some(v) = self.lookup(path) {
+    fn first(&mut self, paths: &[Alias], allow_array: bool) -> Option<&'a Value> {
+        for alias in paths {
+            if let Some(v) = self.lookup(alias) {
                 let usable = match v {
                     Value::Null | Value::Object(_) => false,
                     Value::Array(a) => allow_array && !a.is_empty(),
@@ -93,7 +114,7 @@ impl<'a> Reader<'a> {
                     _ => true,
                 };
                 if usable {
-                    self.used.insert(path);
+                    self.used.insert(alias.path);
                     return Some(v);
                 }
             }
@@ -101,12 +122,12 @@ impl<'a> Reader<'a> {
         None
     }
 
-    fn text(&mut self, paths: &[&'static str]) -> Option<String> {
+    fn text(&mut self, paths: &[Alias]) -> Option<String> {
         let v = self.first(paths, true)?;
         scalar_text(v)
     }
 
-    fn int(&mut self, paths: &[&'static str], field: &'static str) -> Result<Option<i64>, NormalizeError> {
+    fn int(&mut self, paths: &[Alias], field: &'static str) -> Result<Option<i64>, NormalizeError> {
         let Some(v) = self.first(paths, false) else { return Ok(None) };
         let parsed = match v {
             Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
@@ -208,29 +229,29 @@ pub(super) fn map_object(root: &Map<String, Value>, event: &mut Event) -> Result
     let mut r = Reader::new(root);
     let mut parsed = Parsed { format, ..Parsed::default() };
 
-    parsed.id = r.text(&["id", "event_id", "eventId", "uuid", "event.id", "metadata.uid", "_id", "Event.System.EventRecordID"]);
+    parsed.id = r.text(paths!["id", "event_id", "eventId", "uuid", "event.id", "metadata.uid", "_id", "Event.System.EventRecordID"]);
     // Windows: the record id alone is not unique across hosts; qualify it.
     if format == "evtx" {
-        if let (Some(id), Some(host)) = (&parsed.id, r.lookup("Event.System.Computer").and_then(scalar_text)) {
+        if let (Some(id), Some(host)) = (&parsed.id, r.lookup(&Alias::new("Event.System.Computer")).and_then(scalar_text)) {
             parsed.id = Some(format!("{host}:{id}"));
         }
     }
-    parsed.time_text = r.text(&[
+    parsed.time_text = r.text(paths![
         "time", "timestamp", "@timestamp", "ts", "event_time", "eventTime", "event.created", "date",
         "Event.System.TimeCreated.#attributes.SystemTime", "Event.System.TimeCreated.SystemTime",
     ]);
-    parsed.tenant = r.text(&["tenant", "tenant_id", "tenantId", "organization.id", "metadata.tenant_uid", "labels.tenant", "cloud.account.id"]);
+    parsed.tenant = r.text(paths!["tenant", "tenant_id", "tenantId", "organization.id", "metadata.tenant_uid", "labels.tenant", "cloud.account.id"]);
 
     // Class: explicit names first, then OCSF/ECS/Windows codes, else inferred by the caller.
-    if let Some(uid) = r.int(&["class_uid"], "class_uid")? {
+    if let Some(uid) = r.int(paths!["class_uid"], "class_uid")? {
         event.class = ocsf_class(uid).unwrap_or(EventClass::Other);
         parsed.class_known = true;
-    } else if let Some(v) = r.first(&["event.category"], true) {
+    } else if let Some(v) = r.first(paths!["event.category"], true) {
         if let Some(class) = string_list(v).iter().find_map(|c| ecs_class(c)) {
             event.class = class;
             parsed.class_known = true;
         }
-    } else if let Some(text) = r.text(&["class", "event_type", "type", "category", "class_name"]) {
+    } else if let Some(text) = r.text(paths!["class", "event_type", "type", "category", "class_name"]) {
         if let Some(class) = EventClass::from_name(&text) {
             event.class = class;
             parsed.class_known = true;
@@ -239,7 +260,7 @@ pub(super) fn map_object(root: &Map<String, Value>, event: &mut Event) -> Result
         }
     }
     if format == "evtx" {
-        let event_id = r.int(&["Event.System.EventID", "Event.System.EventID.#text"], "Event.System.EventID").ok().flatten();
+        let event_id = r.int(paths!["Event.System.EventID", "Event.System.EventID.#text"], "Event.System.EventID").ok().flatten();
         if let Some(event_id) = event_id {
             event.attrs.insert("EventID".into(), event_id.to_string());
             if let Some((class, outcome)) = evtx_class(event_id) {
@@ -248,17 +269,17 @@ pub(super) fn map_object(root: &Map<String, Value>, event: &mut Event) -> Result
                 event.outcome = outcome.map(str::to_string);
             }
         }
-        if let Some(channel) = r.text(&["Event.System.Channel"]) {
+        if let Some(channel) = r.text(paths!["Event.System.Channel"]) {
             event.attrs.insert("Channel".into(), channel);
         }
-        event.source.product = r.text(&["Event.System.Provider.#attributes.Name", "Event.System.Channel"]).or(Some("windows".into()));
+        event.source.product = r.text(paths!["Event.System.Provider.#attributes.Name", "Event.System.Channel"]).or(Some("windows".into()));
         event.source.vendor = Some("microsoft".into());
     }
 
-    event.severity = r.text(&["severity", "level", "log.level", "event.severity", "severity_id"]);
-    event.message = r.text(&["message", "msg", "description"]);
-    event.action = r.text(&["action", "event.action", "activity_name"]);
-    if let Some(v) = r.first(&["outcome", "result", "event.outcome", "success", "status"], false) {
+    event.severity = r.text(paths!["severity", "level", "log.level", "event.severity", "severity_id"]);
+    event.message = r.text(paths!["message", "msg", "description"]);
+    event.action = r.text(paths!["action", "event.action", "activity_name"]);
+    if let Some(v) = r.first(paths!["outcome", "result", "event.outcome", "success", "status"], false) {
         match v {
             Value::Bool(b) => event.outcome = Some(if *b { "success" } else { "failure" }.into()),
             Value::String(s) => {
@@ -272,16 +293,16 @@ pub(super) fn map_object(root: &Map<String, Value>, event: &mut Event) -> Result
             _ => {}
         }
     }
-    event.host = r.text(&["host", "hostname", "host.name", "host.hostname", "device.hostname", "computer", "Event.System.Computer"]);
-    event.source.vendor = event.source.vendor.take().or_else(|| r.text(&["vendor", "observer.vendor", "metadata.product.vendor_name"]));
-    event.source.product = event.source.product.take().or_else(|| r.text(&["product", "observer.product", "metadata.product.name", "event.module", "event.dataset"]));
+    event.host = r.text(paths!["host", "hostname", "host.name", "host.hostname", "device.hostname", "computer", "Event.System.Computer"]);
+    event.source.vendor = event.source.vendor.take().or_else(|| r.text(paths!["vendor", "observer.vendor", "metadata.product.vendor_name"]));
+    event.source.product = event.source.product.take().or_else(|| r.text(paths!["product", "observer.product", "metadata.product.name", "event.module", "event.dataset"]));
 
-    let user = r.text(&[
+    let user = r.text(paths![
         "user", "username", "user_name", "user.name", "actor.user.name", "account", "src_user",
         "Event.EventData.TargetUserName", "Event.EventData.User", "Event.EventData.SubjectUserName",
     ]);
-    let domain = r.text(&["user.domain", "actor.user.domain", "Event.EventData.TargetDomainName"]);
-    let session = r.text(&["session_id", "actor.session.uid", "session.id"]);
+    let domain = r.text(paths!["user.domain", "actor.user.domain", "Event.EventData.TargetDomainName"]);
+    let session = r.text(paths!["session_id", "actor.session.uid", "session.id"]);
     if user.is_some() || domain.is_some() || session.is_some() {
         let actor = event.actor.get_or_insert_with(Default::default);
         actor.user = user;
@@ -289,35 +310,35 @@ pub(super) fn map_object(root: &Map<String, Value>, event: &mut Event) -> Result
         actor.session_id = session;
     }
 
-    let src_ip = r.text(&["src_ip", "source_ip", "client_ip", "src", "source.ip", "src_endpoint.ip", "client.ip", "ip", "remote_addr", "Event.EventData.IpAddress", "Event.EventData.SourceIp"]);
-    let src_port = r.int(&["src_port", "source_port", "source.port", "src_endpoint.port", "sport", "Event.EventData.IpPort", "Event.EventData.SourcePort"], "src_port")?;
-    let src_host = r.text(&["src_host", "source.domain", "src_endpoint.hostname", "workstation", "Event.EventData.WorkstationName", "Event.EventData.SourceHostname"]);
+    let src_ip = r.text(paths!["src_ip", "source_ip", "client_ip", "src", "source.ip", "src_endpoint.ip", "client.ip", "ip", "remote_addr", "Event.EventData.IpAddress", "Event.EventData.SourceIp"]);
+    let src_port = r.int(paths!["src_port", "source_port", "source.port", "src_endpoint.port", "sport", "Event.EventData.IpPort", "Event.EventData.SourcePort"], "src_port")?;
+    let src_host = r.text(paths!["src_host", "source.domain", "src_endpoint.hostname", "workstation", "Event.EventData.WorkstationName", "Event.EventData.SourceHostname"]);
     fields::set_endpoint(&mut event.src, "src", src_ip, src_port, src_host)?;
-    let dst_ip = r.text(&["dst_ip", "dest_ip", "destination_ip", "dst", "destination.ip", "dst_endpoint.ip", "server.ip", "Event.EventData.DestinationIp"]);
-    let dst_port = r.int(&["dst_port", "dest_port", "destination_port", "destination.port", "dst_endpoint.port", "dport", "port", "Event.EventData.DestinationPort"], "dst_port")?;
-    let dst_host = r.text(&["dst_host", "dest_host", "destination.domain", "dst_endpoint.hostname", "server.domain", "Event.EventData.DestinationHostname"]);
+    let dst_ip = r.text(paths!["dst_ip", "dest_ip", "destination_ip", "dst", "destination.ip", "dst_endpoint.ip", "server.ip", "Event.EventData.DestinationIp"]);
+    let dst_port = r.int(paths!["dst_port", "dest_port", "destination_port", "destination.port", "dst_endpoint.port", "dport", "port", "Event.EventData.DestinationPort"], "dst_port")?;
+    let dst_host = r.text(paths!["dst_host", "dest_host", "destination.domain", "dst_endpoint.hostname", "server.domain", "Event.EventData.DestinationHostname"]);
     fields::set_endpoint(&mut event.dst, "dst", dst_ip, dst_port, dst_host)?;
 
     let process = crate::event::Process {
-        pid: r.int(&["pid", "process_id", "process.pid", "Event.EventData.ProcessId"], "pid")?,
-        name: r.text(&["process_name", "process", "process.name", "image_name"]),
-        path: r.text(&["process_path", "image", "process.executable", "process.file.path", "exe", "Event.EventData.Image"]),
-        command_line: r.text(&["command_line", "cmdline", "cmd", "commandline", "process.command_line", "process.cmd_line", "process.args", "Event.EventData.CommandLine"]),
-        user: r.text(&["process.user.name"]),
-        parent_name: r.text(&["parent_process", "parent_name", "process.parent.name", "process.parent_process.name", "Event.EventData.ParentImage"]),
-        parent_command_line: r.text(&["parent_command_line", "process.parent.command_line", "process.parent_process.cmd_line", "Event.EventData.ParentCommandLine"]),
+        pid: r.int(paths!["pid", "process_id", "process.pid", "Event.EventData.ProcessId"], "pid")?,
+        name: r.text(paths!["process_name", "process", "process.name", "image_name"]),
+        path: r.text(paths!["process_path", "image", "process.executable", "process.file.path", "exe", "Event.EventData.Image"]),
+        command_line: r.text(paths!["command_line", "cmdline", "cmd", "commandline", "process.command_line", "process.cmd_line", "process.args", "Event.EventData.CommandLine"]),
+        user: r.text(paths!["process.user.name"]),
+        parent_name: r.text(paths!["parent_process", "parent_name", "process.parent.name", "process.parent_process.name", "Event.EventData.ParentImage"]),
+        parent_command_line: r.text(paths!["parent_command_line", "process.parent.command_line", "process.parent_process.cmd_line", "Event.EventData.ParentCommandLine"]),
     };
     if process != crate::event::Process::default() {
         event.process = Some(process);
     }
 
-    let method = r.text(&["method", "http_method", "request_method", "http.request.method", "http_request.http_method"]);
-    let url = r.text(&["url", "uri", "request", "request_uri", "url.original", "url.full", "http_request.url.url_string"]);
-    let status = r.int(&["status_code", "http_status", "http.response.status_code", "http_response.code"], "status_code")?;
-    let user_agent = r.text(&["user_agent", "useragent", "http_user_agent", "user_agent.original", "http_request.user_agent"]);
-    let referrer = r.text(&["referrer", "referer", "http.request.referrer", "http_request.referrer"]);
-    let bytes_in = r.int(&["bytes_in", "bytes_received", "http.request.bytes"], "bytes_in")?;
-    let bytes_out = r.int(&["bytes_out", "bytes_sent", "bytes", "http.response.bytes"], "bytes_out")?;
+    let method = r.text(paths!["method", "http_method", "request_method", "http.request.method", "http_request.http_method"]);
+    let url = r.text(paths!["url", "uri", "request", "request_uri", "url.original", "url.full", "http_request.url.url_string"]);
+    let status = r.int(paths!["status_code", "http_status", "http.response.status_code", "http_response.code"], "status_code")?;
+    let user_agent = r.text(paths!["user_agent", "useragent", "http_user_agent", "user_agent.original", "http_request.user_agent"]);
+    let referrer = r.text(paths!["referrer", "referer", "http.request.referrer", "http_request.referrer"]);
+    let bytes_in = r.int(paths!["bytes_in", "bytes_received", "http.request.bytes"], "bytes_in")?;
+    let bytes_out = r.int(paths!["bytes_out", "bytes_sent", "bytes", "http.response.bytes"], "bytes_out")?;
     if method.is_some() || url.is_some() || status.is_some() || user_agent.is_some() || bytes_in.is_some() || bytes_out.is_some() {
         let http = event.http.get_or_insert_with(Default::default);
         http.method = method;
@@ -332,45 +353,45 @@ pub(super) fn map_object(root: &Map<String, Value>, event: &mut Event) -> Result
         http.bytes_out = bytes_out;
     }
 
-    let query = r.text(&["query", "dns_query", "qname", "dns.question.name", "query.hostname", "Event.EventData.QueryName"]);
+    let query = r.text(paths!["query", "dns_query", "qname", "dns.question.name", "query.hostname", "Event.EventData.QueryName"]);
     if query.is_some() {
-        let answers = r.first(&["answers", "dns.answers", "dns.resolved_ip", "Event.EventData.QueryResults"], true).map(string_list).unwrap_or_default();
+        let answers = r.first(paths!["answers", "dns.answers", "dns.resolved_ip", "Event.EventData.QueryResults"], true).map(string_list).unwrap_or_default();
         event.dns = Some(crate::event::Dns {
             query,
-            qtype: r.text(&["qtype", "query_type", "dns.question.type", "query.type"]),
-            rcode: r.text(&["rcode", "dns.response_code", "rcode_name"]),
+            qtype: r.text(paths!["qtype", "query_type", "dns.question.type", "query.type"]),
+            rcode: r.text(paths!["rcode", "dns.response_code", "rcode_name"]),
             answers,
         });
     }
 
     let file = crate::event::File {
-        path: r.text(&["file_path", "file.path", "Event.EventData.TargetFilename"]),
-        name: r.text(&["file_name", "filename", "file.name"]),
-        size: r.int(&["file_size", "file.size"], "file_size")?,
-        md5: r.text(&["md5", "file.hash.md5", "hash.md5"]),
-        sha1: r.text(&["sha1", "file.hash.sha1", "hash.sha1"]),
-        sha256: r.text(&["sha256", "file.hash.sha256", "hash.sha256"]),
+        path: r.text(paths!["file_path", "file.path", "Event.EventData.TargetFilename"]),
+        name: r.text(paths!["file_name", "filename", "file.name"]),
+        size: r.int(paths!["file_size", "file.size"], "file_size")?,
+        md5: r.text(paths!["md5", "file.hash.md5", "hash.md5"]),
+        sha1: r.text(paths!["sha1", "file.hash.sha1", "hash.sha1"]),
+        sha256: r.text(paths!["sha256", "file.hash.sha256", "hash.sha256"]),
     };
     if file != crate::event::File::default() {
         event.file = Some(file);
     }
 
     let llm = crate::event::Llm {
-        model: r.text(&["model", "llm.model", "gen_ai.request.model"]),
-        session_id: r.text(&["llm.session_id", "conversation_id", "gen_ai.conversation.id"]),
-        prompt: r.text(&["prompt", "llm.prompt", "gen_ai.prompt"]),
-        response: r.text(&["response", "completion", "llm.response", "gen_ai.completion"]),
-        tokens_in: r.int(&["tokens_in", "prompt_tokens", "usage.prompt_tokens", "llm.tokens_in"], "tokens_in")?,
-        tokens_out: r.int(&["tokens_out", "completion_tokens", "usage.completion_tokens", "llm.tokens_out"], "tokens_out")?,
+        model: r.text(paths!["model", "llm.model", "gen_ai.request.model"]),
+        session_id: r.text(paths!["llm.session_id", "conversation_id", "gen_ai.conversation.id"]),
+        prompt: r.text(paths!["prompt", "llm.prompt", "gen_ai.prompt"]),
+        response: r.text(paths!["response", "completion", "llm.response", "gen_ai.completion"]),
+        tokens_in: r.int(paths!["tokens_in", "prompt_tokens", "usage.prompt_tokens", "llm.tokens_in"], "tokens_in")?,
+        tokens_out: r.int(paths!["tokens_out", "completion_tokens", "usage.completion_tokens", "llm.tokens_out"], "tokens_out")?,
     };
     if llm.prompt.is_some() || llm.response.is_some() {
         event.llm = Some(llm);
     }
 
-    if let Some(v) = r.first(&["tags"], true) {
+    if let Some(v) = r.first(paths!["tags"], true) {
         event.tags.extend(string_list(v));
     }
-    if let Some(Value::Object(features)) = r.lookup("features") {
+    if let Some(Value::Object(features)) = r.lookup(&Alias::new("features")) {
         r.used.insert("features");
         for (name, value) in features.iter().take(MAX_ATTRS) {
             if let Some(number) = value.as_f64() {
@@ -379,32 +400,37 @@ pub(super) fn map_object(root: &Map<String, Value>, event: &mut Event) -> Result
         }
     }
 
-    collect_attrs(root, "", 0, &r.used, &mut event.attrs);
+    collect_attrs(root, &mut String::with_capacity(64), 0, &r.used, &mut event.attrs);
     Ok(parsed)
 }
 
 /// Keeps producer fields no alias consumed, flattened to dotted keys, within bounds.
+/// `path` is the dotted path of `object` (empty at the root); it is grown and cut back in
+/// place, so a key costs an allocation only when it is kept.
 fn collect_attrs(
     object: &Map<String, Value>,
-    prefix: &str,
+    path: &mut String,
     depth: usize,
-    used: &HashSet<&'static str, Xxh3DefaultBuilder>,
+    used: &HashSet<&'static str, ahash::RandomState>,
     attrs: &mut crate::event::FieldMap<String>,
 ) {
+    let base = path.len();
     for (key, value) in object {
         if attrs.len() >= MAX_ATTRS {
-            return;
+            break;
         }
-        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        path.truncate(base);
+        if base > 0 {
+            path.push('.');
+        }
+        path.push_str(key);
         // Windows EventData fields stay in attrs under their own names even when mapped: they
         // are exactly what Sigma rules for Windows name (CommandLine, Image, TargetUserName).
         if used.contains(path.as_str()) && !path.starts_with(EVTX_DATA) {
             continue;
         }
         match value {
-            Value::Object(inner) if depth < MAX_ATTR_DEPTH => {
-                collect_attrs(inner, &path, depth + 1, used, attrs)
-            }
+            Value::Object(inner) if depth < MAX_ATTR_DEPTH => collect_attrs(inner, path, depth + 1, used, attrs),
             Value::Null | Value::Object(_) => {}
             other => {
                 if let Some(text) = scalar_text(other) {
@@ -415,7 +441,7 @@ fn collect_attrs(
                         Some(bare) => bare.to_string(),
                         None => match path.strip_prefix(EVTX_USER_DATA).and_then(|rest| rest.split_once('.')) {
                             Some((_, bare)) if !attrs.contains_key(bare) => bare.to_string(),
-                            _ => path,
+                            _ => path.clone(),
                         },
                     };
                     attrs.insert(name, fields::truncate(text, MAX_ATTR_VALUE_BYTES));
@@ -423,4 +449,5 @@ fn collect_attrs(
             }
         }
     }
+    path.truncate(base);
 }

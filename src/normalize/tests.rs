@@ -133,3 +133,25 @@ fn large_events_keep_fields_but_drop_the_raw_copy() {
     assert!(event.tags.contains(&"raw_dropped".to_string()));
     assert_eq!(event.message.as_ref().map(String::len), Some(DEFAULT_MAX_RAW_BYTES));
 }
+
+#[test]
+fn dotted_aliases_match_flat_and_nested_keys_and_only_unmapped_fields_stay_in_attrs() {
+    // The same fields as one flattened key (ECS exporters) and as nested objects.
+    let flat = ok(r#"{"@timestamp":"2025-01-12T10:00:00Z","ecs.version":"8","source.ip":"10.0.0.1","destination.port":443,"user.name":"carol","labels.team":"blue"}"#);
+    let nested = ok(r#"{"@timestamp":"2025-01-12T10:00:00Z","ecs":{"version":"8"},"source":{"ip":"10.0.0.1"},"destination":{"port":443},"user":{"name":"carol"},"labels":{"team":"blue","deep":{"a":{"b":"c"}}}}"#);
+    for event in [&flat, &nested] {
+        assert_eq!(event.src_ip(), Some("10.0.0.1"));
+        assert_eq!(event.dst.as_ref().and_then(|d| d.port), Some(443));
+        assert_eq!(event.user(), Some("carol"));
+        // Mapped paths are not kept twice; unmapped ones keep their dotted path.
+        assert!(!event.attrs.contains_key("source.ip") && !event.attrs.contains_key("user.name"), "{:?}", event.attrs);
+        assert_eq!(event.attrs.get("labels.team").map(String::as_str), Some("blue"));
+        assert_eq!(event.attrs.get("ecs.version").map(String::as_str), Some("8"));
+    }
+    assert_eq!(nested.attrs.get("labels.deep.a.b").map(String::as_str), Some("c"));
+    // A sibling after a nested object gets its own path, not one grown from the object's.
+    let siblings = ok(r#"{"ts":1736676000,"user":"u","x":{"y":{"z":"1"},"w":"2"},"v":"3"}"#);
+    let mut kept: Vec<(&str, &str)> = siblings.attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    kept.sort_unstable();
+    assert_eq!(kept, [("v", "3"), ("x.w", "2"), ("x.y.z", "1")]);
+}

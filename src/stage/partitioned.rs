@@ -6,7 +6,7 @@
 //! commits stop advancing, and the next checkpoint writes everything changed meanwhile. A
 //! restore that keeps failing fails the stage (its input replays on restart).
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -26,16 +26,16 @@ pub struct PartitionedState<S> {
     store: CheckpointStore,
     /// Input topic (one per stage), learnt from the first record or assignment.
     topic: String,
-    partitions: HashMap<i32, S>,
+    partitions: FastMap<i32, S>,
     /// Per partition, the offset (exclusive) the last successful checkpoint covers.
-    durable: HashMap<i32, i64>,
+    durable: FastMap<i32, i64>,
     /// Whether the last checkpoint attempt failed (to log a failure streak once).
     store_failing: bool,
 }
 
 impl<S: Checkpointed> PartitionedState<S> {
     pub fn new(stage: &'static str, store: CheckpointStore) -> Self {
-        Self { stage, store, topic: String::new(), partitions: HashMap::new(), durable: HashMap::new(), store_failing: false }
+        Self { stage, store, topic: String::new(), partitions: FastMap::default(), durable: FastMap::default(), store_failing: false }
     }
 
     /// The state of `partition` of `topic` (empty if never assigned: the in-memory bus).

@@ -12,7 +12,6 @@
 //!   wait up to `drain_timeout` for acks, commit synchronously, return. What was not
 //!   acknowledged is not committed and will be replayed.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,7 +67,7 @@ pub struct StageRunner {
     outputs: Vec<OutMessage>,
     last_commit: Instant,
     /// Assignment generation last seen per input partition (to tell the stage about new ones).
-    generations: HashMap<(String, i32), u64>,
+    generations: crate::FastMap<(String, i32), u64>,
     /// How old input records are when taken (their produce time to now).
     input_age: metrics::Histogram,
 }
@@ -100,7 +99,7 @@ impl StageRunner {
             acks: FuturesUnordered::new(),
             outputs: Vec::new(),
             last_commit: Instant::now(),
-            generations: HashMap::new(),
+            generations: crate::FastMap::default(),
             input_age,
         }
     }
