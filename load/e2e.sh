@@ -13,6 +13,8 @@
 # `threatpipe load` reads the alerts topic and, as a person watching would, the feed (a
 # token for all tenants). FETCH_WAIT_MS sets the stages' fetch.wait.max.ms (librdkafka's
 # default otherwise). THREATPIPE_BIN runs that binary instead of building this checkout.
+# E2E_EVENTS sets how many events a flat-out run sends (100,000: a few seconds on a quick
+# host, so startup weighs on the ratio; 300,000 or more gives steadier figures).
 # Results: the tables, and JSON in /tmp/threatpipe-e2e-*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +30,7 @@ else
   B="$CARGO_TARGET_DIR/release/threatpipe"
 fi
 PORT="${THREATPIPE_LOAD_PORT:-8093}"
-COUNT=$(( RATE > 0 ? RATE * SECONDS_ : 100000 ))
+COUNT=$(( RATE > 0 ? RATE * SECONDS_ : ${E2E_EVENTS:-100000} ))
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 

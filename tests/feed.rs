@@ -280,3 +280,68 @@ fn a_resume_from_the_stream_skips_what_the_client_saw_even_when_replayed_later()
     assert_eq!(resume("zzz", "acme").0, ["a", "b", "a", "c", "d"], "unknown id: everything held, once each");
     let _: () = redis::cmd("DEL").arg(&stream).query(&mut c).unwrap();
 }
+
+/// The value of an unlabelled counter on `/metrics` (0 before its first increment).
+fn counter(port: u16, name: &str) -> u64 {
+    let (_, text) = http_get(port, "/metrics").unwrap();
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).unwrap_or(0.0) as u64
+}
+
+#[test]
+fn feed_coalesce_writes_a_burst_together_and_an_alert_after_a_quiet_spell_at_once() {
+    support::require_broker();
+    let topics = [unique("feedw.scored"), unique("feedw.alerts"), unique("feedw.alerts.json"), unique("feedw.dlq")];
+    create_topics(&topics.iter().map(String::as_str).collect::<Vec<_>>(), 1);
+    let (channel, token) = (unique("tp-test:feedw:channel"), unique("tok-feedw"));
+    let mut env = stage_env("feedw", "alert");
+    for (key, value) in [
+        ("TOPICS__SCORED", topics[0].clone()),
+        ("TOPICS__ALERTS", topics[1].clone()),
+        ("TOPICS__ALERTS_JSON", topics[2].clone()),
+        ("TOPICS__DLQ", topics[3].clone()),
+        ("ALERT__DEDUPE", redis_url()),
+        ("ALERT__DEDUPE_PREFIX", unique("tp-test:feedw:dedupe")),
+        ("ALERT__CHANNEL", channel.clone()),
+        ("ALERT__STREAM", unique("tp-test:feedw:stream")),
+        // Long enough that the burst below (~0.5 s) falls inside one window anywhere.
+        ("FEED__COALESCE", "3s".into()),
+        (&format!("FEED__TOKENS__{token}"), "acme".into()),
+    ] {
+        env.insert(format!("THREATPIPE_{key}"), value);
+    }
+    let port = free_port();
+    let instance = StageProcess::start_serving("feedw", &format!("127.0.0.1:{port}"), &[], &env);
+    let mut redis = redis::Client::open(redis_url()).unwrap().get_connection().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query::<Vec<(String, i64)>>(&mut redis).unwrap()[0].1 < 1 {
+        assert!(Instant::now() < deadline, "the instance did not subscribe to {channel}:\n{}", instance.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let publish = |redis: &mut redis::Connection, n: usize| {
+        let alert = serde_json::json!({"id": format!("coalesce-{n}"), "tenant": "acme", "severity": "high", "rule_ids": ["r"], "count": 1, "time_us": now_us()});
+        let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(alert.to_string()).query(redis).unwrap();
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut socket = rt.block_on(connect(port, &format!("token={token}"))).unwrap();
+    let writes_before = counter(port, "threatpipe_feed_writes_total");
+
+    // The first alert after a quiet spell goes at once: well inside the 3 s window.
+    let sent = Instant::now();
+    publish(&mut redis, 0);
+    let (seen, back) = rt.block_on(collect(socket, 1, Duration::from_secs(10)));
+    socket = back;
+    assert_eq!(seen.alerts.len(), 1);
+    assert!(sent.elapsed() < Duration::from_millis(1500), "an alert after a quiet spell waited {:?}", sent.elapsed());
+    // Ten more, 50 ms apart, inside the window of that write: written together at its end.
+    for n in 1..=10 {
+        publish(&mut redis, n);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (seen, _socket) = rt.block_on(collect(socket, 10, Duration::from_secs(10)));
+    let ids: Vec<&str> = seen.alerts.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, (1..=10).map(|n| format!("coalesce-{n}")).collect::<Vec<_>>(), "every alert, in order");
+    // Without coalescing each of the ten would be its own write.
+    let writes = counter(port, "threatpipe_feed_writes_total") - writes_before;
+    assert_eq!(writes, 2, "eleven alerts in {writes} writes: expected one for the first and one for the burst");
+    drop(instance);
+}

@@ -54,6 +54,14 @@ pub struct FeedConfig {
     /// Embedded runs create a development token (every tenant) and write it where
     /// `threatpipe tail` finds it.
     pub dev_token: bool,
+    /// At most one write per client per this window: an alert after a quiet spell is
+    /// written at once, one that follows a write more closely waits for the window's end
+    /// and goes with whatever else came by then. Each write is a syscall on the server and
+    /// a wake-up on the client, and with a thousand clients those, not the alerts, were
+    /// most of the feed's CPU. Adds at most this much latency; `0s` writes every alert at
+    /// once.
+    #[serde(with = "humantime_serde")]
+    pub coalesce: Duration,
 }
 
 impl Default for FeedConfig {
@@ -68,6 +76,7 @@ impl Default for FeedConfig {
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
             dev_token: true,
+            coalesce: Duration::from_millis(50),
         }
     }
 }

@@ -139,6 +139,7 @@ async fn session(mut socket: WebSocket, feed: Arc<Feed>, grant: Grant, filter: F
     let dropped = subscription.slot.dropped.clone();
     let lagged_out = dropped.cancelled();
     tokio::pin!(shutting_down, lagged_out);
+    let mut last_write: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = &mut shutting_down => {
@@ -152,12 +153,16 @@ async fn session(mut socket: WebSocket, feed: Arc<Feed>, grant: Grant, filter: F
             item = subscription.queue.recv() => {
                 let Some(item) = item else { break };
                 // Whatever else is queued goes out with it, under one flush (one write
-                // syscall instead of one per alert when the client has a backlog).
+                // syscall instead of one per alert when the client has a backlog). With
+                // `feed.coalesce`, as Nagle's algorithm does for packets: an alert after a
+                // quiet spell goes at once, one within the window of the last write waits
+                // for the window's end and goes with whatever else came by then.
                 let mut batch = vec![item];
-                while batch.len() < BATCH {
-                    match subscription.queue.try_recv() {
-                        Ok(item) => batch.push(item),
-                        Err(_) => break,
+                take_queued(&mut subscription.queue, &mut batch);
+                if let Some(due) = last_write.map(|at| at + feed.config.coalesce) {
+                    if batch.len() < BATCH && due > tokio::time::Instant::now() {
+                        tokio::time::sleep_until(due).await;
+                        take_queued(&mut subscription.queue, &mut batch);
                     }
                 }
                 let skipped = subscription.slot.take_skipped();
@@ -174,6 +179,8 @@ async fn session(mut socket: WebSocket, feed: Arc<Feed>, grant: Grant, filter: F
                 if send_all(&mut socket, frames).await.is_err() {
                     break;
                 }
+                metrics::counter!(crate::telemetry::names::FEED_WRITES).increment(1);
+                last_write = Some(tokio::time::Instant::now());
             }
             message = socket.recv() => {
                 last_heard = Instant::now();
@@ -204,6 +211,16 @@ async fn session(mut socket: WebSocket, feed: Arc<Feed>, grant: Grant, filter: F
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Moves queued alerts into `batch`, up to [`BATCH`].
+fn take_queued(queue: &mut tokio::sync::mpsc::Receiver<Arc<super::hub::FeedItem>>, batch: &mut Vec<Arc<super::hub::FeedItem>>) {
+    while batch.len() < BATCH {
+        match queue.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
         }
     }
 }

@@ -38,6 +38,8 @@ pub const SINK_SKIPPED: &str = "threatpipe_sink_skipped_total";
 pub const FEED_CLIENTS: &str = "threatpipe_feed_clients";
 pub const FEED_ALERTS: &str = "threatpipe_feed_alerts_total";
 pub const FEED_DELIVERED: &str = "threatpipe_feed_delivered_total";
+/// Writes to live-feed clients (one carries one or more alerts; see `feed.coalesce`).
+pub const FEED_WRITES: &str = "threatpipe_feed_writes_total";
 pub const FEED_SKIPPED: &str = "threatpipe_feed_skipped_total";
 pub const FEED_DROPPED_CLIENTS: &str = "threatpipe_feed_dropped_clients_total";
 pub const FEED_DEAD_CLIENTS: &str = "threatpipe_feed_dead_clients_total";
@@ -84,6 +86,7 @@ pub const ALL: &[&str] = &[
     FEED_CLIENTS,
     FEED_ALERTS,
     FEED_DELIVERED,
+    FEED_WRITES,
     FEED_SKIPPED,
     FEED_DROPPED_CLIENTS,
     FEED_DEAD_CLIENTS,
