@@ -305,6 +305,7 @@ fn feed_coalesce_writes_a_burst_together_and_an_alert_after_a_quiet_spell_at_onc
         ("ALERT__STREAM", unique("tp-test:feedw:stream")),
         // Long enough that the burst below (~0.5 s) falls inside one window anywhere.
         ("FEED__COALESCE", "3s".into()),
+        ("FEED__COALESCE_MIN_CLIENTS", "1".into()),
         (&format!("FEED__TOKENS__{token}"), "acme".into()),
     ] {
         env.insert(format!("THREATPIPE_{key}"), value);

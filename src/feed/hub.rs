@@ -164,6 +164,8 @@ pub struct FeedHub {
     /// tenant (or `*`) → its clients
     clients: RwLock<HashMap<String, Vec<Arc<ClientSlot>>>>,
     next_client: AtomicU64,
+    /// Registered clients, kept beside `clients` so counting them takes no lock.
+    connected: std::sync::atomic::AtomicUsize,
     client_queue: usize,
     policy: SlowClientPolicy,
     /// The latest alerts published here, for resuming clients when there is no Redis
@@ -179,6 +181,7 @@ impl FeedHub {
             seen: Mutex::new(Seen::default()),
             clients: RwLock::new(HashMap::new()),
             next_client: AtomicU64::new(1),
+            connected: std::sync::atomic::AtomicUsize::new(0),
             client_queue: client_queue.max(1),
             policy,
             recent: Mutex::new(VecDeque::new()),
@@ -198,7 +201,9 @@ impl FeedHub {
         });
         if let Ok(mut clients) = self.clients.write() {
             clients.entry(tenant.to_string()).or_default().push(slot.clone());
-            metrics::gauge!(crate::telemetry::names::FEED_CLIENTS).set(clients.values().map(Vec::len).sum::<usize>() as f64);
+            let count = clients.values().map(Vec::len).sum::<usize>();
+            self.connected.store(count, Ordering::Relaxed);
+            metrics::gauge!(crate::telemetry::names::FEED_CLIENTS).set(count as f64);
         }
         Subscription { slot, queue: rx, hub: self.clone() }
     }
@@ -211,12 +216,15 @@ impl FeedHub {
                     clients.remove(&slot.tenant);
                 }
             }
-            metrics::gauge!(crate::telemetry::names::FEED_CLIENTS).set(clients.values().map(Vec::len).sum::<usize>() as f64);
+            let count = clients.values().map(Vec::len).sum::<usize>();
+            self.connected.store(count, Ordering::Relaxed);
+            metrics::gauge!(crate::telemetry::names::FEED_CLIENTS).set(count as f64);
         }
     }
 
+    /// Clients connected now (an atomic read: asked once per write by every client).
     pub fn client_count(&self) -> usize {
-        self.clients.read().map(|c| c.values().map(Vec::len).sum()).unwrap_or(0)
+        self.connected.load(Ordering::Relaxed)
     }
 
     /// Parses and publishes an alert as the alert stage serialized it.

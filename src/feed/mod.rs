@@ -54,7 +54,8 @@ pub struct FeedConfig {
     /// Embedded runs create a development token (every tenant) and write it where
     /// `threatpipe tail` finds it.
     pub dev_token: bool,
-    /// At most one write per client per this window: an alert after a quiet spell is
+    /// At most one write per client per this window (while `coalesce_min_clients` or more
+    /// are connected): an alert after a quiet spell is
     /// written at once, one that follows a write more closely waits for the window's end
     /// and goes with whatever else came by then. Each write is a syscall on the server and
     /// a wake-up on the client, and with a thousand clients those, not the alerts, were
@@ -62,6 +63,9 @@ pub struct FeedConfig {
     /// once.
     #[serde(with = "humantime_serde")]
     pub coalesce: Duration,
+    /// Coalesce only while this instance serves at least this many clients: with a few,
+    /// writes cost nothing worth a wait, and each alert is written at once.
+    pub coalesce_min_clients: usize,
 }
 
 impl Default for FeedConfig {
@@ -77,6 +81,7 @@ impl Default for FeedConfig {
             idle_timeout: Duration::from_secs(45),
             dev_token: true,
             coalesce: Duration::from_millis(50),
+            coalesce_min_clients: 100,
         }
     }
 }

@@ -159,7 +159,8 @@ async fn session(mut socket: WebSocket, feed: Arc<Feed>, grant: Grant, filter: F
                 // for the window's end and goes with whatever else came by then.
                 let mut batch = vec![item];
                 take_queued(&mut subscription.queue, &mut batch);
-                if let Some(due) = last_write.map(|at| at + feed.config.coalesce) {
+                let coalescing = feed.hub.client_count() >= feed.config.coalesce_min_clients;
+                if let Some(due) = last_write.filter(|_| coalescing).map(|at| at + feed.config.coalesce) {
                     if batch.len() < BATCH && due > tokio::time::Instant::now() {
                         tokio::time::sleep_until(due).await;
                         take_queued(&mut subscription.queue, &mut batch);
