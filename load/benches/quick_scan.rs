@@ -104,6 +104,7 @@ pub fn events() -> Vec<Event> {
         }
     }
     let evtx = events.len();
+    assert!(evtx > 0, "no Sigma regression samples under {}: set THREATPIPE_DATA to the shared data directory (../shared/data)", data_dir().display());
     let mut generator = EventGenerator::new(GeneratorConfig { attack_every: 50, malformed_ratio: 0.0, ..GeneratorConfig::default() });
     for offset in 0..evtx as i64 {
         let record = Record { topic: "raw".into(), partition: 0, offset, key: None, payload: generator.next_record(NOW).payload, timestamp_ms: None };

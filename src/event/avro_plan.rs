@@ -207,7 +207,10 @@ fn visit_record<'de, V: Visitor<'de>>(
     visitor.visit_map(Fields { fields: fields.iter(), by_index: by_index.then_some(0), value: None, input, mark })
 }
 
-/// Avro's variable-length zig-zag long.
+/// Avro's variable-length zig-zag long. Read ~9 million times in the embedded run (every
+/// length, union branch and count), so the one-byte case is inlined into each caller and
+/// the rest kept out of line.
+#[inline(always)]
 fn read_long(input: &mut &[u8]) -> Result<i64, PlanError> {
     // Most longs on the wire (lengths, union branches, small numbers) take one byte.
     if let Some((&byte, rest)) = input.split_first() {
@@ -216,6 +219,11 @@ fn read_long(input: &mut &[u8]) -> Result<i64, PlanError> {
             return Ok(i64::from(byte >> 1) ^ -i64::from(byte & 1));
         }
     }
+    read_long_multibyte(input)
+}
+
+#[inline(never)]
+fn read_long_multibyte(input: &mut &[u8]) -> Result<i64, PlanError> {
     let mut value: u64 = 0;
     for (i, &byte) in input.iter().enumerate().take(10) {
         value |= u64::from(byte & 0x7f) << (7 * i);
