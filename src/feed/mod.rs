@@ -55,12 +55,11 @@ pub struct FeedConfig {
     /// `threatpipe tail` finds it.
     pub dev_token: bool,
     /// At most one write per client per this window (while `coalesce_min_clients` or more
-    /// are connected): an alert after a quiet spell is
-    /// written at once, one that follows a write more closely waits for the window's end
-    /// and goes with whatever else came by then. Each write is a syscall on the server and
-    /// a wake-up on the client, and with a thousand clients those, not the alerts, were
-    /// most of the feed's CPU. Adds at most this much latency; `0s` writes every alert at
-    /// once.
+    /// are connected): an alert after a quiet spell is written at once, one that follows a
+    /// write more closely waits for the window's end and goes with whatever else came by
+    /// then. Each write is a syscall on the server and a wake-up on the client, and with a
+    /// thousand clients those, not the alerts, were most of the feed's CPU. Adds at most
+    /// this much latency; `0s` writes every alert at once.
     #[serde(with = "humantime_serde")]
     pub coalesce: Duration,
     /// Coalesce only while this instance serves at least this many clients: with a few,
@@ -98,9 +97,16 @@ impl FeedConfig {
         if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
             errors.push("feed.jwt_secret must be at least 16 bytes".into());
         }
+        if self.coalesce >= self.ping_interval {
+            errors.push(format!(
+                "feed.coalesce ({:?}) must be below feed.ping_interval ({:?}): it is how long an alert may wait for others to share its write",
+                self.coalesce, self.ping_interval
+            ));
+        }
         errors
     }
 }
+
 
 /// Where a resuming client's missed alerts come from.
 pub enum ResumeSource {
@@ -157,4 +163,16 @@ pub fn write_dev_token(port: u16, token: &str) -> std::io::Result<PathBuf> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(&path)?.write_all(token.as_bytes())?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_is_valid_and_a_coalesce_window_past_the_heartbeat_is_not() {
+        assert_eq!(FeedConfig::default().validate(), Vec::<String>::new());
+        let slow = FeedConfig { coalesce: Duration::from_secs(20), ..FeedConfig::default() };
+        assert!(slow.validate().iter().any(|e| e.starts_with("feed.coalesce")), "{:?}", slow.validate());
+    }
 }
