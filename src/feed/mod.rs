@@ -107,7 +107,6 @@ impl FeedConfig {
     }
 }
 
-
 /// Where a resuming client's missed alerts come from.
 pub enum ResumeSource {
     /// The hub's own buffer of recent alerts (embedded).
