@@ -112,5 +112,13 @@ pub async fn serve(
         .route("/ready", get(ready_handler))
         .route("/reports/{name}", get(report_handler))
         .with_state(AppState { telemetry, prometheus, clickhouse: Arc::new(clickhouse), feed });
+    // No Nagle: a live-feed write must not wait for the client's (possibly delayed) ACK of
+    // the previous one; the feed batches its writes itself (`feed.coalesce`).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    });
     axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
