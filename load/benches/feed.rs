@@ -189,7 +189,11 @@ fn main() {
         let (sent_at, latencies, delivered, lagged, connected, stop) = (sent_at.clone(), latencies.clone(), delivered.clone(), lagged.clone(), connected.clone(), stop.clone());
         tasks.push(rt.spawn(async move {
             let url = format!("ws://127.0.0.1:{port}/feed?token=tok-tenant-{tenant:02}");
-            let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+            // A 4 KiB read buffer, as the server's: tungstenite's default 128 KiB is zeroed as
+            // it is used, and that memset was ~15% of this process's CPU (a browser or
+            // `threatpipe tail` runs elsewhere; this load tool shares the cores measured).
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+            let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await.unwrap();
             connected.fetch_add(1, Ordering::Relaxed);
             let mut mine = Vec::new();
             loop {
