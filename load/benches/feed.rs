@@ -11,10 +11,11 @@
 //! clients of its tenant, 25 per instance: 100,000 deliveries/s).
 //!
 //! Two instances run every stage (same consumer groups, so each raises the alerts of its
-//! partitions; with FEED_STAGES=one the second runs only the alert stage) and serve the feed; every client belongs to one tenant. Each event is a DNS
-//! query for a known-bad domain from its own address, so each raises its own alert. The
-//! producer keeps the send time of every event; a client computes, for every alert, the
-//! time from its event's send to the alert's arrival. Reported: p50/p95/p99/max of that
+//! partitions; with FEED_STAGES=one the second runs only the alert stage) and serve the
+//! feed; every client belongs to one tenant. Each event is a DNS query for a known-bad
+//! domain from its own address, so each raises its own alert. The producer keeps the send
+//! time of every event; a client computes, for every alert, the time from its event's send
+//! to the alert's arrival. Reported: p50/p95/p99/max of that
 //! end-to-end latency; the same for a plain Redis subscriber on the alert channel (the
 //! pipeline alone, before fan-out: the baseline the fan-out cost is read against); the
 //! deliveries made and missed; and the servers' memory per client (RSS before and after

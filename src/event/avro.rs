@@ -22,8 +22,6 @@
 //! capped by [`MAX_AVRO_ALLOCATION_BYTES`] so a forged length prefix cannot exhaust memory.
 
 use std::collections::HashMap;
-
-use crate::FastMap;
 use std::sync::LazyLock;
 
 use apache_avro::schema_compatibility::SchemaCompatibility;
@@ -33,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{Alert, DeadLetter, Event};
+use crate::FastMap;
 
 /// Confluent wire-format magic byte.
 pub const MAGIC_BYTE: u8 = 0;
@@ -512,7 +511,7 @@ mod tests {
         let bytes = encode_event(&full_event()).unwrap();
         let narrow: Narrow = decode(SchemaKind::Event, &bytes).unwrap();
         assert_eq!(narrow, Narrow { id: "evt-1".into(), tenant: "acme".into(), score: full_event().score });
-        // The path data of an older schema version takes reads it the same.
+        // Data of an older schema version goes through apache-avro's reader: same result.
         assert_eq!(decode_resolving::<Narrow>(SchemaKind::Event, 101, &bytes).unwrap(), narrow);
         // What is stepped over is still checked for length: a cut frame is refused.
         for cut in [bytes.len() / 2, bytes.len() - 1] {

@@ -152,8 +152,7 @@ pub fn decode<'de, T: de::Deserialize<'de>>(plan: &Plan, input: &mut &'de [u8]) 
 /// that changes only a record's last fields can copy the bytes before them as they came.
 /// `None` when the type read the record some other way than field by field.
 pub fn decode_marking<'de, T: de::Deserialize<'de>>(plan: &Plan, input: &mut &'de [u8], field: &str) -> Result<(T, Option<usize>), PlanError> {
-    let Plan::Record(fields, _) = plan else { return fail("not a record") };
-    let Some(position) = fields.iter().position(|(name, _)| name == field) else { return fail(format!("no field {field} in the record")) };
+    let (fields, position) = record_field(plan, field)?;
     let noted = std::cell::Cell::new(None);
     let start = input.len();
     let value = T::deserialize(Marked { plan, input: &mut *input, mark: (fields.len() - position, &noted) })?;
@@ -484,9 +483,18 @@ impl<'de> de::MapAccess<'de> for Fields<'_, '_, 'de> {
 /// [`decode_marking`], a record is re-encoded with only its last fields replaced (the bytes
 /// before them copied as they are). `end` fails unless every field to the last was written.
 pub fn suffix_writer<'p, 'o>(plan: &'p Plan, from: &str, out: &'o mut Vec<u8>) -> Result<impl serde::ser::SerializeStruct<Ok = (), Error = PlanError> + use<'p, 'o>, PlanError> {
-    let Plan::Record(fields, _) = plan else { return fail("not a record") };
-    let Some(first) = fields.iter().position(|(name, _)| name == from) else { return fail(format!("no field {from} in the record")) };
+    let (fields, first) = record_field(plan, from)?;
     Ok(Record { fields: fields[first..].iter(), out })
+}
+
+/// A record's fields in schema order, as [`Plan::Record`] holds them.
+type FieldPlans = [(String, Plan)];
+
+/// The fields of record `plan` and the index of its field `name`.
+fn record_field<'p>(plan: &'p Plan, name: &str) -> Result<(&'p FieldPlans, usize), PlanError> {
+    let Plan::Record(fields, _) = plan else { return fail("not a record") };
+    let Some(position) = fields.iter().position(|(field, _)| field == name) else { return fail(format!("no field {name} in the record")) };
+    Ok((fields, position))
 }
 
 /// Steps over one datum of `plan` without building anything: lengths are read and checked,
@@ -508,8 +516,7 @@ fn skip(plan: &Plan, input: &mut &[u8]) -> Result<(), PlanError> {
             let mut blocks = Blocks::new(item, input);
             while blocks.next_item()? {
                 if keyed {
-                    let len = read_long(blocks.input)?;
-                    take(blocks.input, len)?;
+                    skip(&Plan::String, blocks.input)?;
                 }
                 skip(item, blocks.input)?;
             }
