@@ -123,6 +123,9 @@ struct Registry {
     /// current schema of its kind, the common case.
     plans: FastMap<u32, super::avro_plan::Plan>,
     current: FastMap<SchemaKind, u32>,
+    /// The current event schema's id when its plan has the shape `avro_event` is written
+    /// for (always, unless the schema changed and that module did not).
+    event_fast_path: Option<u32>,
 }
 
 /// The Confluent wire-format header (magic byte + big-endian schema id), which is exactly
@@ -159,8 +162,12 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         }
     }
     let current: FastMap<SchemaKind, u32> = current.into_iter().map(|(k, (id, _))| (k, id)).collect();
-    let plans = current.values().filter_map(|id| Some((*id, super::avro_plan::Plan::new(&by_id[id].1)?))).collect();
-    Registry { by_id, readers, plans, current }
+    let plans: FastMap<u32, super::avro_plan::Plan> = current.values().filter_map(|id| Some((*id, super::avro_plan::Plan::new(&by_id[id].1)?))).collect();
+    let event_fast_path: Option<u32> = current
+        .get(&SchemaKind::Event)
+        .copied()
+        .filter(|id| plans.get(id).is_some_and(|plan| super::avro_event::shape(plan) == super::avro_event::SHAPE));
+    Registry { by_id, readers, plans, current, event_fast_path }
 });
 
 fn current(kind: SchemaKind) -> (u32, &'static Schema) {
@@ -258,6 +265,10 @@ const DETECTION_FIELDS_FROM: &str = "matches";
 /// schema version).
 pub fn decode_event_for_detection(bytes: &[u8]) -> Result<(Event, Option<DetectionsAt>), AvroError> {
     let id = frame_schema_id(bytes)?;
+    if let Some(decoded) = decode_event_fast(id, bytes) {
+        let (event, at) = decoded?;
+        return Ok((event, Some(DetectionsAt(FRAME_HEADER_BYTES + at))));
+    }
     let (current_id, _) = current(SchemaKind::Event);
     let plan = REGISTRY.plans.get(&id).filter(|_| id == current_id);
     let Some(plan) = plan else { return Ok((decode_event(bytes)?, None)) };
@@ -300,7 +311,27 @@ pub fn encode_event_detections(input: &[u8], at: Option<DetectionsAt>, event: &E
 }
 
 pub fn decode_event(bytes: &[u8]) -> Result<Event, AvroError> {
+    if let Some(decoded) = decode_event_fast(frame_schema_id(bytes)?, bytes) {
+        return decoded.map(|(event, _)| event);
+    }
     decode(SchemaKind::Event, bytes)
+}
+
+/// The hand-written decoder (`avro_event`) for a frame of the schema it is written for,
+/// with where the detection fields begin in the datum; `None`: take the generic path.
+fn decode_event_fast(id: u32, bytes: &[u8]) -> Option<Result<(Event, usize), AvroError>> {
+    let registry = &*REGISTRY;
+    if registry.event_fast_path != Some(id) {
+        return None;
+    }
+    let plan = registry.plans.get(&id)?;
+    let decode_err = |detail: String| AvroError::Decode { kind: SchemaKind::Event.as_str(), id, detail };
+    let mut body = &bytes[FRAME_HEADER_BYTES..];
+    Some(
+        super::avro_event::decode(plan, &mut body)
+            .map_err(|e| decode_err(e.to_string()))
+            .and_then(|decoded| whole_datum_read(body).map_err(decode_err).map(|()| decoded)),
+    )
 }
 
 pub fn encode_alert(alert: &Alert) -> Result<Vec<u8>, AvroError> {
@@ -464,6 +495,78 @@ mod tests {
                     Ok(generic) => proptest::prop_assert_eq!(direct, generic),
                     Err(e) => proptest::prop_assert!(false, "direct decoded {} but apache-avro refused: {e}", direct.id),
                 }
+            }
+        }
+    }
+
+    /// The event decoded along the serde path (what `avro_event` stands in for), with where
+    /// its detection fields begin.
+    fn decode_event_through_serde(bytes: &[u8]) -> Result<(Event, Option<usize>), String> {
+        let plan = &REGISTRY.plans[&frame_schema_id(bytes).map_err(|e| e.to_string())?];
+        let mut body = &bytes[FRAME_HEADER_BYTES..];
+        let decoded = super::super::avro_plan::decode_marking(plan, &mut body, DETECTION_FIELDS_FROM).map_err(|e| e.to_string())?;
+        whole_datum_read(body)?;
+        Ok(decoded)
+    }
+
+    #[test]
+    fn the_current_event_schema_takes_the_hand_written_decoder() {
+        assert_eq!(REGISTRY.event_fast_path, Some(current_schema_id(SchemaKind::Event)), "{}", super::super::avro_event::shape(&REGISTRY.plans[&101]));
+    }
+
+    #[test]
+    fn the_hand_written_event_decoder_agrees_with_serde() {
+        let events = [
+            full_event(),
+            Event { id: "x".into(), ..Default::default() },
+            Event { matches: vec![], correlations: vec![], score: None, raw: Some("é ☃ non-ASCII".into()), ..full_event() },
+            Event {
+                attrs: (0..40).map(|i| (format!("k{i}"), "v".repeat(i))).collect(),
+                tags: (0..70).map(|i| i.to_string()).collect(),
+                class: EventClass::Other,
+                time_us: -1,
+                ..full_event()
+            },
+        ];
+        for event in events {
+            let bytes = encode_event(&event).unwrap();
+            let (fast, at) = decode_event_for_detection(&bytes).unwrap();
+            let (serde, serde_at) = decode_event_through_serde(&bytes).unwrap();
+            assert_eq!(fast, event);
+            assert_eq!(serde, event);
+            assert_eq!(at, serde_at.map(|at| DetectionsAt(FRAME_HEADER_BYTES + at)));
+            assert_eq!(decode_event(&bytes).unwrap(), event);
+        }
+    }
+
+    proptest::proptest! {
+        /// On damaged frames the hand-written decoder and the serde path accept the same
+        /// frames, with the same event.
+        #[test]
+        fn the_hand_written_event_decoder_agrees_with_serde_on_damaged_frames(
+            edits in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY, 0u8..3), 1..6),
+        ) {
+            let mut bytes = encode_event(&full_event()).unwrap();
+            for (at, byte, kind) in edits {
+                let at = FRAME_HEADER_BYTES + at % (bytes.len() - FRAME_HEADER_BYTES).max(1);
+                match kind {
+                    0 => {
+                        let last = bytes.len() - 1;
+                        bytes[at.min(last)] = byte;
+                    }
+                    1 => bytes.truncate(at.max(FRAME_HEADER_BYTES + 1)),
+                    _ => {
+                        let end = bytes.len();
+                        bytes.insert(at.min(end), byte);
+                    }
+                }
+            }
+            let fast = decode_event(&bytes).map_err(|e| e.to_string());
+            let serde = decode_event_through_serde(&bytes).map(|(event, _)| event);
+            match (fast, serde) {
+                (Ok(fast), Ok(serde)) => proptest::prop_assert_eq!(fast, serde),
+                (Err(_), Err(_)) => {}
+                (fast, serde) => proptest::prop_assert!(false, "hand-written: {fast:?}\nserde: {serde:?}"),
             }
         }
     }

@@ -138,7 +138,7 @@ impl de::Error for PlanError {
     }
 }
 
-fn fail<T>(what: impl Into<String>) -> Result<T, PlanError> {
+pub(super) fn fail<T>(what: impl Into<String>) -> Result<T, PlanError> {
     Err(PlanError(what.into()))
 }
 
@@ -210,7 +210,7 @@ fn visit_record<'de, V: Visitor<'de>>(
 /// length, union branch and count), so the one-byte case is inlined into each caller and
 /// the rest kept out of line.
 #[inline(always)]
-fn read_long(input: &mut &[u8]) -> Result<i64, PlanError> {
+pub(super) fn read_long(input: &mut &[u8]) -> Result<i64, PlanError> {
     // Most longs on the wire (lengths, union branches, small numbers) take one byte.
     if let Some((&byte, rest)) = input.split_first() {
         if byte & 0x80 == 0 {
@@ -234,13 +234,13 @@ fn read_long_multibyte(input: &mut &[u8]) -> Result<i64, PlanError> {
     fail("truncated or overlong variable-length integer")
 }
 
-fn read_int(input: &mut &[u8]) -> Result<i32, PlanError> {
+pub(super) fn read_int(input: &mut &[u8]) -> Result<i32, PlanError> {
     let value = read_long(input)?;
     i32::try_from(value).or_else(|_| fail(format!("int out of range: {value}")))
 }
 
 /// `n` bytes from the front of `input`; a length beyond what remains is an error.
-fn take<'de>(input: &mut &'de [u8], n: i64) -> Result<&'de [u8], PlanError> {
+pub(super) fn take<'de>(input: &mut &'de [u8], n: i64) -> Result<&'de [u8], PlanError> {
     let n = usize::try_from(n).or_else(|_| fail(format!("negative length {n}")))?;
     if n > input.len() {
         return fail(format!("length {n} exceeds the {} bytes left", input.len()));
@@ -250,9 +250,15 @@ fn take<'de>(input: &mut &'de [u8], n: i64) -> Result<&'de [u8], PlanError> {
     Ok(head)
 }
 
-fn read_str<'de>(input: &mut &'de [u8]) -> Result<&'de str, PlanError> {
+pub(super) fn read_str<'de>(input: &mut &'de [u8]) -> Result<&'de str, PlanError> {
     let len = read_long(input)?;
     let bytes = take(input, len)?;
+    if bytes.is_ascii() {
+        // SAFETY: every byte is below 0x80, so the bytes are ASCII and ASCII is UTF-8. Most
+        // strings on our topics are ASCII; `is_ascii` checks a word at a time where
+        // `from_utf8` walked short strings byte by byte (~3% of the pipeline's instructions).
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
     std::str::from_utf8(bytes).or_else(|e| fail(format!("string is not UTF-8: {e}")))
 }
 
@@ -378,7 +384,7 @@ struct Blocks<'p, 'a, 'de> {
 
 /// At most this many items in one array or map: items of an empty type take no bytes, so
 /// the input's length cannot bound the count.
-const MAX_ITEMS: u64 = 1 << 24;
+pub(super) const MAX_ITEMS: u64 = 1 << 24;
 
 impl<'p, 'a, 'de> Blocks<'p, 'a, 'de> {
     fn new(item: &'p Plan, input: &'a mut &'de [u8]) -> Self {

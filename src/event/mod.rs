@@ -6,6 +6,7 @@
 //! field for field, and `avro::tests` round-trips them so the two cannot drift apart.
 
 pub mod avro;
+mod avro_event;
 pub mod avro_plan;
 mod records;
 

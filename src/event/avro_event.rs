@@ -1,0 +1,334 @@
+//! Hand-written decoding of the current event schema: the hot path of every stage after
+//! normalize.
+//!
+//! Quick-scan, correlate and ML score each decode every event they read. Through serde
+//! (`avro_plan`'s `Deserializer` and the derived visitors) that cost ~11,000 instructions
+//! per event, about a quarter of the pipeline's: each of the ~60 fields went through a
+//! union dispatch, an `Option` visitor and a string visitor. Here the fields are read in
+//! schema order by straight-line code. It is written for one shape of the schema
+//! ([`SHAPE`]); the registry uses it only for a plan of exactly that shape and keeps the
+//! serde path for anything else, so a schema edited without this file falls back, slower
+//! but right. The three detection fields at the end (`matches`, `correlations`, `score`)
+//! still go through serde: they are empty or short on most events.
+//!
+//! It accepts and refuses exactly what the serde path does (unit tests and a property test
+//! compare the two on whole and damaged frames).
+
+use super::avro_plan::{self, fail, read_int, read_long, read_str, Plan, PlanError, MAX_ITEMS};
+use super::{Actor, Dns, Endpoint, Event, EventClass, FieldMap, File, Http, Llm, Process, Source};
+
+/// The event schema this decoder reads, as [`shape`] writes it: `s` string, `l` long, `i`
+/// int, `d` double, `?x` a union of null and x, `[x]` an array, `{x}` a map of x, `<...>` a
+/// record's fields, `e(...)` an enum's symbols. The last three fields' shapes are not
+/// fixed here: serde reads them along their own plans.
+pub(super) const SHAPE: &str = "<id:s,class:e(authentication,process_activity,network_activity,http_activity,dns_activity,file_activity,llm_activity,finding,other),\
+time_us:l,ingest_time_us:l,tenant:s,partition_key:s,\
+source:<format:s,topic:s,partition:i,offset:l,vendor:?s,product:?s>,\
+severity:?s,message:?s,action:?s,outcome:?s,host:?s,\
+actor:?<user:?s,domain:?s,session_id:?s>,\
+src:?<ip:?s,port:?i,hostname:?s>,dst:?<ip:?s,port:?i,hostname:?s>,\
+process:?<pid:?l,name:?s,path:?s,command_line:?s,user:?s,parent_name:?s,parent_command_line:?s>,\
+http:?<method:?s,url:?s,status:?i,user_agent:?s,referrer:?s,bytes_in:?l,bytes_out:?l>,\
+dns:?<query:?s,qtype:?s,rcode:?s,answers:[s]>,\
+file:?<path:?s,name:?s,size:?l,md5:?s,sha1:?s,sha256:?s>,\
+llm:?<model:?s,session_id:?s,prompt:?s,response:?s,tokens_in:?l,tokens_out:?l>,\
+tags:[s],attrs:{s},features:{d},raw:?s,matches:*,correlations:*,score:*>";
+
+/// Index of `matches` among the event's fields: where [`decode`] hands over to serde.
+const DETECTION_FIELDS_AT: usize = 24;
+
+/// `plan`'s shape in [`SHAPE`]'s notation (the detection fields as `*`).
+pub(super) fn shape(plan: &Plan) -> String {
+    let mut out = String::new();
+    write_shape(plan, &mut out, 0);
+    out
+}
+
+fn write_shape(plan: &Plan, out: &mut String, depth: usize) {
+    match plan {
+        Plan::Null => out.push('n'),
+        Plan::Boolean => out.push('b'),
+        Plan::Int => out.push('i'),
+        Plan::Long => out.push('l'),
+        Plan::Float => out.push('f'),
+        Plan::Double => out.push('d'),
+        Plan::Bytes => out.push('y'),
+        Plan::String => out.push('s'),
+        Plan::Array(item) => {
+            out.push('[');
+            write_shape(item, out, depth + 1);
+            out.push(']');
+        }
+        Plan::Map(item) => {
+            out.push('{');
+            write_shape(item, out, depth + 1);
+            out.push('}');
+        }
+        Plan::Union(variants) => match variants.as_slice() {
+            [Plan::Null, other] => {
+                out.push('?');
+                write_shape(other, out, depth + 1);
+            }
+            _ => {
+                out.push('(');
+                for (i, variant) in variants.iter().enumerate() {
+                    if i > 0 {
+                        out.push('|');
+                    }
+                    write_shape(variant, out, depth + 1);
+                }
+                out.push(')');
+            }
+        },
+        Plan::Record(fields, _) => {
+            out.push('<');
+            for (i, (name, field)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(name);
+                out.push(':');
+                if depth == 0 && i >= DETECTION_FIELDS_AT {
+                    out.push('*');
+                } else {
+                    write_shape(field, out, depth + 1);
+                }
+            }
+            out.push('>');
+        }
+        Plan::Enum(symbols) => {
+            out.push_str("e(");
+            out.push_str(&symbols.join(","));
+            out.push(')');
+        }
+    }
+}
+
+/// Decodes one event datum of `plan` (which has [`SHAPE`]) from the front of `input`, and
+/// tells how many bytes came before its `matches` field.
+pub(super) fn decode(plan: &Plan, input: &mut &[u8]) -> Result<(Event, usize), PlanError> {
+    let Plan::Record(fields, _) = plan else { return fail("the event plan is not a record") };
+    let [(_, matches), (_, correlations), (_, score)] = &fields[DETECTION_FIELDS_AT..] else {
+        return fail("the event plan does not end with the three detection fields");
+    };
+    let start = input.len();
+    let id = string(input)?;
+    let class = class(input)?;
+    let time_us = read_long(input)?;
+    let ingest_time_us = read_long(input)?;
+    let tenant = string(input)?;
+    let partition_key = string(input)?;
+    let source = Source {
+        format: string(input)?,
+        topic: string(input)?,
+        partition: read_int(input)?,
+        offset: read_long(input)?,
+        vendor: opt_string(input)?,
+        product: opt_string(input)?,
+    };
+    let severity = opt_string(input)?;
+    let message = opt_string(input)?;
+    let action = opt_string(input)?;
+    let outcome = opt_string(input)?;
+    let host = opt_string(input)?;
+    let actor = if present(input)? {
+        Some(Actor { user: opt_string(input)?, domain: opt_string(input)?, session_id: opt_string(input)? })
+    } else {
+        None
+    };
+    let src = opt_endpoint(input)?;
+    let dst = opt_endpoint(input)?;
+    let process = if present(input)? {
+        Some(Process {
+            pid: opt_long(input)?,
+            name: opt_string(input)?,
+            path: opt_string(input)?,
+            command_line: opt_string(input)?,
+            user: opt_string(input)?,
+            parent_name: opt_string(input)?,
+            parent_command_line: opt_string(input)?,
+        })
+    } else {
+        None
+    };
+    let http = if present(input)? {
+        Some(Http {
+            method: opt_string(input)?,
+            url: opt_string(input)?,
+            status: opt_int(input)?,
+            user_agent: opt_string(input)?,
+            referrer: opt_string(input)?,
+            bytes_in: opt_long(input)?,
+            bytes_out: opt_long(input)?,
+        })
+    } else {
+        None
+    };
+    let dns = if present(input)? {
+        Some(Dns { query: opt_string(input)?, qtype: opt_string(input)?, rcode: opt_string(input)?, answers: strings(input)? })
+    } else {
+        None
+    };
+    let file = if present(input)? {
+        Some(File {
+            path: opt_string(input)?,
+            name: opt_string(input)?,
+            size: opt_long(input)?,
+            md5: opt_string(input)?,
+            sha1: opt_string(input)?,
+            sha256: opt_string(input)?,
+        })
+    } else {
+        None
+    };
+    let llm = if present(input)? {
+        Some(Llm {
+            model: opt_string(input)?,
+            session_id: opt_string(input)?,
+            prompt: opt_string(input)?,
+            response: opt_string(input)?,
+            tokens_in: opt_long(input)?,
+            tokens_out: opt_long(input)?,
+        })
+    } else {
+        None
+    };
+    let tags = strings(input)?;
+    let attrs = map(input, |input| string(input))?;
+    let features = map(input, read_double)?;
+    let raw = opt_string(input)?;
+    let detections_at = start - input.len();
+    let event = Event {
+        id,
+        class,
+        time_us,
+        ingest_time_us,
+        tenant,
+        partition_key,
+        source,
+        severity,
+        message,
+        action,
+        outcome,
+        host,
+        actor,
+        src,
+        dst,
+        process,
+        http,
+        dns,
+        file,
+        llm,
+        tags,
+        attrs,
+        features,
+        raw,
+        matches: avro_plan::decode(matches, input)?,
+        correlations: avro_plan::decode(correlations, input)?,
+        score: avro_plan::decode(score, input)?,
+    };
+    Ok((event, detections_at))
+}
+
+fn string(input: &mut &[u8]) -> Result<String, PlanError> {
+    read_str(input).map(str::to_owned)
+}
+
+/// The branch of a `["null", x]` union: whether an x follows.
+#[inline(always)]
+fn present(input: &mut &[u8]) -> Result<bool, PlanError> {
+    match read_long(input)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => fail(format!("union branch {other} of 2")),
+    }
+}
+
+fn opt_string(input: &mut &[u8]) -> Result<Option<String>, PlanError> {
+    if present(input)? { string(input).map(Some) } else { Ok(None) }
+}
+
+fn opt_long(input: &mut &[u8]) -> Result<Option<i64>, PlanError> {
+    if present(input)? { read_long(input).map(Some) } else { Ok(None) }
+}
+
+fn opt_int(input: &mut &[u8]) -> Result<Option<i32>, PlanError> {
+    if present(input)? { read_int(input).map(Some) } else { Ok(None) }
+}
+
+fn opt_endpoint(input: &mut &[u8]) -> Result<Option<Endpoint>, PlanError> {
+    if !present(input)? {
+        return Ok(None);
+    }
+    Ok(Some(Endpoint { ip: opt_string(input)?, port: opt_int(input)?, hostname: opt_string(input)? }))
+}
+
+fn class(input: &mut &[u8]) -> Result<EventClass, PlanError> {
+    // SHAPE names the symbols in `EventClass::ALL`'s order (a unit test checks).
+    let index = read_int(input)?;
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| EventClass::ALL.get(i).copied())
+        .map_or_else(|| fail(format!("enum symbol {index} of {}", EventClass::ALL.len())), Ok)
+}
+
+fn read_double(input: &mut &[u8]) -> Result<f64, PlanError> {
+    let bytes = avro_plan::take(input, 8)?;
+    let mut le = [0u8; 8];
+    le.copy_from_slice(bytes);
+    Ok(f64::from_le_bytes(le))
+}
+
+/// Calls `item` once per item of an array or map in Avro's blocks: a count (negative:
+/// followed by the block's size in bytes), the items, ..., a zero count.
+fn blocks(input: &mut &[u8], mut item: impl FnMut(&mut &[u8]) -> Result<(), PlanError>) -> Result<(), PlanError> {
+    let mut announced: u64 = 0;
+    loop {
+        let count = read_long(input)?;
+        if count == 0 {
+            return Ok(());
+        }
+        if count < 0 {
+            read_long(input)?; // the block's size in bytes, not needed
+        }
+        let count = count.unsigned_abs();
+        announced = announced.saturating_add(count);
+        if announced > MAX_ITEMS {
+            return fail(format!("more than {MAX_ITEMS} items in one array or map"));
+        }
+        for _ in 0..count {
+            item(input)?;
+        }
+    }
+}
+
+fn strings(input: &mut &[u8]) -> Result<Vec<String>, PlanError> {
+    let mut out = Vec::new();
+    blocks(input, |input| {
+        out.push(string(input)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn map<V>(input: &mut &[u8], mut value: impl FnMut(&mut &[u8]) -> Result<V, PlanError>) -> Result<FieldMap<V>, PlanError> {
+    let mut out = FieldMap::default();
+    blocks(input, |input| {
+        let key = string(input)?;
+        let value = value(input)?;
+        out.insert(key, value);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_names_the_classes_in_the_order_of_event_class_all() {
+        let names: Vec<&str> = EventClass::ALL.iter().map(|c| c.as_str()).collect();
+        assert!(SHAPE.contains(&format!("class:e({})", names.join(","))));
+    }
+}
