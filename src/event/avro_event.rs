@@ -12,9 +12,11 @@
 //! still go through serde: they are empty or short on most events.
 //!
 //! It accepts and refuses exactly what the serde path does (unit tests and a property test
-//! compare the two on whole and damaged frames).
+//! compare the two on whole and damaged frames). [`encode`] is the other direction, for
+//! normalize (which writes every event whole) and correlate's findings, and writes byte for
+//! byte what the serde path writes (tested).
 
-use super::avro_plan::{self, fail, read_int, read_long, read_str, Plan, PlanError, MAX_ITEMS};
+use super::avro_plan::{self, fail, read_int, read_long, read_str, write_bytes, write_long, Plan, PlanError, MAX_ITEMS};
 use super::{Actor, Dns, Endpoint, Event, EventClass, FieldMap, File, Http, Llm, Process, Source};
 
 /// The event schema this decoder reads, as [`shape`] writes it: `s` string, `l` long, `i`
@@ -228,6 +230,150 @@ pub(super) fn decode(plan: &Plan, input: &mut &[u8]) -> Result<(Event, usize), P
         score: avro_plan::decode(score, input)?,
     };
     Ok((event, detections_at))
+}
+
+/// Appends the Avro encoding of `event` along `plan` (which has [`SHAPE`]) to `out`.
+pub(super) fn encode(plan: &Plan, event: &Event, out: &mut Vec<u8>) -> Result<(), PlanError> {
+    let Plan::Record(fields, _) = plan else { return fail("the event plan is not a record") };
+    let [(_, matches), (_, correlations), (_, score)] = &fields[DETECTION_FIELDS_AT..] else {
+        return fail("the event plan does not end with the three detection fields");
+    };
+    write_bytes(out, event.id.as_bytes());
+    // SHAPE lists the symbols in `EventClass::ALL`'s order.
+    let class = EventClass::ALL.iter().position(|c| *c == event.class).unwrap_or(EventClass::ALL.len() - 1);
+    write_long(out, class as i64);
+    write_long(out, event.time_us);
+    write_long(out, event.ingest_time_us);
+    write_bytes(out, event.tenant.as_bytes());
+    write_bytes(out, event.partition_key.as_bytes());
+    let source = &event.source;
+    write_bytes(out, source.format.as_bytes());
+    write_bytes(out, source.topic.as_bytes());
+    write_long(out, i64::from(source.partition));
+    write_long(out, source.offset);
+    put_opt_str(out, &source.vendor);
+    put_opt_str(out, &source.product);
+    for text in [&event.severity, &event.message, &event.action, &event.outcome, &event.host] {
+        put_opt_str(out, text);
+    }
+    if let Some(actor) = &event.actor {
+        write_long(out, 1);
+        for text in [&actor.user, &actor.domain, &actor.session_id] {
+            put_opt_str(out, text);
+        }
+    } else {
+        write_long(out, 0);
+    }
+    for endpoint in [&event.src, &event.dst] {
+        if let Some(endpoint) = endpoint {
+            write_long(out, 1);
+            put_opt_str(out, &endpoint.ip);
+            put_opt_long(out, endpoint.port.map(i64::from));
+            put_opt_str(out, &endpoint.hostname);
+        } else {
+            write_long(out, 0);
+        }
+    }
+    if let Some(p) = &event.process {
+        write_long(out, 1);
+        put_opt_long(out, p.pid);
+        for text in [&p.name, &p.path, &p.command_line, &p.user, &p.parent_name, &p.parent_command_line] {
+            put_opt_str(out, text);
+        }
+    } else {
+        write_long(out, 0);
+    }
+    if let Some(h) = &event.http {
+        write_long(out, 1);
+        put_opt_str(out, &h.method);
+        put_opt_str(out, &h.url);
+        put_opt_long(out, h.status.map(i64::from));
+        put_opt_str(out, &h.user_agent);
+        put_opt_str(out, &h.referrer);
+        put_opt_long(out, h.bytes_in);
+        put_opt_long(out, h.bytes_out);
+    } else {
+        write_long(out, 0);
+    }
+    if let Some(d) = &event.dns {
+        write_long(out, 1);
+        put_opt_str(out, &d.query);
+        put_opt_str(out, &d.qtype);
+        put_opt_str(out, &d.rcode);
+        put_strings(out, &d.answers);
+    } else {
+        write_long(out, 0);
+    }
+    if let Some(f) = &event.file {
+        write_long(out, 1);
+        put_opt_str(out, &f.path);
+        put_opt_str(out, &f.name);
+        put_opt_long(out, f.size);
+        for text in [&f.md5, &f.sha1, &f.sha256] {
+            put_opt_str(out, text);
+        }
+    } else {
+        write_long(out, 0);
+    }
+    if let Some(l) = &event.llm {
+        write_long(out, 1);
+        for text in [&l.model, &l.session_id, &l.prompt, &l.response] {
+            put_opt_str(out, text);
+        }
+        put_opt_long(out, l.tokens_in);
+        put_opt_long(out, l.tokens_out);
+    } else {
+        write_long(out, 0);
+    }
+    put_strings(out, &event.tags);
+    if !event.attrs.is_empty() {
+        write_long(out, event.attrs.len() as i64);
+        for (key, value) in &event.attrs {
+            write_bytes(out, key.as_bytes());
+            write_bytes(out, value.as_bytes());
+        }
+    }
+    write_long(out, 0);
+    if !event.features.is_empty() {
+        write_long(out, event.features.len() as i64);
+        for (key, value) in &event.features {
+            write_bytes(out, key.as_bytes());
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    write_long(out, 0);
+    put_opt_str(out, &event.raw);
+    avro_plan::encode(matches, &event.matches, out)?;
+    avro_plan::encode(correlations, &event.correlations, out)?;
+    avro_plan::encode(score, &event.score, out)
+}
+
+fn put_opt_str(out: &mut Vec<u8>, text: &Option<String>) {
+    if let Some(text) = text {
+        write_long(out, 1);
+        write_bytes(out, text.as_bytes());
+    } else {
+        write_long(out, 0);
+    }
+}
+
+fn put_opt_long(out: &mut Vec<u8>, value: Option<i64>) {
+    if let Some(value) = value {
+        write_long(out, 1);
+        write_long(out, value);
+    } else {
+        write_long(out, 0);
+    }
+}
+
+fn put_strings(out: &mut Vec<u8>, items: &[String]) {
+    if !items.is_empty() {
+        write_long(out, items.len() as i64);
+        for item in items {
+            write_bytes(out, item.as_bytes());
+        }
+    }
+    write_long(out, 0);
 }
 
 fn string(input: &mut &[u8]) -> Result<String, PlanError> {

@@ -540,7 +540,7 @@ fn skip(plan: &Plan, input: &mut &[u8]) -> Result<(), PlanError> {
     Ok(())
 }
 
-fn write_long(out: &mut Vec<u8>, value: i64) {
+pub(super) fn write_long(out: &mut Vec<u8>, value: i64) {
     let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
     while zigzag >= 0x80 {
         out.push((zigzag as u8) | 0x80);
@@ -549,7 +549,7 @@ fn write_long(out: &mut Vec<u8>, value: i64) {
     out.push(zigzag as u8);
 }
 
-fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(super) fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     write_long(out, bytes.len() as i64);
     out.extend_from_slice(bytes);
 }
