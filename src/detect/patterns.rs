@@ -11,6 +11,11 @@
 //! about them) are screened together by one `RegexSet` pass per text, and only those it
 //! finds run their regex and check.
 //!
+//! A pattern may also name `and_any = [...]`: literals one of which must occur as well.
+//! Those are checked, by a small automaton of the pattern's own, only when an `any` literal
+//! was seen: `web-command-injection` needs a separator (`;`, `|`) *and* a command word, and
+//! the separator alone is in every browser's user agent.
+//!
 //! Some patterns need more than a regex to be precise: card numbers pass a Luhn check, US
 //! SSNs the SSA's area/group/serial rules, Brazilian CPFs their two check digits, JWTs a
 //! base64url JSON header. `check = "luhn"` (etc.) names the validator.
@@ -71,6 +76,8 @@ struct PatternSpec {
     regex: String,
     #[serde(default)]
     any: Vec<String>,
+    #[serde(default)]
+    and_any: Vec<String>,
     #[serde(default)]
     check: Option<Check>,
     #[serde(default)]
@@ -225,6 +232,8 @@ struct Pattern {
     level: String,
     tags: Vec<String>,
     regex: Regex,
+    /// Over `and_any`: one of these must occur too before the regex runs.
+    and_any: Option<AhoCorasick>,
     check: Option<Check>,
     /// Empty: every text field.
     fields: Vec<String>,
@@ -425,6 +434,20 @@ impl PatternPacks {
                         continue;
                     }
                 };
+                let and_any = if spec.and_any.is_empty() {
+                    None
+                } else if spec.any.is_empty() {
+                    errors.push(fail("and_any without any: name the literals of `any` first".into()));
+                    continue;
+                } else {
+                    match AhoCorasickBuilder::new().ascii_case_insensitive(true).build(&spec.and_any) {
+                        Ok(ac) => Some(ac),
+                        Err(e) => {
+                            errors.push(fail(format!("and_any literals: {e}")));
+                            continue;
+                        }
+                    }
+                };
                 let fields = if spec.fields.is_empty() { pack.fields.clone() } else { spec.fields };
                 if let Some(unknown) = fields.iter().find(|f| !TEXT_FIELDS.contains(&f.as_str())) {
                     errors.push(fail(format!("field {unknown:?} is not a text field packs scan (one of {})", TEXT_FIELDS.join(", "))));
@@ -441,6 +464,7 @@ impl PatternPacks {
                     level: spec.level.unwrap_or_else(|| pack.level.clone()),
                     tags,
                     regex,
+                    and_any,
                     check: spec.check,
                     fields,
                 });
@@ -496,6 +520,9 @@ impl PatternPacks {
             candidates.dedup();
             for &index in &candidates {
                 let pattern = &self.patterns[index as usize];
+                if pattern.and_any.as_ref().is_some_and(|ac| !ac.is_match(text)) {
+                    continue;
+                }
                 let hit = pattern
                     .regex
                     .find_iter(text)
@@ -572,6 +599,33 @@ mod tests {
         let matches = packs.evaluate(&event);
         let ids: Vec<_> = matches.iter().map(|m| (m.rule_id.as_str(), m.fields.keys().next().map(String::as_str))).collect();
         assert_eq!(ids, vec![("card", Some("llm.prompt")), ("ignore", Some("llm.prompt"))]);
+    }
+
+    #[test]
+    fn and_any_needs_one_of_its_literals_too() {
+        let pack = r#"
+            name = "t"
+            [[pattern]]
+            id = "semi"
+            title = "a separator (and, by and_any, a command word)"
+            regex = ';'
+            any = [";"]
+            and_any = ["rm", "curl"]
+            [[pattern]]
+            id = "lonely"
+            title = "and_any alone"
+            regex = 'x'
+            and_any = ["x"]
+        "#;
+        let (packs, errors) = PatternPacks::from_sources(&[(PathBuf::from("t.toml"), pack.to_string())]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].reason.contains("lonely") && errors[0].reason.contains("and_any without any"), "{errors:?}");
+        let scan = |url: &str| {
+            let event = Event { http: Some(crate::event::Http { url: Some(url.into()), ..Default::default() }), ..Default::default() };
+            packs.evaluate(&event).into_iter().map(|m| m.rule_id).collect::<Vec<_>>()
+        };
+        assert!(scan("Mozilla/5.0 (Windows NT 10.0; Win64; x64)").is_empty(), "the regex matched, and_any did not");
+        assert_eq!(scan("/a; CURL http://x"), vec!["semi"]);
     }
 
     #[test]
