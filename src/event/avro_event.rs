@@ -196,7 +196,7 @@ pub(super) fn decode(plan: &Plan, input: &mut &[u8]) -> Result<(Event, usize), P
         None
     };
     let tags = strings(input)?;
-    let attrs = map(input, |input| string(input))?;
+    let attrs = map(input, string)?;
     let features = map(input, read_double)?;
     let raw = opt_string(input)?;
     let detections_at = start - input.len();
