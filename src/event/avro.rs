@@ -308,7 +308,9 @@ pub fn encode_event_detections(input: &[u8], at: Option<DetectionsAt>, event: &E
     let prefix = input.get(..at).ok_or_else(|| AvroError::Encode { kind: SchemaKind::Event.as_str(), detail: format!("detections at {at} of a {}-byte frame", input.len()) })?;
     let mut out = Vec::with_capacity(input.len() + 256);
     out.extend_from_slice(prefix);
-    {
+    if registry_event_fast_path() == Some(id) {
+        super::avro_event::encode_detections(plan, event, &mut out).map_err(encode_err)?;
+    } else {
         use serde::ser::SerializeStruct;
         let mut fields = super::avro_plan::suffix_writer(plan, DETECTION_FIELDS_FROM, &mut out).map_err(encode_err)?;
         fields.serialize_field("matches", &event.matches).map_err(encode_err)?;
@@ -325,6 +327,33 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, AvroError> {
         return decoded.map(|(event, _)| event);
     }
     decode(SchemaKind::Event, bytes)
+}
+
+fn registry_event_fast_path() -> Option<u32> {
+    REGISTRY.event_fast_path
+}
+
+/// What the alert stage reads of an event (id, class, times, tenant, partition key,
+/// message, detection fields; the rest left at defaults), by the hand-written decoder;
+/// `None` when the frame is not of the schema it is written for (decode a narrow type
+/// through [`decode`] then).
+pub fn decode_event_summary(bytes: &[u8]) -> Option<Result<Event, AvroError>> {
+    let id = match frame_schema_id(bytes) {
+        Ok(id) => id,
+        Err(e) => return Some(Err(e)),
+    };
+    let registry = &*REGISTRY;
+    if registry.event_fast_path != Some(id) {
+        return None;
+    }
+    let plan = registry.plans.get(&id)?;
+    let decode_err = |detail: String| AvroError::Decode { kind: SchemaKind::Event.as_str(), id, detail };
+    let mut body = &bytes[FRAME_HEADER_BYTES..];
+    Some(
+        super::avro_event::decode_summary(plan, &mut body)
+            .map_err(|e| decode_err(e.to_string()))
+            .and_then(|event| whole_datum_read(body).map_err(decode_err).map(|()| event)),
+    )
 }
 
 /// The hand-written decoder (`avro_event`) for a frame of the schema it is written for,
@@ -551,6 +580,38 @@ mod tests {
         }
     }
 
+    /// What the alert stage reads, decoded through serde (as for frames of other schemas).
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Summary {
+        id: String,
+        class: EventClass,
+        time_us: i64,
+        ingest_time_us: i64,
+        tenant: String,
+        partition_key: String,
+        message: Option<String>,
+        matches: Vec<Match>,
+        correlations: Vec<Correlation>,
+        score: Option<Score>,
+    }
+
+    impl Summary {
+        fn of(event: &Event) -> Summary {
+            let e = event.clone();
+            Summary { id: e.id, class: e.class, time_us: e.time_us, ingest_time_us: e.ingest_time_us, tenant: e.tenant, partition_key: e.partition_key, message: e.message, matches: e.matches, correlations: e.correlations, score: e.score }
+        }
+    }
+
+    #[test]
+    fn the_alert_stages_summary_holds_what_it_reads_and_defaults() {
+        let bytes = encode_event(&full_event()).unwrap();
+        let summary = decode_event_summary(&bytes).expect("current schema").unwrap();
+        assert_eq!(Summary::of(&summary), Summary::of(&full_event()));
+        assert_eq!(Summary::of(&summary), decode::<Summary>(SchemaKind::Event, &bytes).unwrap());
+        assert_eq!((summary.raw, summary.src, summary.attrs.len()), (None, None, 0), "the rest is not built");
+        assert!(decode_event_summary(&bytes[..bytes.len() - 1]).expect("current schema").is_err());
+    }
+
     proptest::proptest! {
         /// On damaged frames the hand-written decoder and the serde path accept the same
         /// frames, with the same event.
@@ -579,6 +640,15 @@ mod tests {
                 (Ok(fast), Ok(serde)) => proptest::prop_assert_eq!(fast, serde),
                 (Err(_), Err(_)) => {}
                 (fast, serde) => proptest::prop_assert!(false, "hand-written: {fast:?}\nserde: {serde:?}"),
+            }
+            // And the alert stage's summary agrees with serde's narrow decoding.
+            let summary = decode_event_summary(&bytes).map(|decoded| decoded.map(|event| Summary::of(&event)).map_err(|e| e.to_string()));
+            let narrow = decode::<Summary>(SchemaKind::Event, &bytes).map_err(|e| e.to_string());
+            match (summary, narrow) {
+                (None, _) => {} // a damaged schema id: not the hand-written decoder's frame
+                (Some(Ok(summary)), Ok(narrow)) => proptest::prop_assert_eq!(summary, narrow),
+                (Some(Err(_)), Err(_)) => {}
+                (summary, narrow) => proptest::prop_assert!(false, "summary: {summary:?}\nserde: {narrow:?}"),
             }
         }
     }

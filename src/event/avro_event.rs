@@ -8,8 +8,8 @@
 //! schema order by straight-line code. It is written for one shape of the schema
 //! ([`SHAPE`]); the registry uses it only for a plan of exactly that shape and keeps the
 //! serde path for anything else, so a schema edited without this file falls back, slower
-//! but right. The three detection fields at the end (`matches`, `correlations`, `score`)
-//! still go through serde: they are empty or short on most events.
+//! but right. Two of the three detection fields at the end (`matches`, `correlations`)
+//! still go through serde: they are empty on most events.
 //!
 //! It accepts and refuses exactly what the serde path does (unit tests and a property test
 //! compare the two on whole and damaged frames). [`encode`] is the other direction, for
@@ -17,12 +17,12 @@
 //! byte what the serde path writes (tested).
 
 use super::avro_plan::{self, fail, read_int, read_long, read_str, write_bytes, write_long, Plan, PlanError, MAX_ITEMS};
-use super::{Actor, Dns, Endpoint, Event, EventClass, FieldMap, File, Http, Llm, Process, Source};
+use super::{Actor, Dns, Endpoint, Event, EventClass, FieldMap, File, Http, Llm, Process, Score, Source};
 
 /// The event schema this decoder reads, as [`shape`] writes it: `s` string, `l` long, `i`
 /// int, `d` double, `?x` a union of null and x, `[x]` an array, `{x}` a map of x, `<...>` a
-/// record's fields, `e(...)` an enum's symbols. The last three fields' shapes are not
-/// fixed here: serde reads them along their own plans.
+/// record's fields, `e(...)` an enum's symbols. The shapes of `matches` and `correlations`
+/// are not fixed here: serde reads them along their own plans.
 pub(super) const SHAPE: &str = "<id:s,class:e(authentication,process_activity,network_activity,http_activity,dns_activity,file_activity,llm_activity,finding,other),\
 time_us:l,ingest_time_us:l,tenant:s,partition_key:s,\
 source:<format:s,topic:s,partition:i,offset:l,vendor:?s,product:?s>,\
@@ -34,9 +34,11 @@ http:?<method:?s,url:?s,status:?i,user_agent:?s,referrer:?s,bytes_in:?l,bytes_ou
 dns:?<query:?s,qtype:?s,rcode:?s,answers:[s]>,\
 file:?<path:?s,name:?s,size:?l,md5:?s,sha1:?s,sha256:?s>,\
 llm:?<model:?s,session_id:?s,prompt:?s,response:?s,tokens_in:?l,tokens_out:?l>,\
-tags:[s],attrs:{s},features:{d},raw:?s,matches:*,correlations:*,score:*>";
+tags:[s],attrs:{s},features:{d},raw:?s,matches:*,correlations:*,\
+score:?<risk:d,model_version:s,parts:{d},top_features:[s]>>";
 
-/// Index of `matches` among the event's fields: where [`decode`] hands over to serde.
+/// Index of `matches` among the event's fields: the first of the detection fields
+/// (`matches`, `correlations`, `score`), and the first that serde reads.
 const DETECTION_FIELDS_AT: usize = 24;
 
 /// `plan`'s shape in [`SHAPE`]'s notation (the detection fields as `*`).
@@ -90,7 +92,7 @@ fn write_shape(plan: &Plan, out: &mut String, depth: usize) {
                 }
                 out.push_str(name);
                 out.push(':');
-                if depth == 0 && i >= DETECTION_FIELDS_AT {
+                if depth == 0 && (i == DETECTION_FIELDS_AT || i == DETECTION_FIELDS_AT + 1) {
                     out.push('*');
                 } else {
                     write_shape(field, out, depth + 1);
@@ -110,7 +112,7 @@ fn write_shape(plan: &Plan, out: &mut String, depth: usize) {
 /// tells how many bytes came before its `matches` field.
 pub(super) fn decode(plan: &Plan, input: &mut &[u8]) -> Result<(Event, usize), PlanError> {
     let Plan::Record(fields, _) = plan else { return fail("the event plan is not a record") };
-    let [(_, matches), (_, correlations), (_, score)] = &fields[DETECTION_FIELDS_AT..] else {
+    let [(_, matches), (_, correlations), _] = &fields[DETECTION_FIELDS_AT..] else {
         return fail("the event plan does not end with the three detection fields");
     };
     let start = input.len();
@@ -227,17 +229,97 @@ pub(super) fn decode(plan: &Plan, input: &mut &[u8]) -> Result<(Event, usize), P
         raw,
         matches: avro_plan::decode(matches, input)?,
         correlations: avro_plan::decode(correlations, input)?,
-        score: avro_plan::decode(score, input)?,
+        score: opt_score(input)?,
     };
     Ok((event, detections_at))
 }
 
-/// Appends the Avro encoding of `event` along `plan` (which has [`SHAPE`]) to `out`.
-pub(super) fn encode(plan: &Plan, event: &Event, out: &mut Vec<u8>) -> Result<(), PlanError> {
+/// Decodes one event datum of `plan` (which has [`SHAPE`]) keeping only what the alert
+/// stage reads: id, class, times, tenant, partition key, message and the detection fields.
+/// The rest is stepped over as serde steps over a field a type lacks (lengths checked,
+/// strings not validated, numbers not range-checked), not built, and left at its default.
+pub(super) fn decode_summary(plan: &Plan, input: &mut &[u8]) -> Result<Event, PlanError> {
     let Plan::Record(fields, _) = plan else { return fail("the event plan is not a record") };
-    let [(_, matches), (_, correlations), (_, score)] = &fields[DETECTION_FIELDS_AT..] else {
+    let [(_, matches), (_, correlations), _] = &fields[DETECTION_FIELDS_AT..] else {
         return fail("the event plan does not end with the three detection fields");
     };
+    let id = string(input)?;
+    let class = class(input)?;
+    let time_us = read_long(input)?;
+    let ingest_time_us = read_long(input)?;
+    let tenant = string(input)?;
+    let partition_key = string(input)?;
+    // source: format, topic, partition, offset, vendor, product
+    skip_str(input)?;
+    skip_str(input)?;
+    skip_number(input)?;
+    skip_number(input)?;
+    skip_opt_str(input)?;
+    skip_opt_str(input)?;
+    skip_opt_str(input)?; // severity
+    let message = opt_string(input)?;
+    for _ in 0..3 {
+        skip_opt_str(input)?; // action, outcome, host
+    }
+    // actor, src, dst, process, http, dns, file, llm: optional records of optional strings
+    // (`s`) and numbers (`n`), in schema order; dns ends with its answers (`a`).
+    for record in ["sss", "sns", "sns", "nssssss", "ssnssnn", "sssa", "ssnsss", "ssssnn"] {
+        if !present(input)? {
+            continue;
+        }
+        for kind in record.bytes() {
+            match kind {
+                b's' => skip_opt_str(input)?,
+                b'n' => {
+                    if present(input)? {
+                        skip_number(input)?;
+                    }
+                }
+                _ => blocks(input, skip_str)?,
+            }
+        }
+    }
+    blocks(input, skip_str)?; // tags
+    blocks(input, |input| {
+        skip_str(input)?;
+        skip_str(input)
+    })?; // attrs
+    blocks(input, |input| {
+        skip_str(input)?;
+        avro_plan::take(input, 8).map(drop)
+    })?; // features
+    skip_opt_str(input)?; // raw
+    Ok(Event {
+        id,
+        class,
+        time_us,
+        ingest_time_us,
+        tenant,
+        partition_key,
+        message,
+        matches: avro_plan::decode(matches, input)?,
+        correlations: avro_plan::decode(correlations, input)?,
+        score: opt_score(input)?,
+        ..Event::default()
+    })
+}
+
+fn skip_str(input: &mut &[u8]) -> Result<(), PlanError> {
+    let len = read_long(input)?;
+    avro_plan::take(input, len).map(drop)
+}
+
+fn skip_opt_str(input: &mut &[u8]) -> Result<(), PlanError> {
+    if present(input)? { skip_str(input) } else { Ok(()) }
+}
+
+/// An int or a long stepped over: serde's skipping does not range-check an int either.
+fn skip_number(input: &mut &[u8]) -> Result<(), PlanError> {
+    read_long(input).map(drop)
+}
+
+/// Appends the Avro encoding of `event` along `plan` (which has [`SHAPE`]) to `out`.
+pub(super) fn encode(plan: &Plan, event: &Event, out: &mut Vec<u8>) -> Result<(), PlanError> {
     write_bytes(out, event.id.as_bytes());
     // SHAPE lists the symbols in `EventClass::ALL`'s order.
     let class = EventClass::ALL.iter().position(|c| *c == event.class).unwrap_or(EventClass::ALL.len() - 1);
@@ -334,18 +416,41 @@ pub(super) fn encode(plan: &Plan, event: &Event, out: &mut Vec<u8>) -> Result<()
         }
     }
     write_long(out, 0);
-    if !event.features.is_empty() {
-        write_long(out, event.features.len() as i64);
-        for (key, value) in &event.features {
+    put_doubles(out, &event.features);
+    put_opt_str(out, &event.raw);
+    encode_detections(plan, event, out)
+}
+
+/// Appends the Avro encoding of `event`'s detection fields (`matches`, `correlations`,
+/// `score`, the last of `plan`, which has [`SHAPE`]) to `out`.
+pub(super) fn encode_detections(plan: &Plan, event: &Event, out: &mut Vec<u8>) -> Result<(), PlanError> {
+    let Plan::Record(fields, _) = plan else { return fail("the event plan is not a record") };
+    let [(_, matches), (_, correlations), _] = &fields[DETECTION_FIELDS_AT..] else {
+        return fail("the event plan does not end with the three detection fields");
+    };
+    avro_plan::encode(matches, &event.matches, out)?;
+    avro_plan::encode(correlations, &event.correlations, out)?;
+    if let Some(score) = &event.score {
+        write_long(out, 1);
+        out.extend_from_slice(&score.risk.to_le_bytes());
+        write_bytes(out, score.model_version.as_bytes());
+        put_doubles(out, &score.parts);
+        put_strings(out, &score.top_features);
+    } else {
+        write_long(out, 0);
+    }
+    Ok(())
+}
+
+fn put_doubles(out: &mut Vec<u8>, map: &FieldMap<f64>) {
+    if !map.is_empty() {
+        write_long(out, map.len() as i64);
+        for (key, value) in map {
             write_bytes(out, key.as_bytes());
             out.extend_from_slice(&value.to_le_bytes());
         }
     }
     write_long(out, 0);
-    put_opt_str(out, &event.raw);
-    avro_plan::encode(matches, &event.matches, out)?;
-    avro_plan::encode(correlations, &event.correlations, out)?;
-    avro_plan::encode(score, &event.score, out)
 }
 
 fn put_opt_str(out: &mut Vec<u8>, text: &Option<String>) {
@@ -416,6 +521,13 @@ fn class(input: &mut &[u8]) -> Result<EventClass, PlanError> {
         .ok()
         .and_then(|i| EventClass::ALL.get(i).copied())
         .map_or_else(|| fail(format!("enum symbol {index} of {}", EventClass::ALL.len())), Ok)
+}
+
+fn opt_score(input: &mut &[u8]) -> Result<Option<Score>, PlanError> {
+    if !present(input)? {
+        return Ok(None);
+    }
+    Ok(Some(Score { risk: read_double(input)?, model_version: string(input)?, parts: map(input, read_double)?, top_features: strings(input)? }))
 }
 
 fn read_double(input: &mut &[u8]) -> Result<f64, PlanError> {

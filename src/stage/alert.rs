@@ -322,7 +322,9 @@ impl DedupeStore {
 
 /// The part of an event the alert stage reads. The rest of the event (its fields, attributes,
 /// features, raw text: most of its bytes) is stepped over when decoding, not built: the
-/// stage decodes every event and raises alerts on few.
+/// stage decodes every event and raises alerts on few. Frames of the current schema take
+/// the hand-written `avro::decode_event_summary`, which reads the same; this type is for
+/// any other.
 #[derive(Deserialize)]
 struct AlertInput {
     id: String,
@@ -380,8 +382,10 @@ impl Stage for AlertStage {
     }
 
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let event = match avro::decode::<AlertInput>(avro::SchemaKind::Event, &record.payload) {
-            Ok(input) => input.into_event(),
+        let decoded = avro::decode_event_summary(&record.payload)
+            .unwrap_or_else(|| avro::decode::<AlertInput>(avro::SchemaKind::Event, &record.payload).map(AlertInput::into_event));
+        let event = match decoded {
+            Ok(event) => event,
             Err(e) => {
                 super::dead_letter_bad_avro("alert", record, e, now_us, &self.dlq_topic, out)?;
                 return Ok(());
