@@ -59,8 +59,8 @@ fn a_baseline_learns_normal_behaviour_and_flags_a_clear_deviation_not_a_normal_d
     // 03:00 from a network alice never used.
     let odd = login("alice", T0 + 31 * DAY + 3 * HOUR, "198.51.100.7", "10.9.0.1");
     let deviations = state.observe("acme|alice", &odd);
-    assert_eq!(deviations["baseline.unusual_hour"], 1.0);
-    assert_eq!(deviations["baseline.new_place"], 1.0);
+    assert_eq!(deviations.unusual_hour, 1.0);
+    assert_eq!(deviations.new_place, 1.0);
     assert!(Baseline::risk(&deviations) >= 80.0, "{deviations:?}");
 
     // A service account that reaches three hosts a day suddenly reaches fifty.

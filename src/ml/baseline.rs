@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::features::{slog, Features};
+use super::features::slog;
 use crate::event::{Event, Score};
 use crate::state::{Checkpointed, RecentResults, TrackedMap};
 
@@ -89,40 +89,79 @@ fn push_bounded(list: &mut Vec<String>, value: String, max: usize) {
     }
 }
 
+/// How an event deviates from its entity's baseline: the features named `baseline.*`.
+/// A struct, not a [`Features`](super::features::Features) map: the ML stage computes one per event, and building and
+/// reading eight string-keyed map entries cost more than the arithmetic.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Deviations {
+    pub day_events_ratio: f64,
+    pub day_peers_ratio: f64,
+    pub hour_share: f64,
+    pub maturity: f64,
+    pub new_peer: f64,
+    pub new_place: f64,
+    pub new_public_place: f64,
+    pub unusual_hour: f64,
+}
+
+impl Deviations {
+    /// Each deviation as a feature (name, value), in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        let d = self;
+        [
+            ("baseline.day_events_ratio", d.day_events_ratio),
+            ("baseline.day_peers_ratio", d.day_peers_ratio),
+            ("baseline.hour_share", d.hour_share),
+            ("baseline.maturity", d.maturity),
+            ("baseline.new_peer", d.new_peer),
+            ("baseline.new_place", d.new_place),
+            ("baseline.new_public_place", d.new_public_place),
+            ("baseline.unusual_hour", d.unusual_hour),
+        ]
+        .into_iter()
+    }
+
+    /// The deviations as named features, for the models.
+    pub fn features(&self) -> impl Iterator<Item = (String, f64)> + '_ {
+        self.iter().map(|(name, value)| (name.to_string(), value))
+    }
+}
+
 impl Baseline {
-    /// How this event deviates from the baseline (features named `baseline.*`).
-    pub fn deviations(&self, event: &Event) -> Features {
-        let mut out = Features::new();
+    /// How this event deviates from the baseline (the features named `baseline.*`).
+    pub fn deviations(&self, event: &Event) -> Deviations {
         let mature = self.events >= MATURE_EVENTS;
         let hour = ((event.time_us / 3_600_000_000).rem_euclid(24)) as usize;
         let share = if self.events > 0 { f64::from(self.hours[hour]) / self.events as f64 } else { 0.0 };
-        out.insert("baseline.maturity".into(), slog(self.events as f64));
-        out.insert("baseline.hour_share".into(), share);
-        out.insert("baseline.unusual_hour".into(), f64::from(u8::from(mature && share < 0.01)));
         let place = acting_place(event);
         let new_place = mature && !self.places.is_empty() && place.as_ref().is_some_and(|p| !self.places.contains(p));
-        out.insert("baseline.new_place".into(), f64::from(u8::from(new_place)));
         // A new public network is worth more than a new internal subnet (DHCP, Wi-Fi, VPN
         // pools move people between internal /24s all day).
         let public = event.src_ip().and_then(|ip| ip.parse::<std::net::IpAddr>().ok()).is_some_and(|ip| match ip {
             std::net::IpAddr::V4(v4) => !(v4.is_private() || v4.is_loopback() || v4.is_link_local()),
             std::net::IpAddr::V6(v6) => !(v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00),
         });
-        out.insert("baseline.new_public_place".into(), f64::from(u8::from(new_place && public)));
         let peer = peer_of(event);
         let new_peer = mature && !self.peers.is_empty() && peer.as_ref().is_some_and(|p| !self.peers.contains(p));
-        out.insert("baseline.new_peer".into(), f64::from(u8::from(new_peer)));
         let today = event.time_us.div_euclid(DAY_US);
         let (day_peers, day_events) = if today == self.day { (self.day_peers.len(), self.day_events) } else { (0, 0) };
         // Distinct peers today against the usual day (at least 1, so a quiet entity that
         // suddenly reaches many hosts stands out).
         let usual_peers = self.mean_day_peers.max(1.0);
         let peer_ratio = if self.days >= 3 { (day_peers as f64 + 1.0) / usual_peers } else { 1.0 };
-        out.insert("baseline.day_peers_ratio".into(), slog(peer_ratio));
         let usual_events = self.mean_day_events.max(1.0);
         let event_ratio = if self.days >= 3 { (f64::from(day_events) + 1.0) / usual_events } else { 1.0 };
-        out.insert("baseline.day_events_ratio".into(), slog(event_ratio));
-        out
+        let flag = |b: bool| f64::from(u8::from(b));
+        Deviations {
+            day_events_ratio: slog(event_ratio),
+            day_peers_ratio: slog(peer_ratio),
+            hour_share: share,
+            maturity: slog(self.events as f64),
+            new_peer: flag(new_peer),
+            new_place: flag(new_place),
+            new_public_place: flag(new_place && public),
+            unusual_hour: flag(mature && share < 0.01),
+        }
     }
 
     /// Learns from one event.
@@ -167,16 +206,16 @@ impl Baseline {
     /// deviations (a new public network at an hour never used, ten times the usual peers)
     /// are worth an analyst's look even before a model is trained; one weak deviation alone
     /// (a new internal subnet, a new peer) stays well below the alerting bands.
-    pub fn risk(deviations: &Features) -> f64 {
-        let get = |k: &str| deviations.get(k).copied().unwrap_or(0.0);
+    pub fn risk(deviations: &Deviations) -> f64 {
+        let d = deviations;
         let mut z = 0.0;
-        z += 1.2 * get("baseline.unusual_hour");
-        z += 0.2 * get("baseline.new_place");
-        z += 0.8 * get("baseline.new_public_place");
-        z += 0.2 * get("baseline.new_peer");
+        z += 1.2 * d.unusual_hour;
+        z += 0.2 * d.new_place;
+        z += 0.8 * d.new_public_place;
+        z += 0.2 * d.new_peer;
         // slog(ratio): ln(1 + ratio); ratio 10 → 2.4.
-        z += (get("baseline.day_peers_ratio") - 1.5).max(0.0) * 1.5;
-        z += (get("baseline.day_events_ratio") - 2.0).max(0.0);
+        z += (d.day_peers_ratio - 1.5).max(0.0) * 1.5;
+        z += (d.day_events_ratio - 2.0).max(0.0);
         ((1.0 - (-z).exp()) * 10_000.0).round() / 100.0
     }
 }
@@ -200,7 +239,7 @@ pub struct BaselineMeta {
 
 impl BaselineState {
     /// Deviations of `event` from its entity's baseline, then the baseline learns it.
-    pub fn observe(&mut self, entity: &str, event: &Event) -> Features {
+    pub fn observe(&mut self, entity: &str, event: &Event) -> Deviations {
         let baseline = self.baselines.entry_mut(entity);
         let deviations = baseline.deviations(event);
         baseline.update(event);
@@ -208,7 +247,7 @@ impl BaselineState {
     }
 
     /// Deviations without learning (scoring a replay or a what-if).
-    pub fn deviations(&self, entity: &str, event: &Event) -> Features {
+    pub fn deviations(&self, entity: &str, event: &Event) -> Deviations {
         self.baselines.get(entity).map(|b| b.deviations(event)).unwrap_or_else(|| Baseline::default().deviations(event))
     }
 

@@ -57,7 +57,7 @@ pub fn generated(n: usize, seed: u64, attack_every: u64) -> Vec<Sample> {
 /// the ml-score stage computes them.
 fn features_with_baseline(event: &Event, baselines: &mut BaselineState) -> crate::ml::features::Features {
     let mut features = event_features(event);
-    features.extend(baselines.observe(&event.partition_key, event));
+    features.extend(baselines.observe(&event.partition_key, event).features());
     features
 }
 

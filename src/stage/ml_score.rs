@@ -120,7 +120,7 @@ impl MlScoreStage {
     }
 
     /// The score of `event` given its baseline deviations.
-    pub fn score(&self, event: &Event, deviations: crate::ml::features::Features) -> Score {
+    pub fn score(&self, event: &Event, deviations: crate::ml::baseline::Deviations) -> Score {
         let mut parts = crate::event::FieldMap::default();
         // (strength, feature) candidates for the explanation.
         let mut reasons: Vec<(f64, String)> = Vec::new();
@@ -134,11 +134,11 @@ impl MlScoreStage {
         }
         let baseline = Baseline::risk(&deviations);
         parts.insert("baseline".to_string(), baseline);
-        for (name, value) in &deviations {
-            let flag = matches!(name.as_str(), "baseline.unusual_hour" | "baseline.new_place" | "baseline.new_public_place" | "baseline.new_peer") && *value > 0.0;
-            let ratio = name.ends_with("_ratio") && *value > 1.5;
+        for (name, value) in deviations.iter() {
+            let flag = matches!(name, "baseline.unusual_hour" | "baseline.new_place" | "baseline.new_public_place" | "baseline.new_peer") && value > 0.0;
+            let ratio = name.ends_with("_ratio") && value > 1.5;
             if flag || ratio {
-                reasons.push((baseline, name.clone()));
+                reasons.push((baseline, name.to_string()));
             }
         }
         let texts = [
@@ -163,7 +163,7 @@ impl MlScoreStage {
         let model = self.model.current();
         if let Some(model) = &model {
             let mut features = event_features(event);
-            features.extend(deviations);
+            features.extend(deviations.features());
             let scored = model.score(&features);
             for (name, part) in [("anomaly", &scored.anomaly), ("classifier", &scored.classifier)] {
                 if let Some(part) = part {
