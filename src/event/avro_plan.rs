@@ -223,13 +223,18 @@ pub(super) fn read_long(input: &mut &[u8]) -> Result<i64, PlanError> {
 
 #[inline(never)]
 fn read_long_multibyte(input: &mut &[u8]) -> Result<i64, PlanError> {
+    // Times (microseconds since 1970: 8 bytes) and offsets are the common long ones; one
+    // branch per byte and no bounds check inside the loop.
+    let bytes = &input[..input.len().min(10)];
     let mut value: u64 = 0;
-    for (i, &byte) in input.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
+    let mut shift = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
             *input = &input[i + 1..];
             return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
         }
+        shift += 7;
     }
     fail("truncated or overlong variable-length integer")
 }
