@@ -273,7 +273,7 @@ const DETECTION_FIELDS_FROM: &str = "matches";
 /// Decodes an event for a stage that will change only its detection fields, with where
 /// they begin in `bytes` (see [`encode_event_detections`]; `None` for a frame of an older
 /// schema version).
-pub fn decode_event_for_detection(bytes: &[u8]) -> Result<(Event, Option<DetectionsAt>), AvroError> {
+pub fn decode_event_for_detection(bytes: &[u8]) -> Result<(Box<Event>, Option<DetectionsAt>), AvroError> {
     let id = frame_schema_id(bytes)?;
     if let Some(decoded) = decode_event_fast(id, bytes) {
         let (event, at) = decoded?;
@@ -281,12 +281,12 @@ pub fn decode_event_for_detection(bytes: &[u8]) -> Result<(Event, Option<Detecti
     }
     let (current_id, _) = current(SchemaKind::Event);
     let plan = REGISTRY.plans.get(&id).filter(|_| id == current_id);
-    let Some(plan) = plan else { return Ok((decode_event(bytes)?, None)) };
+    let Some(plan) = plan else { return Ok((Box::new(decode_event(bytes)?), None)) };
     let decode_err = |detail: String| AvroError::Decode { kind: SchemaKind::Event.as_str(), id, detail };
     let mut body = &bytes[FRAME_HEADER_BYTES..];
     let (event, offset) = super::avro_plan::decode_marking(plan, &mut body, DETECTION_FIELDS_FROM).map_err(|e| decode_err(e.to_string()))?;
     whole_datum_read(body).map_err(decode_err)?;
-    Ok((event, offset.map(|o| DetectionsAt(FRAME_HEADER_BYTES + o))))
+    Ok((Box::new(event), offset.map(|o| DetectionsAt(FRAME_HEADER_BYTES + o))))
 }
 
 /// Where an event frame's detection fields begin: the length of the frame before them.
@@ -324,7 +324,7 @@ pub fn encode_event_detections(input: &[u8], at: Option<DetectionsAt>, event: &E
 
 pub fn decode_event(bytes: &[u8]) -> Result<Event, AvroError> {
     if let Some(decoded) = decode_event_fast(frame_schema_id(bytes)?, bytes) {
-        return decoded.map(|(event, _)| event);
+        return decoded.map(|(event, _)| *event);
     }
     decode(SchemaKind::Event, bytes)
 }
@@ -337,7 +337,7 @@ fn registry_event_fast_path() -> Option<u32> {
 /// message, detection fields; the rest left at defaults), by the hand-written decoder;
 /// `None` when the frame is not of the schema it is written for (decode a narrow type
 /// through [`decode`] then).
-pub fn decode_event_summary(bytes: &[u8]) -> Option<Result<Event, AvroError>> {
+pub fn decode_event_summary(bytes: &[u8]) -> Option<Result<Box<Event>, AvroError>> {
     let id = match frame_schema_id(bytes) {
         Ok(id) => id,
         Err(e) => return Some(Err(e)),
@@ -358,7 +358,7 @@ pub fn decode_event_summary(bytes: &[u8]) -> Option<Result<Event, AvroError>> {
 
 /// The hand-written decoder (`avro_event`) for a frame of the schema it is written for,
 /// with where the detection fields begin in the datum; `None`: take the generic path.
-fn decode_event_fast(id: u32, bytes: &[u8]) -> Option<Result<(Event, usize), AvroError>> {
+fn decode_event_fast(id: u32, bytes: &[u8]) -> Option<Result<(Box<Event>, usize), AvroError>> {
     let registry = &*REGISTRY;
     if registry.event_fast_path != Some(id) {
         return None;
@@ -571,7 +571,7 @@ mod tests {
             let bytes = encode_event(&event).unwrap();
             let (fast, at) = decode_event_for_detection(&bytes).unwrap();
             let (serde, serde_at) = decode_event_through_serde(&bytes).unwrap();
-            assert_eq!(fast, event);
+            assert_eq!(*fast, event);
             assert_eq!(serde, event);
             assert_eq!(at, serde_at.map(|at| DetectionsAt(FRAME_HEADER_BYTES + at)));
             assert_eq!(decode_event(&bytes).unwrap(), event);
@@ -667,7 +667,7 @@ mod tests {
         // As a stage gets it (with last stage's detections), and as it passes it on.
         let input = encode_event(&full_event()).unwrap();
         let (mut changed, at) = decode_event_for_detection(&input).unwrap();
-        assert_eq!(changed, full_event());
+        assert_eq!(*changed, full_event());
         changed.matches.push(Match { rule_id: "r2".into(), level: "critical".into(), ..Default::default() });
         changed.correlations.clear();
         changed.score = None;

@@ -383,7 +383,7 @@ impl Stage for AlertStage {
 
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
         let decoded = avro::decode_event_summary(&record.payload)
-            .unwrap_or_else(|| avro::decode::<AlertInput>(avro::SchemaKind::Event, &record.payload).map(AlertInput::into_event));
+            .unwrap_or_else(|| avro::decode::<AlertInput>(avro::SchemaKind::Event, &record.payload).map(|input| Box::new(input.into_event())));
         let event = match decoded {
             Ok(event) => event,
             Err(e) => {

@@ -159,7 +159,7 @@ pub fn decode_for_detection_or_dead_letter(
     now_us: i64,
     dlq_topic: &str,
     out: &mut Vec<OutMessage>,
-) -> Result<Option<(crate::event::Event, Option<crate::event::avro::DetectionsAt>)>, StageError> {
+) -> Result<Option<(Box<crate::event::Event>, Option<crate::event::avro::DetectionsAt>)>, StageError> {
     match crate::event::avro::decode_event_for_detection(&record.payload) {
         Ok(decoded) => Ok(Some(decoded)),
         Err(e) => {
