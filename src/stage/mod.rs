@@ -151,6 +151,10 @@ pub fn decode_or_dead_letter(
     }
 }
 
+/// An event a detection stage decoded (boxed: it is large, and moved on its way) and where
+/// its detection fields begin in the record.
+pub type DecodedForDetection = (Box<crate::event::Event>, Option<crate::event::avro::DetectionsAt>);
+
 /// [`decode_or_dead_letter`] for a stage that changes only the event's detection fields:
 /// also where they begin, for [`crate::event::avro::encode_event_detections`].
 pub fn decode_for_detection_or_dead_letter(
@@ -159,7 +163,7 @@ pub fn decode_for_detection_or_dead_letter(
     now_us: i64,
     dlq_topic: &str,
     out: &mut Vec<OutMessage>,
-) -> Result<Option<(Box<crate::event::Event>, Option<crate::event::avro::DetectionsAt>)>, StageError> {
+) -> Result<Option<DecodedForDetection>, StageError> {
     match crate::event::avro::decode_event_for_detection(&record.payload) {
         Ok(decoded) => Ok(Some(decoded)),
         Err(e) => {
