@@ -4,7 +4,6 @@
 //! and may contain spaces, so a value runs until the next ` key=`. A header with fewer
 //! than seven fields is truncated input and is rejected.
 
-use std::collections::HashMap;
 
 use super::{fields, NormalizeError, Parsed};
 use crate::event::{Event, EventClass};
@@ -37,8 +36,8 @@ fn split_header(text: &str) -> Result<(Vec<String>, &str), NormalizeError> {
 }
 
 /// Parses `key=value key2=value with spaces` extensions.
-fn parse_extension(text: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
+fn parse_extension(text: &str) -> crate::FastMap<String, String> {
+    let mut out = crate::FastMap::default();
     let bytes = text.as_bytes();
     // Find every `key=` start: a run of [A-Za-z0-9_.\[\]] preceded by start or space and
     // followed by an unescaped `=`.
@@ -68,6 +67,9 @@ fn parse_extension(text: &str) -> HashMap<String, String> {
 }
 
 fn unescape_value(raw: &str) -> String {
+    if !raw.contains('\\') {
+        return raw.to_string();
+    }
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars();
     while let Some(c) = chars.next() {

@@ -35,7 +35,14 @@ pub fn set_endpoint(
             let parsed: IpAddr = trimmed
                 .parse()
                 .map_err(|_| NormalizeError::invalid_field(ip_field, &text, "not an IP address"))?;
-            Some(parsed.to_string())
+            // An IPv4 address that parsed is already in canonical form (the parser refuses
+            // leading zeros), so the text is kept instead of formatted again; IPv6 is
+            // written canonically (compressed, lower case).
+            if parsed.is_ipv4() && trimmed.len() == text.len() {
+                Some(text)
+            } else {
+                Some(parsed.to_string())
+            }
         }
         None => None,
     };

@@ -155,3 +155,17 @@ fn dotted_aliases_match_flat_and_nested_keys_and_only_unmapped_fields_stay_in_at
     kept.sort_unstable();
     assert_eq!(kept, [("v", "3"), ("x.w", "2"), ("x.y.z", "1")]);
 }
+
+#[test]
+fn endpoint_addresses_are_written_canonically() {
+    let set = |ip: &str| {
+        let mut slot = None;
+        super::fields::set_endpoint(&mut slot, "src", Some(ip.to_string()), None, None).map(|()| slot.and_then(|e| e.ip))
+    };
+    assert_eq!(set("10.0.0.1").unwrap().as_deref(), Some("10.0.0.1"));
+    assert_eq!(set(" 10.0.0.1 ").unwrap().as_deref(), Some("10.0.0.1"));
+    assert_eq!(set("2001:DB8:0:0::1").unwrap().as_deref(), Some("2001:db8::1"));
+    assert_eq!(set("[::1]").unwrap().as_deref(), Some("::1"));
+    // Leading zeros are not an address (octal or decimal?): refused, not kept as written.
+    assert!(set("010.0.0.1").is_err());
+}
