@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde_json::{Map, Value};
+use super::json_value::{Json as Value, Object};
 
 use super::{fields, NormalizeError, Parsed};
 use crate::event::{EventClass, Event};
@@ -128,7 +128,7 @@ static PATHS: std::sync::LazyLock<HashMap<&'static str, PathUse, ahash::RandomSt
 /// The value found for a field: the best-ranked usable one so far.
 #[derive(Clone, Copy)]
 struct Found<'a> {
-    value: &'a Value,
+    value: &'a Value<'a>,
     rank: u8,
     path: &'static str,
     /// Found under a root key that is the whole dotted path (`"source.ip": ...`), which
@@ -137,7 +137,7 @@ struct Found<'a> {
 }
 
 struct Reader<'a> {
-    root: &'a Map<String, Value>,
+    root: &'a Object<'a>,
     found: [Option<Found<'a>>; FIELDS.len()],
     /// The alias paths that gave a field (kept out of `attrs`): static strings, so marking
     /// one is a pointer copy, not an allocation.
@@ -145,7 +145,7 @@ struct Reader<'a> {
 }
 
 /// Whether `v` can be a field's value (`arrays`: whether a non-empty array can).
-fn usable(v: &Value, arrays: bool) -> bool {
+fn usable(v: &Value<'_>, arrays: bool) -> bool {
     match v {
         Value::Null | Value::Object(_) => false,
         Value::Array(a) => arrays && !a.is_empty(),
@@ -155,7 +155,7 @@ fn usable(v: &Value, arrays: bool) -> bool {
 }
 
 impl<'a> Reader<'a> {
-    fn new(root: &'a Map<String, Value>) -> Self {
+    fn new(root: &'a Object<'a>) -> Self {
         let mut reader = Self { root, found: [None; FIELDS.len()], used: HashSet::default() };
         let mut path = String::with_capacity(64);
         reader.walk(root, &mut path, 0);
@@ -164,10 +164,10 @@ impl<'a> Reader<'a> {
 
     /// Offers every key path under `object` (`path` is its own, empty at the root) to the
     /// fields that name it.
-    fn walk(&mut self, object: &'a Map<String, Value>, path: &mut String, depth: usize) {
+    fn walk(&mut self, object: &'a Object<'a>, path: &mut String, depth: usize) {
         let paths = &*PATHS;
         let base = path.len();
-        for (key, value) in object {
+        for (key, value) in object.iter() {
             path.truncate(base);
             if base > 0 {
                 path.push('.');
@@ -202,7 +202,7 @@ impl<'a> Reader<'a> {
 
     /// The value at the dotted `path`: a root key of that exact name (ECS exporters flatten
     /// `source.ip` into one key), else the path through nested objects.
-    fn lookup(&self, path: &str) -> Option<&'a Value> {
+    fn lookup(&self, path: &str) -> Option<&'a Value<'a>> {
         if let Some(v) = self.root.get(path) {
             return Some(v);
         }
@@ -215,7 +215,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The value of `field`: its first path holding a usable value. Marks that path used.
-    fn first(&mut self, field: F) -> Option<&'a Value> {
+    fn first(&mut self, field: F) -> Option<&'a Value<'a>> {
         let found = self.found[field as usize]?;
         self.used.insert(found.path);
         Some(found.value)
@@ -248,9 +248,9 @@ fn parse_int_text(text: &str) -> Option<i64> {
     }
 }
 
-fn scalar_text(v: &Value) -> Option<String> {
+fn scalar_text(v: &Value<'_>) -> Option<String> {
     match v {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(s.to_string()),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         Value::Array(items) => {
@@ -261,7 +261,7 @@ fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
-fn string_list(v: &Value) -> Vec<String> {
+fn string_list(v: &Value<'_>) -> Vec<String> {
     match v {
         Value::Array(items) => items
             .iter()
@@ -274,7 +274,7 @@ fn string_list(v: &Value) -> Vec<String> {
     }
 }
 
-fn detect_format(root: &Map<String, Value>) -> &'static str {
+fn detect_format(root: &Object<'_>) -> &'static str {
     if root.get("Event").and_then(|e| e.get("System")).is_some() {
         "evtx"
     } else if root.contains_key("class_uid") || root.get("metadata").and_then(|m| m.get("product")).is_some() {
@@ -323,7 +323,7 @@ fn evtx_class(event_id: i64) -> Option<(EventClass, Option<&'static str>)> {
 }
 
 /// Maps a parsed JSON object onto `event`. Returns the detected format name.
-pub(super) fn map_object(root: &Map<String, Value>, event: &mut Event) -> Result<Parsed, NormalizeError> {
+pub(super) fn map_object(root: &Object<'_>, event: &mut Event) -> Result<Parsed, NormalizeError> {
     let format = detect_format(root);
     let mut r = Reader::new(root);
     let mut parsed = Parsed { format, ..Parsed::default() };
@@ -488,7 +488,7 @@ pub(super) fn map_object(root: &Map<String, Value>, event: &mut Event) -> Result
         r.used.insert("features");
         for (name, value) in features.iter().take(MAX_ATTRS) {
             if let Some(number) = value.as_f64() {
-                event.features.insert(name.clone(), number);
+                event.features.insert(name.to_string(), number);
             }
         }
     }
@@ -501,14 +501,14 @@ pub(super) fn map_object(root: &Map<String, Value>, event: &mut Event) -> Result
 /// `path` is the dotted path of `object` (empty at the root); it is grown and cut back in
 /// place, so a key costs an allocation only when it is kept.
 fn collect_attrs(
-    object: &Map<String, Value>,
+    object: &Object<'_>,
     path: &mut String,
     depth: usize,
     used: &HashSet<&'static str, ahash::RandomState>,
     attrs: &mut crate::event::FieldMap<String>,
 ) {
     let base = path.len();
-    for (key, value) in object {
+    for (key, value) in object.iter() {
         if attrs.len() >= MAX_ATTRS {
             break;
         }

@@ -20,6 +20,7 @@
 mod cef;
 mod fields;
 mod json;
+mod json_value;
 mod syslog;
 pub mod time;
 
@@ -216,11 +217,10 @@ impl Normalizer {
         let trimmed = text.trim_start_matches('\u{feff}').trim();
         match trimmed.as_bytes().first() {
             Some(b'{') | Some(b'[') => {
-                let value: serde_json::Value =
-                    serde_json::from_str(trimmed).map_err(|e| NormalizeError::BadJson(e.to_string()))?;
+                let value = json_value::Json::parse(trimmed).map_err(|e| NormalizeError::BadJson(e.to_string()))?;
                 match &value {
-                    serde_json::Value::Object(map) => json::map_object(map, event),
-                    serde_json::Value::Array(_) => Err(NormalizeError::JsonNotObject("an array")),
+                    json_value::Json::Object(map) => json::map_object(map, event),
+                    json_value::Json::Array(_) => Err(NormalizeError::JsonNotObject("an array")),
                     _ => Err(NormalizeError::JsonNotObject("a scalar")),
                 }
             }
