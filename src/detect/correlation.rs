@@ -630,7 +630,7 @@ fn wildcard(pattern: &str, text: &str) -> bool {
 /// so downstream deduplication sees one.
 pub fn signal_id(signal: &Correlation, tenant: &str) -> String {
     let key = format!("{}|{}|{}|{}", tenant, signal.rule_id, signal.group_key, signal.window_end_us);
-    format!("corr-{:032x}", xxhash_rust::xxh3::xxh3_128(key.as_bytes()))
+    crate::hex_id("corr-", xxhash_rust::xxh3::xxh3_128(key.as_bytes()))
 }
 
 /// Field lookup for group-by and value fields: Sigma's names (as quick-scan sees the event),

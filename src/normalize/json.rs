@@ -6,7 +6,7 @@
 //! flatten `source.ip` into one key). Whatever no alias consumed is kept in `attrs`
 //! (bounded), so no producer field is lost.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::json_value::{Json as Value, Object};
 
@@ -140,8 +140,9 @@ struct Reader<'a> {
     root: &'a Object<'a>,
     found: [Option<Found<'a>>; FIELDS.len()],
     /// The alias paths that gave a field (kept out of `attrs`): static strings, so marking
-    /// one is a pointer copy, not an allocation.
-    used: HashSet<&'static str, ahash::RandomState>,
+    /// one is a pointer copy, not an allocation; a dozen at most, so a vector searched in
+    /// turn, not a hash set.
+    used: Vec<&'static str>,
 }
 
 /// Whether `v` can be a field's value (`arrays`: whether a non-empty array can).
@@ -156,7 +157,7 @@ fn usable(v: &Value<'_>, arrays: bool) -> bool {
 
 impl<'a> Reader<'a> {
     fn new(root: &'a Object<'a>) -> Self {
-        let mut reader = Self { root, found: [None; FIELDS.len()], used: HashSet::default() };
+        let mut reader = Self { root, found: [None; FIELDS.len()], used: Vec::with_capacity(16) };
         let mut path = String::with_capacity(64);
         reader.walk(root, &mut path, 0);
         reader
@@ -217,7 +218,7 @@ impl<'a> Reader<'a> {
     /// The value of `field`: its first path holding a usable value. Marks that path used.
     fn first(&mut self, field: F) -> Option<&'a Value<'a>> {
         let found = self.found[field as usize]?;
-        self.used.insert(found.path);
+        self.used.push(found.path);
         Some(found.value)
     }
 
@@ -485,7 +486,7 @@ pub(super) fn map_object(root: &Object<'_>, event: &mut Event) -> Result<Parsed,
         event.tags.extend(string_list(v));
     }
     if let Some(Value::Object(features)) = r.lookup("features") {
-        r.used.insert("features");
+        r.used.push("features");
         for (name, value) in features.iter().take(MAX_ATTRS) {
             if let Some(number) = value.as_f64() {
                 event.features.insert(name.to_string(), number);
@@ -504,7 +505,7 @@ fn collect_attrs(
     object: &Object<'_>,
     path: &mut String,
     depth: usize,
-    used: &HashSet<&'static str, ahash::RandomState>,
+    used: &[&'static str],
     attrs: &mut crate::event::FieldMap<String>,
 ) {
     let base = path.len();
@@ -519,7 +520,7 @@ fn collect_attrs(
         path.push_str(key);
         // Windows EventData fields stay in attrs under their own names even when mapped: they
         // are exactly what Sigma rules for Windows name (CommandLine, Image, TargetUserName).
-        if used.contains(path.as_str()) && !path.starts_with(EVTX_DATA) {
+        if used.contains(&path.as_str()) && !path.starts_with(EVTX_DATA) {
             continue;
         }
         match value {

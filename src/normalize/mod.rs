@@ -253,7 +253,7 @@ impl Normalizer {
         event.ingest_time_us = now_us;
         event.id = match parsed.id.map(|id| id.trim().to_string()) {
             Some(id) if !id.is_empty() && id.len() <= MAX_ID_BYTES => id,
-            Some(id) if !id.is_empty() => format!("h-{:032x}", xxhash_rust::xxh3::xxh3_128(id.as_bytes())),
+            Some(id) if !id.is_empty() => crate::hex_id("h-", xxhash_rust::xxh3::xxh3_128(id.as_bytes())),
             _ => derived_id(record),
         };
         event.tenant = match parsed.tenant.map(|t| t.trim().to_string()) {
@@ -286,7 +286,12 @@ impl Normalizer {
                 .and_then(|a| a.session_id.as_deref())
                 .or_else(|| event.llm.as_ref().and_then(|l| l.session_id.as_deref())),
         });
-        format!("{}|{}", event.tenant, entity.unwrap_or(&event.id))
+        let entity = entity.unwrap_or(&event.id);
+        let mut key = String::with_capacity(event.tenant.len() + 1 + entity.len());
+        key.push_str(&event.tenant);
+        key.push('|');
+        key.push_str(entity);
+        key
     }
 }
 
@@ -302,7 +307,7 @@ fn derived_id(record: &Record) -> String {
     hasher.update(&record.partition.to_le_bytes());
     hasher.update(&record.offset.to_le_bytes());
     hasher.update(&record.payload);
-    format!("{:032x}", hasher.digest128())
+    crate::hex_id("", hasher.digest128())
 }
 
 fn infer_class(event: &Event) -> EventClass {

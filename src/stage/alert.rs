@@ -394,7 +394,7 @@ impl Stage for AlertStage {
         let Some(candidate) = self.config.decide(&event) else { return Ok(()) };
         let key = format!("{}|{}|{}", event.tenant, candidate.primary, event.partition_key);
         // Named after the event that opens it: stable if that event is replayed to open it.
-        let new_id = format!("alert-{:032x}", xxhash_rust::xxh3::xxh3_128(format!("{key}|{}", event.id).as_bytes()));
+        let new_id = crate::hex_id("alert-", xxhash_rust::xxh3::xxh3_128(format!("{key}|{}", event.id).as_bytes()));
         let (offered_id, offered_count) = match self.expected.get(&key) {
             Some((id, count)) => (id.clone(), count + 1),
             None => (new_id.clone(), 1),
