@@ -502,6 +502,27 @@ mod tests {
         }
     }
 
+    /// `full_event()`'s frame with `edits` applied after its header: (where, byte, what),
+    /// what being 0 to flip the byte there, 1 to cut the frame there, 2 to insert the byte.
+    fn damaged_full_event(edits: &[(usize, u8, u8)]) -> Vec<u8> {
+        let mut bytes = encode_event(&full_event()).unwrap();
+        for &(at, byte, kind) in edits {
+            let at = FRAME_HEADER_BYTES + at % (bytes.len() - FRAME_HEADER_BYTES).max(1);
+            match kind {
+                0 => {
+                    let last = bytes.len() - 1;
+                    bytes[at.min(last)] = byte;
+                }
+                1 => bytes.truncate(at.max(FRAME_HEADER_BYTES + 1)),
+                _ => {
+                    let end = bytes.len();
+                    bytes.insert(at.min(end), byte);
+                }
+            }
+        }
+        bytes
+    }
+
     proptest::proptest! {
         /// Damaged frames (bytes flipped, cut, or inserted anywhere in a real event's
         /// encoding) never panic the direct decoder, and what it accepts apache-avro
@@ -512,21 +533,7 @@ mod tests {
         fn direct_decoding_of_damaged_frames_agrees_with_apache_avro(
             edits in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY, 0u8..3), 1..6),
         ) {
-            let mut bytes = encode_event(&full_event()).unwrap();
-            for (at, byte, kind) in edits {
-                let at = FRAME_HEADER_BYTES + at % (bytes.len() - FRAME_HEADER_BYTES).max(1);
-                match kind {
-                    0 => {
-                        let last = bytes.len() - 1;
-                        bytes[at.min(last)] = byte;
-                    }
-                    1 => bytes.truncate(at.max(FRAME_HEADER_BYTES + 1)),
-                    _ => {
-                        let end = bytes.len();
-                        bytes.insert(at.min(end), byte);
-                    }
-                }
-            }
+            let bytes = damaged_full_event(&edits);
             let direct = decode_event(&bytes);
             let generic: Result<Event, _> = decode_resolving(SchemaKind::Event, 101, &bytes);
             if let Ok(direct) = direct {
@@ -619,21 +626,7 @@ mod tests {
         fn the_hand_written_event_decoder_agrees_with_serde_on_damaged_frames(
             edits in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY, 0u8..3), 1..6),
         ) {
-            let mut bytes = encode_event(&full_event()).unwrap();
-            for (at, byte, kind) in edits {
-                let at = FRAME_HEADER_BYTES + at % (bytes.len() - FRAME_HEADER_BYTES).max(1);
-                match kind {
-                    0 => {
-                        let last = bytes.len() - 1;
-                        bytes[at.min(last)] = byte;
-                    }
-                    1 => bytes.truncate(at.max(FRAME_HEADER_BYTES + 1)),
-                    _ => {
-                        let end = bytes.len();
-                        bytes.insert(at.min(end), byte);
-                    }
-                }
-            }
+            let bytes = damaged_full_event(&edits);
             let fast = decode_event(&bytes).map_err(|e| e.to_string());
             let serde = decode_event_through_serde(&bytes).map(|(event, _)| event);
             match (fast, serde) {
