@@ -342,23 +342,22 @@ pub fn decode_event_summary(bytes: &[u8]) -> Option<Result<Box<Event>, AvroError
         Ok(id) => id,
         Err(e) => return Some(Err(e)),
     };
-    let registry = &*REGISTRY;
-    if registry.event_fast_path != Some(id) {
-        return None;
-    }
-    let plan = registry.plans.get(&id)?;
-    let decode_err = |detail: String| AvroError::Decode { kind: SchemaKind::Event.as_str(), id, detail };
-    let mut body = &bytes[FRAME_HEADER_BYTES..];
-    Some(
-        super::avro_event::decode_summary(plan, &mut body)
-            .map_err(|e| decode_err(e.to_string()))
-            .and_then(|event| whole_datum_read(body).map_err(decode_err).map(|()| event)),
-    )
+    on_event_fast_path(id, bytes, super::avro_event::decode_summary)
 }
 
 /// The hand-written decoder (`avro_event`) for a frame of the schema it is written for,
 /// with where the detection fields begin in the datum; `None`: take the generic path.
 fn decode_event_fast(id: u32, bytes: &[u8]) -> Option<Result<(Box<Event>, usize), AvroError>> {
+    on_event_fast_path(id, bytes, super::avro_event::decode)
+}
+
+/// `decode` (one of `avro_event`'s) over the datum of the frame `bytes` of schema `id`, when
+/// that is the schema the hand-written code is for; a datum must fill its frame.
+fn on_event_fast_path<T>(
+    id: u32,
+    bytes: &[u8],
+    decode: impl FnOnce(&super::avro_plan::Plan, &mut &[u8]) -> Result<T, super::avro_plan::PlanError>,
+) -> Option<Result<T, AvroError>> {
     let registry = &*REGISTRY;
     if registry.event_fast_path != Some(id) {
         return None;
@@ -366,11 +365,7 @@ fn decode_event_fast(id: u32, bytes: &[u8]) -> Option<Result<(Box<Event>, usize)
     let plan = registry.plans.get(&id)?;
     let decode_err = |detail: String| AvroError::Decode { kind: SchemaKind::Event.as_str(), id, detail };
     let mut body = &bytes[FRAME_HEADER_BYTES..];
-    Some(
-        super::avro_event::decode(plan, &mut body)
-            .map_err(|e| decode_err(e.to_string()))
-            .and_then(|decoded| whole_datum_read(body).map_err(decode_err).map(|()| decoded)),
-    )
+    Some(decode(plan, &mut body).map_err(|e| decode_err(e.to_string())).and_then(|decoded| whole_datum_read(body).map_err(decode_err).map(|()| decoded)))
 }
 
 pub fn encode_alert(alert: &Alert) -> Result<Vec<u8>, AvroError> {
