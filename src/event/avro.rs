@@ -134,9 +134,7 @@ struct ConfluentHeader(u32);
 
 impl HeaderBuilder for ConfluentHeader {
     fn build_header(&self) -> Vec<u8> {
-        let mut header = vec![MAGIC_BYTE];
-        header.extend_from_slice(&self.0.to_be_bytes());
-        header
+        frame(self.0, FRAME_HEADER_BYTES)
     }
 }
 
@@ -185,9 +183,7 @@ pub fn current_schema_id(kind: SchemaKind) -> u32 {
 /// Encodes `value` with the current schema of `kind`, framed.
 pub fn encode<T: Serialize>(kind: SchemaKind, value: &T) -> Result<Vec<u8>, AvroError> {
     let (id, schema) = current(kind);
-    let mut out = Vec::with_capacity(256);
-    out.push(MAGIC_BYTE);
-    out.extend_from_slice(&id.to_be_bytes());
+    let mut out = frame(id, 256);
     if let Some(plan) = REGISTRY.plans.get(&id) {
         // No fallback to apache-avro on error: its writer puts struct fields where they are
         // in the Rust type, not where the schema has them (tested below), so a type that
@@ -198,6 +194,14 @@ pub fn encode<T: Serialize>(kind: SchemaKind, value: &T) -> Result<Vec<u8>, Avro
     apache_avro::write_avro_datum_ref(schema, value, &mut out)
         .map_err(|e| AvroError::Encode { kind: kind.as_str(), detail: e.to_string() })?;
     Ok(out)
+}
+
+/// A buffer holding the Confluent header of schema `id`, with room for `capacity` bytes.
+fn frame(id: u32, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
+    out.push(MAGIC_BYTE);
+    out.extend_from_slice(&id.to_be_bytes());
+    out
 }
 
 /// Reads the schema id of a framed message without decoding it.
@@ -256,9 +260,7 @@ pub fn encode_event(event: &Event) -> Result<Vec<u8>, AvroError> {
     let registry = &*REGISTRY;
     if let Some(id) = registry.event_fast_path {
         if let Some(plan) = registry.plans.get(&id) {
-            let mut out = Vec::with_capacity(512);
-            out.push(MAGIC_BYTE);
-            out.extend_from_slice(&id.to_be_bytes());
+            let mut out = frame(id, 512);
             super::avro_event::encode(plan, event, &mut out).map_err(|e| AvroError::Encode { kind: SchemaKind::Event.as_str(), detail: e.to_string() })?;
             return Ok(out);
         }
@@ -308,7 +310,7 @@ pub fn encode_event_detections(input: &[u8], at: Option<DetectionsAt>, event: &E
     let prefix = input.get(..at).ok_or_else(|| AvroError::Encode { kind: SchemaKind::Event.as_str(), detail: format!("detections at {at} of a {}-byte frame", input.len()) })?;
     let mut out = Vec::with_capacity(input.len() + 256);
     out.extend_from_slice(prefix);
-    if registry_event_fast_path() == Some(id) {
+    if REGISTRY.event_fast_path == Some(id) {
         super::avro_event::encode_detections(plan, event, &mut out).map_err(encode_err)?;
     } else {
         use serde::ser::SerializeStruct;
@@ -327,10 +329,6 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, AvroError> {
         return decoded.map(|(event, _)| *event);
     }
     decode(SchemaKind::Event, bytes)
-}
-
-fn registry_event_fast_path() -> Option<u32> {
-    REGISTRY.event_fast_path
 }
 
 /// What the alert stage reads of an event (id, class, times, tenant, partition key,

@@ -16,7 +16,7 @@
 //! normalize (which writes every event whole) and correlate's findings, and writes byte for
 //! byte what the serde path writes (tested).
 
-use super::avro_plan::{self, fail, read_int, read_long, read_str, write_bytes, write_long, Plan, PlanError, MAX_ITEMS};
+use super::avro_plan::{self, block_count, fail, read_int, read_long, read_str, skip, write_bytes, write_long, FieldPlans, Plan, PlanError};
 use super::{Actor, Dns, Endpoint, Event, EventClass, FieldMap, File, Http, Llm, Process, Score, Source};
 
 /// The event schema this decoder reads, as [`shape`] writes it: `s` string, `l` long, `i`
@@ -40,6 +40,19 @@ score:?<risk:d,model_version:s,parts:{d},top_features:[s]>>";
 /// Index of `matches` among the event's fields: the first of the detection fields
 /// (`matches`, `correlations`, `score`), and the first that serde reads.
 const DETECTION_FIELDS_AT: usize = 24;
+
+/// The fields of an event plan, and the plans of `matches` and `correlations`.
+type EventPlans<'p> = (&'p FieldPlans, &'p Plan, &'p Plan);
+
+/// The fields of the event plan `plan` (which has [`SHAPE`]), and the plans of `matches`
+/// and `correlations`, which serde reads.
+fn event_fields(plan: &Plan) -> Result<EventPlans<'_>, PlanError> {
+    let Plan::Record(fields, _) = plan else { return fail("the event plan is not a record") };
+    let [(_, matches), (_, correlations), _] = &fields[DETECTION_FIELDS_AT..] else {
+        return fail("the event plan does not end with the three detection fields");
+    };
+    Ok((fields, matches, correlations))
+}
 
 /// `plan`'s shape in [`SHAPE`]'s notation (the detection fields as `*`).
 pub(super) fn shape(plan: &Plan) -> String {
@@ -111,10 +124,7 @@ fn write_shape(plan: &Plan, out: &mut String, depth: usize) {
 /// Decodes one event datum of `plan` (which has [`SHAPE`]) from the front of `input`, and
 /// tells how many bytes came before its `matches` field.
 pub(super) fn decode(plan: &Plan, input: &mut &[u8]) -> Result<(Box<Event>, usize), PlanError> {
-    let Plan::Record(fields, _) = plan else { return fail("the event plan is not a record") };
-    let [(_, matches), (_, correlations), _] = &fields[DETECTION_FIELDS_AT..] else {
-        return fail("the event plan does not end with the three detection fields");
-    };
+    let (_, matches, correlations) = event_fields(plan)?;
     let start = input.len();
     let id = string(input)?;
     let class = class(input)?;
@@ -241,84 +251,26 @@ pub(super) fn decode(plan: &Plan, input: &mut &[u8]) -> Result<(Box<Event>, usiz
 /// The rest is stepped over as serde steps over a field a type lacks (lengths checked,
 /// strings not validated, numbers not range-checked), not built, and left at its default.
 pub(super) fn decode_summary(plan: &Plan, input: &mut &[u8]) -> Result<Box<Event>, PlanError> {
-    let Plan::Record(fields, _) = plan else { return fail("the event plan is not a record") };
-    let [(_, matches), (_, correlations), _] = &fields[DETECTION_FIELDS_AT..] else {
-        return fail("the event plan does not end with the three detection fields");
-    };
-    let id = string(input)?;
-    let class = class(input)?;
-    let time_us = read_long(input)?;
-    let ingest_time_us = read_long(input)?;
-    let tenant = string(input)?;
-    let partition_key = string(input)?;
-    // source: format, topic, partition, offset, vendor, product
-    skip_str(input)?;
-    skip_str(input)?;
-    skip_number(input)?;
-    skip_number(input)?;
-    skip_opt_str(input)?;
-    skip_opt_str(input)?;
-    skip_opt_str(input)?; // severity
-    let message = opt_string(input)?;
-    for _ in 0..3 {
-        skip_opt_str(input)?; // action, outcome, host
-    }
-    // actor, src, dst, process, http, dns, file, llm: optional records of optional strings
-    // (`s`) and numbers (`n`), in schema order; dns ends with its answers (`a`).
-    for record in ["sss", "sns", "sns", "nssssss", "ssnssnn", "sssa", "ssnsss", "ssssnn"] {
-        if !present(input)? {
-            continue;
-        }
-        for kind in record.bytes() {
-            match kind {
-                b's' => skip_opt_str(input)?,
-                b'n' => {
-                    if present(input)? {
-                        skip_number(input)?;
-                    }
-                }
-                _ => blocks(input, skip_str)?,
-            }
+    let (fields, matches, correlations) = event_fields(plan)?;
+    let mut event = Event::default();
+    for (index, (_, field)) in fields[..DETECTION_FIELDS_AT].iter().enumerate() {
+        match index {
+            0 => event.id = string(input)?,
+            1 => event.class = class(input)?,
+            2 => event.time_us = read_long(input)?,
+            3 => event.ingest_time_us = read_long(input)?,
+            4 => event.tenant = string(input)?,
+            5 => event.partition_key = string(input)?,
+            8 => event.message = opt_string(input)?,
+            _ => skip(field, input)?,
         }
     }
-    blocks(input, skip_str)?; // tags
-    blocks(input, |input| {
-        skip_str(input)?;
-        skip_str(input)
-    })?; // attrs
-    blocks(input, |input| {
-        skip_str(input)?;
-        avro_plan::take(input, 8).map(drop)
-    })?; // features
-    skip_opt_str(input)?; // raw
-    Ok(Box::new(Event {
-        id,
-        class,
-        time_us,
-        ingest_time_us,
-        tenant,
-        partition_key,
-        message,
-        matches: avro_plan::decode(matches, input)?,
-        correlations: avro_plan::decode(correlations, input)?,
-        score: opt_score(input)?,
-        ..Event::default()
-    }))
+    event.matches = avro_plan::decode(matches, input)?;
+    event.correlations = avro_plan::decode(correlations, input)?;
+    event.score = opt_score(input)?;
+    Ok(Box::new(event))
 }
 
-fn skip_str(input: &mut &[u8]) -> Result<(), PlanError> {
-    let len = read_long(input)?;
-    avro_plan::take(input, len).map(drop)
-}
-
-fn skip_opt_str(input: &mut &[u8]) -> Result<(), PlanError> {
-    if present(input)? { skip_str(input) } else { Ok(()) }
-}
-
-/// An int or a long stepped over: serde's skipping does not range-check an int either.
-fn skip_number(input: &mut &[u8]) -> Result<(), PlanError> {
-    read_long(input).map(drop)
-}
 
 /// Appends the Avro encoding of `event` along `plan` (which has [`SHAPE`]) to `out`.
 pub(super) fn encode(plan: &Plan, event: &Event, out: &mut Vec<u8>) -> Result<(), PlanError> {
@@ -410,15 +362,8 @@ pub(super) fn encode(plan: &Plan, event: &Event, out: &mut Vec<u8>) -> Result<()
         write_long(out, 0);
     }
     put_strings(out, &event.tags);
-    if !event.attrs.is_empty() {
-        write_long(out, event.attrs.len() as i64);
-        for (key, value) in &event.attrs {
-            write_bytes(out, key.as_bytes());
-            write_bytes(out, value.as_bytes());
-        }
-    }
-    write_long(out, 0);
-    put_doubles(out, &event.features);
+    put_map(out, &event.attrs, |out, value| write_bytes(out, value.as_bytes()));
+    put_map(out, &event.features, put_double);
     put_opt_str(out, &event.raw);
     encode_detections(plan, event, out)
 }
@@ -426,17 +371,14 @@ pub(super) fn encode(plan: &Plan, event: &Event, out: &mut Vec<u8>) -> Result<()
 /// Appends the Avro encoding of `event`'s detection fields (`matches`, `correlations`,
 /// `score`, the last of `plan`, which has [`SHAPE`]) to `out`.
 pub(super) fn encode_detections(plan: &Plan, event: &Event, out: &mut Vec<u8>) -> Result<(), PlanError> {
-    let Plan::Record(fields, _) = plan else { return fail("the event plan is not a record") };
-    let [(_, matches), (_, correlations), _] = &fields[DETECTION_FIELDS_AT..] else {
-        return fail("the event plan does not end with the three detection fields");
-    };
+    let (_, matches, correlations) = event_fields(plan)?;
     avro_plan::encode(matches, &event.matches, out)?;
     avro_plan::encode(correlations, &event.correlations, out)?;
     if let Some(score) = &event.score {
         write_long(out, 1);
-        out.extend_from_slice(&score.risk.to_le_bytes());
+        put_double(out, &score.risk);
         write_bytes(out, score.model_version.as_bytes());
-        put_doubles(out, &score.parts);
+        put_map(out, &score.parts, put_double);
         put_strings(out, &score.top_features);
     } else {
         write_long(out, 0);
@@ -444,15 +386,20 @@ pub(super) fn encode_detections(plan: &Plan, event: &Event, out: &mut Vec<u8>) -
     Ok(())
 }
 
-fn put_doubles(out: &mut Vec<u8>, map: &FieldMap<f64>) {
+/// A map in one block (as serde's path writes it), each value written by `value`.
+fn put_map<V>(out: &mut Vec<u8>, map: &FieldMap<V>, value: impl Fn(&mut Vec<u8>, &V)) {
     if !map.is_empty() {
         write_long(out, map.len() as i64);
-        for (key, value) in map {
+        for (key, v) in map {
             write_bytes(out, key.as_bytes());
-            out.extend_from_slice(&value.to_le_bytes());
+            value(out, v);
         }
     }
     write_long(out, 0);
+}
+
+fn put_double(out: &mut Vec<u8>, value: &f64) {
+    out.extend_from_slice(&value.to_le_bytes());
 }
 
 fn put_opt_str(out: &mut Vec<u8>, text: &Option<String>) {
@@ -539,22 +486,13 @@ fn read_double(input: &mut &[u8]) -> Result<f64, PlanError> {
     Ok(f64::from_le_bytes(le))
 }
 
-/// Calls `item` once per item of an array or map in Avro's blocks: a count (negative:
-/// followed by the block's size in bytes), the items, ..., a zero count.
+/// Calls `item` once per item of an array or map in Avro's blocks.
 fn blocks(input: &mut &[u8], mut item: impl FnMut(&mut &[u8]) -> Result<(), PlanError>) -> Result<(), PlanError> {
-    let mut announced: u64 = 0;
+    let mut announced = 0;
     loop {
-        let count = read_long(input)?;
+        let count = block_count(input, &mut announced)?;
         if count == 0 {
             return Ok(());
-        }
-        if count < 0 {
-            read_long(input)?; // the block's size in bytes, not needed
-        }
-        let count = count.unsigned_abs();
-        announced = announced.saturating_add(count);
-        if announced > MAX_ITEMS {
-            return fail(format!("more than {MAX_ITEMS} items in one array or map"));
         }
         for _ in 0..count {
             item(input)?;
@@ -573,19 +511,11 @@ fn strings(input: &mut &[u8]) -> Result<Vec<String>, PlanError> {
 
 fn map<V>(input: &mut &[u8], mut value: impl FnMut(&mut &[u8]) -> Result<V, PlanError>) -> Result<FieldMap<V>, PlanError> {
     let mut out = FieldMap::with_hasher(map_hasher());
-    let mut announced: u64 = 0;
+    let mut announced = 0;
     loop {
-        let count = read_long(input)?;
+        let count = block_count(input, &mut announced)?;
         if count == 0 {
             return Ok(out);
-        }
-        if count < 0 {
-            read_long(input)?; // the block's size in bytes, not needed
-        }
-        let count = count.unsigned_abs();
-        announced = announced.saturating_add(count);
-        if announced > MAX_ITEMS {
-            return fail(format!("more than {MAX_ITEMS} items in one array or map"));
         }
         // Room for the block at once (an entry takes at least two bytes, so a forged count
         // cannot reserve more than the input could hold).

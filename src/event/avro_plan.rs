@@ -389,7 +389,7 @@ struct Blocks<'p, 'a, 'de> {
 
 /// At most this many items in one array or map: items of an empty type take no bytes, so
 /// the input's length cannot bound the count.
-pub(super) const MAX_ITEMS: u64 = 1 << 24;
+const MAX_ITEMS: u64 = 1 << 24;
 
 impl<'p, 'a, 'de> Blocks<'p, 'a, 'de> {
     fn new(item: &'p Plan, input: &'a mut &'de [u8]) -> Self {
@@ -402,24 +402,33 @@ impl<'p, 'a, 'de> Blocks<'p, 'a, 'de> {
             if self.done {
                 return Ok(false);
             }
-            let count = read_long(self.input)?;
+            let count = block_count(self.input, &mut self.announced)?;
             if count == 0 {
                 self.done = true;
                 return Ok(false);
-            }
-            if count < 0 {
-                read_long(self.input)?; // the block's size in bytes, not needed
-            }
-            let count = count.unsigned_abs();
-            self.announced = self.announced.saturating_add(count);
-            if self.announced > MAX_ITEMS {
-                return fail(format!("more than {MAX_ITEMS} items in one array or map"));
             }
             self.left_in_block = count;
         }
         self.left_in_block -= 1;
         Ok(true)
     }
+}
+
+/// Reads the header of an array's or map's next block: its item count, 0 at the end (a
+/// negative count is followed by the block's size in bytes, read and not needed).
+/// `announced` counts the items of all blocks so far; more than [`MAX_ITEMS`] is an error.
+#[inline(always)]
+pub(super) fn block_count(input: &mut &[u8], announced: &mut u64) -> Result<u64, PlanError> {
+    let count = read_long(input)?;
+    if count < 0 {
+        read_long(input)?;
+    }
+    let count = count.unsigned_abs();
+    *announced = announced.saturating_add(count);
+    if *announced > MAX_ITEMS {
+        return fail(format!("more than {MAX_ITEMS} items in one array or map"));
+    }
+    Ok(count)
 }
 
 impl<'de> de::SeqAccess<'de> for Blocks<'_, '_, 'de> {
@@ -499,7 +508,7 @@ pub fn suffix_writer<'p, 'o>(plan: &'p Plan, from: &str, out: &'o mut Vec<u8>) -
 }
 
 /// A record's fields in schema order, as [`Plan::Record`] holds them.
-type FieldPlans = [(String, Plan)];
+pub(super) type FieldPlans = [(String, Plan)];
 
 /// The fields of record `plan` and the index of its field `name`.
 fn record_field<'p>(plan: &'p Plan, name: &str) -> Result<(&'p FieldPlans, usize), PlanError> {
@@ -510,7 +519,44 @@ fn record_field<'p>(plan: &'p Plan, name: &str) -> Result<(&'p FieldPlans, usize
 
 /// Steps over one datum of `plan` without building anything: lengths are read and checked,
 /// strings are not validated (a field skipped is a field not read).
-fn skip(plan: &Plan, input: &mut &[u8]) -> Result<(), PlanError> {
+pub(super) fn skip(plan: &Plan, input: &mut &[u8]) -> Result<(), PlanError> {
+    let Some(plan) = skip_scalar(plan, input)? else { return Ok(()) };
+    match plan {
+        Plan::Array(item) | Plan::Map(item) => {
+            let keyed = matches!(plan, Plan::Map(_));
+            let mut blocks = Blocks::new(item, input);
+            while blocks.next_item()? {
+                if keyed {
+                    skip_scalar(&Plan::String, blocks.input)?;
+                }
+                if let Some(compound) = skip_scalar(item, blocks.input)? {
+                    skip(compound, blocks.input)?;
+                }
+            }
+        }
+        Plan::Record(fields, _) => {
+            for (_, field) in fields {
+                if let Some(compound) = skip_scalar(field, input)? {
+                    skip(compound, input)?;
+                }
+            }
+        }
+        // A union within a union (not valid Avro, but a plan can hold one).
+        other => skip(other, input)?,
+    }
+    Ok(())
+}
+
+/// Steps over `plan` when it is a scalar, or a union whose branch here is one; otherwise
+/// reads the union's branch, if any, and gives back what is still to step over. Inlined
+/// into [`skip`]'s loops: most skipped fields are `["null", x]` unions of scalars, and a
+/// call per field cost more than the field.
+#[inline(always)]
+fn skip_scalar<'p>(plan: &'p Plan, input: &mut &[u8]) -> Result<Option<&'p Plan>, PlanError> {
+    let plan = match plan {
+        Plan::Union(variants) => branch(variants, input)?,
+        other => other,
+    };
     match plan {
         Plan::Null => {}
         Plan::Boolean => drop(take(input, 1)?),
@@ -522,27 +568,9 @@ fn skip(plan: &Plan, input: &mut &[u8]) -> Result<(), PlanError> {
             let len = read_long(input)?;
             take(input, len)?;
         }
-        Plan::Array(item) | Plan::Map(item) => {
-            let keyed = matches!(plan, Plan::Map(_));
-            let mut blocks = Blocks::new(item, input);
-            while blocks.next_item()? {
-                if keyed {
-                    skip(&Plan::String, blocks.input)?;
-                }
-                skip(item, blocks.input)?;
-            }
-        }
-        Plan::Union(variants) => {
-            let variant = branch(variants, input)?;
-            skip(variant, input)?;
-        }
-        Plan::Record(fields, _) => {
-            for (_, field) in fields {
-                skip(field, input)?;
-            }
-        }
+        compound => return Ok(Some(compound)),
     }
-    Ok(())
+    Ok(None)
 }
 
 pub(super) fn write_long(out: &mut Vec<u8>, value: i64) {

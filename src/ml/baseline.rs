@@ -90,8 +90,9 @@ fn push_bounded(list: &mut Vec<String>, value: String, max: usize) {
 }
 
 /// How an event deviates from its entity's baseline: the features named `baseline.*`.
-/// A struct, not a [`Features`](super::features::Features) map: the ML stage computes one per event, and building and
-/// reading eight string-keyed map entries cost more than the arithmetic.
+/// A struct, not a [`Features`](super::features::Features) map: the ML stage computes one
+/// per event, and building and reading eight string-keyed map entries cost more than the
+/// arithmetic.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Deviations {
     pub day_events_ratio: f64,
