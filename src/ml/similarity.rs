@@ -182,9 +182,11 @@ impl ThreatIndex for ExactIndex {
 /// Nearest exemplars of texts seen lately, so a text that recurs (a service's command line,
 /// a health-check URL: most of them, in real traffic) is embedded and compared once.
 /// Keyed by the kind and a 128-bit hash of the text, so the memory per entry is fixed.
+/// Only answers are kept: an index says `None` when it has nothing of the kind or could not
+/// be asked (a Qdrant query that timed out), and the next event must ask again.
 /// Bounded by its capacity; overflow policy: forget everything and start again.
 pub struct NearestCache {
-    entries: crate::FastMap<(TextKind, u128), Option<Nearest>>,
+    entries: crate::FastMap<(TextKind, u128), Nearest>,
     capacity: usize,
 }
 
@@ -200,14 +202,14 @@ impl NearestCache {
     pub fn nearest(&mut self, index: &dyn ThreatIndex, kind: TextKind, text: &str) -> Option<Nearest> {
         let key = (kind, xxhash_rust::xxh3::xxh3_128(text.as_bytes()));
         if let Some(found) = self.entries.get(&key) {
-            return found.clone();
+            return Some(found.clone());
         }
-        let found = index.nearest(kind, &embed(text));
+        let found = index.nearest(kind, &embed(text))?;
         if self.entries.len() >= self.capacity {
             self.entries.clear();
         }
         self.entries.insert(key, found.clone());
-        found
+        Some(found)
     }
 }
 
@@ -241,6 +243,22 @@ mod tests {
         }
         // The same text as another kind is another question.
         assert_eq!(cache.nearest(&index, TextKind::Url, texts[0].1), index.nearest(TextKind::Url, &embed(texts[0].1)));
+
+        // An index that could not answer (a query that timed out) is asked again next time.
+        struct AnswersOnSecondAsk(std::sync::atomic::AtomicUsize, ExactIndex);
+        impl ThreatIndex for AnswersOnSecondAsk {
+            fn nearest(&self, kind: TextKind, vector: &[f32]) -> Option<Nearest> {
+                let asked = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if asked == 0 { None } else { self.1.nearest(kind, vector) }
+            }
+            fn len(&self) -> usize {
+                self.1.len()
+            }
+        }
+        let flaky = AnswersOnSecondAsk(Default::default(), index);
+        let mut cache = NearestCache::new(2);
+        assert_eq!(cache.nearest(&flaky, texts[0].0, texts[0].1), None);
+        assert!(cache.nearest(&flaky, texts[0].0, texts[0].1).is_some(), "the failed ask was not remembered");
     }
 
     /// The n-grams as the first version built them (characters collected, each window
