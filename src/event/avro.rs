@@ -295,6 +295,55 @@ pub fn decode_event_for_detection(bytes: &[u8]) -> Result<(Box<Event>, Option<De
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DetectionsAt(usize);
 
+/// Where a stage decodes its events for detection, record after record: the event of the
+/// last record, whose strings the next one is written over (see
+/// `avro_event::decode_into`), and strings kept for fields a later record has.
+#[derive(Default)]
+pub struct EventSlot {
+    event: Option<Box<Event>>,
+    spare: Vec<String>,
+}
+
+impl EventSlot {
+    /// What [`decode_event_for_detection`] gives, in this slot. Valid until the next call.
+    pub fn decode_for_detection(&mut self, bytes: &[u8]) -> Result<(&mut Event, Option<DetectionsAt>), AvroError> {
+        let id = frame_schema_id(bytes)?;
+        let event = self.event.get_or_insert_with(Box::default);
+        let spare = &mut self.spare;
+        if let Some(decoded) = on_event_fast_path(id, bytes, |plan, input| super::avro_event::decode_into(plan, input, event, spare)) {
+            let at = decoded?;
+            return Ok((event, Some(DetectionsAt(FRAME_HEADER_BYTES + at))));
+        }
+        let (decoded, at) = decode_event_for_detection(bytes)?;
+        **event = *decoded;
+        Ok((event, at))
+    }
+}
+
+/// [`EventSlot`] for the alert stage's narrow decoding ([`decode_event_summary`]): the
+/// fields it does not read stay at their defaults, so it is a type of its own.
+#[derive(Default)]
+pub struct SummarySlot {
+    event: Option<Box<Event>>,
+}
+
+impl SummarySlot {
+    /// What [`decode_event_summary`] gives, in this slot; for a frame it does not read,
+    /// what `fallback` makes of the frame (an event whose other fields are at their defaults).
+    pub fn decode(&mut self, bytes: &[u8], fallback: impl FnOnce(&[u8]) -> Result<Event, AvroError>) -> Result<&Event, AvroError> {
+        let event = self.event.get_or_insert_with(Box::default);
+        let decoded = match frame_schema_id(bytes) {
+            Ok(id) => on_event_fast_path(id, bytes, |plan, input| super::avro_event::decode_summary_into(plan, input, event)),
+            Err(e) => Some(Err(e)),
+        };
+        match decoded {
+            Some(result) => result?,
+            None => **event = fallback(bytes)?,
+        }
+        Ok(event)
+    }
+}
+
 /// Encodes `event`, which was decoded from the frame `input` (by
 /// [`decode_event_for_detection`], which gave `at`) and has changed since in its detection
 /// fields only (`matches`, `correlations`, `score`): the bytes of `input` before them are
@@ -580,6 +629,42 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_slot_decodes_each_event_as_a_fresh_decoding_would() {
+        // One slot over events that add, drop and change parts, so strings are written
+        // over, kept and reused; a damaged frame in between leaves the slot half written.
+        let full = full_event();
+        let events = [
+            full.clone(),
+            Event { id: "x".into(), ..Default::default() },
+            Event { process: None, dns: None, raw: None, tags: vec![], attrs: Default::default(), ..full.clone() },
+            Event {
+                attrs: (0..40).map(|i| (format!("k{i}"), "v".repeat(i))).collect(),
+                tags: (0..70).map(|i| i.to_string()).collect(),
+                features: [("f".to_string(), 1.5)].into_iter().collect(),
+                ..full.clone()
+            },
+            Event { host: Some("a much longer host name than before".into()), actor: None, src: None, ..full.clone() },
+            Event { tags: vec!["one".into()], attrs: [("k3".to_string(), "w".to_string())].into_iter().collect(), ..Default::default() },
+            full.clone(),
+        ];
+        let mut slot = EventSlot::default();
+        let mut summaries = SummarySlot::default();
+        for (i, event) in events.iter().enumerate() {
+            let bytes = encode_event(event).unwrap();
+            if i == 3 {
+                assert!(slot.decode_for_detection(&bytes[..bytes.len() / 2]).is_err());
+                assert!(summaries.decode(&bytes[..bytes.len() - 1], |_| unreachable!("the current schema")).is_err());
+            }
+            let (fresh, fresh_at) = decode_event_for_detection(&bytes).unwrap();
+            let (reused, at) = slot.decode_for_detection(&bytes).unwrap();
+            assert_eq!((&*reused, at), (event, fresh_at), "event {i}");
+            assert_eq!(*fresh, *event);
+            let summary = summaries.decode(&bytes, |_| unreachable!("the current schema")).unwrap();
+            assert_eq!(summary, &*decode_event_summary(&bytes).unwrap().unwrap(), "summary {i}");
+        }
+    }
+
     /// What the alert stage reads, decoded through serde (as for frames of other schemas).
     #[derive(Debug, PartialEq, serde::Deserialize)]
     struct Summary {
@@ -627,6 +712,22 @@ mod tests {
                 (Err(_), Err(_)) => {}
                 (fast, serde) => proptest::prop_assert!(false, "hand-written: {fast:?}\nserde: {serde:?}"),
             }
+            // A slot used for every case so far (whatever they left in it) decodes as a
+            // fresh decoding does.
+            thread_local! {
+                static SLOT: std::cell::RefCell<(EventSlot, SummarySlot)> = std::cell::RefCell::default();
+            }
+            SLOT.with(|slots| -> Result<(), proptest::test_runner::TestCaseError> {
+                let (slot, summaries) = &mut *slots.borrow_mut();
+                let reused = slot.decode_for_detection(&bytes).map(|(event, at)| (event.clone(), at)).map_err(|e| e.to_string());
+                let fresh = decode_event_for_detection(&bytes).map(|(event, at)| (*event, at)).map_err(|e| e.to_string());
+                proptest::prop_assert_eq!(reused, fresh);
+                let reused = summaries.decode(&bytes, |b| decode::<Summary>(SchemaKind::Event, b).map(|_| Event::default())).map(|event| Summary::of(event)).map_err(|e| e.to_string());
+                if let Some(fresh) = decode_event_summary(&bytes) {
+                    proptest::prop_assert_eq!(reused, fresh.map(|event| Summary::of(&event)).map_err(|e| e.to_string()));
+                }
+                Ok(())
+            })?;
             // And the alert stage's summary agrees with serde's narrow decoding.
             let summary = decode_event_summary(&bytes).map(|decoded| decoded.map(|event| Summary::of(&event)).map_err(|e| e.to_string()));
             let narrow = decode::<Summary>(SchemaKind::Event, &bytes).map_err(|e| e.to_string());

@@ -359,6 +359,8 @@ pub struct AlertStage {
     /// instance, a replay or an expired window makes it wrong, and then the message is
     /// rebuilt); bounded by [`EXPECTED_KEYS`], overflow policy: forget them all.
     expected: HashMap<String, (String, i64)>,
+    /// Where events are decoded (narrowly), record after record.
+    slot: avro::SummarySlot,
 }
 
 /// Alert keys whose id and count the stage remembers (see `AlertStage::expected`).
@@ -366,7 +368,7 @@ const EXPECTED_KEYS: usize = 65_536;
 
 impl AlertStage {
     pub fn new(config: AlertConfig, store: DedupeStore, output_topic: String, json_topic: String, dlq_topic: String) -> Self {
-        Self { config, store, feed: None, output_topic, json_topic, dlq_topic, expected: HashMap::new() }
+        Self { config, store, feed: None, output_topic, json_topic, dlq_topic, expected: HashMap::new(), slot: avro::SummarySlot::default() }
     }
 
     /// Hands alerts to `hub` when there is no Redis between the stage and the feed.
@@ -382,8 +384,7 @@ impl Stage for AlertStage {
     }
 
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let decoded = avro::decode_event_summary(&record.payload)
-            .unwrap_or_else(|| avro::decode::<AlertInput>(avro::SchemaKind::Event, &record.payload).map(|input| Box::new(input.into_event())));
+        let decoded = self.slot.decode(&record.payload, |bytes| avro::decode::<AlertInput>(avro::SchemaKind::Event, bytes).map(AlertInput::into_event));
         let event = match decoded {
             Ok(event) => event,
             Err(e) => {

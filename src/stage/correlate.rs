@@ -84,12 +84,14 @@ pub struct CorrelateStage {
     state: PartitionedState<PartitionState>,
     output_topic: String,
     dlq_topic: String,
+    /// Where events are decoded, record after record.
+    slot: avro::EventSlot,
 }
 
 impl CorrelateStage {
     pub fn new(rules: Arc<CorrelationRules>, limits: StateLimits, store: CheckpointStore, output_topic: String, dlq_topic: String) -> Self {
         let max_span_us = rules.max_span_us();
-        Self { rules, limits, max_span_us, state: PartitionedState::new("correlate", store), output_topic, dlq_topic }
+        Self { rules, limits, max_span_us, state: PartitionedState::new("correlate", store), output_topic, dlq_topic, slot: avro::EventSlot::default() }
     }
 
     /// Windows held across all partitions.
@@ -135,13 +137,9 @@ pub fn finding_event(signal: &Correlation, trigger: &Event, record: &Record, now
     }
 }
 
-impl Stage for CorrelateStage {
-    fn kind(&self) -> StageKind {
-        StageKind::Correlate
-    }
-
-    fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let Some((mut event, detections_at)) = super::decode_for_detection_or_dead_letter("correlate", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
+impl CorrelateStage {
+    fn process_in(&mut self, slot: &mut avro::EventSlot, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
+        let Some((event, detections_at)) = super::decode_for_detection_or_dead_letter("correlate", record, now_us, &self.dlq_topic, slot, out)? else { return Ok(()) };
         let state = self.state.get_mut(&record.topic, record.partition);
         let signals = if state.applied_offset.is_some_and(|applied| record.offset <= applied) {
             // Replay of a record this state already includes.
@@ -173,6 +171,20 @@ impl Stage for CorrelateStage {
             out.push(OutMessage { topic: self.output_topic.clone(), key: record.key.clone(), payload });
         }
         Ok(())
+    }
+}
+
+impl Stage for CorrelateStage {
+    fn kind(&self) -> StageKind {
+        StageKind::Correlate
+    }
+
+    fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
+        // Out of `self` for the record, so the event can be held while `self` is used.
+        let mut slot = std::mem::take(&mut self.slot);
+        let result = self.process_in(&mut slot, record, now_us, out);
+        self.slot = slot;
+        result
     }
 
     fn partition_assigned(&mut self, topic: &str, partition: i32) -> Result<(), StageError> {

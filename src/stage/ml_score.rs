@@ -114,12 +114,14 @@ pub struct MlScoreStage {
     state: PartitionedState<BaselineState>,
     output_topic: String,
     dlq_topic: String,
+    /// Where events are decoded, record after record.
+    slot: avro::EventSlot,
 }
 
 impl MlScoreStage {
     pub fn new(model: ModelHandle, exemplars: Arc<dyn ThreatIndex>, max_entities: usize, store: CheckpointStore, output_topic: String, dlq_topic: String) -> Self {
         let nearest = std::cell::RefCell::new(crate::ml::similarity::NearestCache::new(crate::ml::similarity::NearestCache::DEFAULT_CAPACITY));
-        Self { model, exemplars, nearest, max_entities, state: PartitionedState::new("ml-score", store), output_topic, dlq_topic }
+        Self { model, exemplars, nearest, max_entities, state: PartitionedState::new("ml-score", store), output_topic, dlq_topic, slot: avro::EventSlot::default() }
     }
 
     /// The score of `event` given its baseline deviations.
@@ -207,13 +209,9 @@ fn entity_of(event: &Event) -> String {
     format!("{}|{}", event.tenant, event.host.as_deref().unwrap_or("-"))
 }
 
-impl Stage for MlScoreStage {
-    fn kind(&self) -> StageKind {
-        StageKind::MlScore
-    }
-
-    fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let Some((mut event, detections_at)) = super::decode_for_detection_or_dead_letter("ml-score", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
+impl MlScoreStage {
+    fn process_in(&mut self, slot: &mut avro::EventSlot, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
+        let Some((event, detections_at)) = super::decode_for_detection_or_dead_letter("ml-score", record, now_us, &self.dlq_topic, slot, out)? else { return Ok(()) };
         let entity = entity_of(&event);
         let state = self.state.get_mut(&record.topic, record.partition);
         let replayed = state.applied_offset.is_some_and(|applied| record.offset <= applied);
@@ -246,6 +244,20 @@ impl Stage for MlScoreStage {
         let payload = avro::encode_event_detections(&record.payload, detections_at, &event).map_err(|e| StageError::Internal(e.to_string()))?;
         out.push(OutMessage { topic: self.output_topic.clone(), key: record.key.clone(), payload });
         Ok(())
+    }
+}
+
+impl Stage for MlScoreStage {
+    fn kind(&self) -> StageKind {
+        StageKind::MlScore
+    }
+
+    fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
+        // Out of `self` for the record, so the event can be held while `self` is used.
+        let mut slot = std::mem::take(&mut self.slot);
+        let result = self.process_in(&mut slot, record, now_us, out);
+        self.slot = slot;
+        result
     }
 
     fn partition_assigned(&mut self, topic: &str, partition: i32) -> Result<(), StageError> {

@@ -153,18 +153,22 @@ pub fn decode_or_dead_letter(
 
 /// An event a detection stage decoded (boxed: it is large, and moved on its way) and where
 /// its detection fields begin in the record.
-pub type DecodedForDetection = (Box<crate::event::Event>, Option<crate::event::avro::DetectionsAt>);
+/// A detection stage's decoded event (in its [`EventSlot`](crate::event::avro::EventSlot))
+/// and where its detection fields begin.
+pub type DecodedForDetection<'s> = (&'s mut crate::event::Event, Option<crate::event::avro::DetectionsAt>);
 
 /// [`decode_or_dead_letter`] for a stage that changes only the event's detection fields:
-/// also where they begin, for [`crate::event::avro::encode_event_detections`].
-pub fn decode_for_detection_or_dead_letter(
+/// also where they begin, for [`crate::event::avro::encode_event_detections`]. The event
+/// is decoded into the stage's `slot`, over the last record's.
+pub fn decode_for_detection_or_dead_letter<'s>(
     stage: &str,
     record: &Record,
     now_us: i64,
     dlq_topic: &str,
+    slot: &'s mut crate::event::avro::EventSlot,
     out: &mut Vec<OutMessage>,
-) -> Result<Option<DecodedForDetection>, StageError> {
-    match crate::event::avro::decode_event_for_detection(&record.payload) {
+) -> Result<Option<DecodedForDetection<'s>>, StageError> {
+    match slot.decode_for_detection(&record.payload) {
         Ok(decoded) => Ok(Some(decoded)),
         Err(e) => {
             dead_letter_bad_avro(stage, record, e, now_us, dlq_topic, out)?;

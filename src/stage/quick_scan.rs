@@ -15,11 +15,12 @@ pub struct QuickScanStage {
     detector: DetectorHandle,
     output_topic: String,
     dlq_topic: String,
+    slot: avro::EventSlot,
 }
 
 impl QuickScanStage {
     pub fn new(detector: DetectorHandle, output_topic: String, dlq_topic: String) -> Self {
-        Self { detector, output_topic, dlq_topic }
+        Self { detector, output_topic, dlq_topic, slot: avro::EventSlot::default() }
     }
 }
 
@@ -29,16 +30,16 @@ impl Stage for QuickScanStage {
     }
 
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let Some((mut event, detections_at)) = super::decode_for_detection_or_dead_letter("quick-scan", record, now_us, &self.dlq_topic, out)? else { return Ok(()) };
+        let Some((event, detections_at)) = super::decode_for_detection_or_dead_letter("quick-scan", record, now_us, &self.dlq_topic, &mut self.slot, out)? else { return Ok(()) };
         let detector = self.detector.current();
-        let found = detector.scan(&event);
+        let found = detector.scan(event);
         for m in &found {
             metrics::counter!(crate::telemetry::names::SCAN_MATCHES, "kind" => m.kind.clone()).increment(1);
         }
         // A replayed record may already carry our matches: replace, never duplicate.
         event.matches.retain(|m| !matches!(m.kind.as_str(), "sigma" | "ioc" | "pattern"));
         event.matches.extend(found);
-        let payload = avro::encode_event_detections(&record.payload, detections_at, &event).map_err(|e| StageError::Internal(e.to_string()))?;
+        let payload = avro::encode_event_detections(&record.payload, detections_at, event).map_err(|e| StageError::Internal(e.to_string()))?;
         out.push(OutMessage { topic: self.output_topic.clone(), key: record.key.clone(), payload });
         Ok(())
     }
