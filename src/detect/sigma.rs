@@ -55,6 +55,19 @@ pub struct SigmaRules {
     /// logsource and another for the gate. Bounded by [`MAX_CACHED_ROUTES`]; beyond it
     /// routes are worked out each time.
     route_cache: std::sync::RwLock<ahash::AHashMap<String, std::sync::Arc<Route>>>,
+    /// The routes of non-Windows events, whose logsource follows from their host product
+    /// and class alone: one slot per (correlate's or not, product, class), so such an event
+    /// finds its route by index, without working out its logsources (allocating) or
+    /// building a key (see [`SigmaRules::plain_route`]).
+    plain_routes: Box<[std::sync::OnceLock<std::sync::Arc<Route>>]>,
+}
+
+/// Slots of [`SigmaRules::plain_routes`]: for quick-scan and for correlate, per host
+/// product (none or one of [`HOST_PRODUCTS`]) and event class.
+const PLAIN_ROUTES: usize = 2 * (1 + HOST_PRODUCTS.len()) * EventClass::ALL.len();
+
+fn plain_routes() -> Box<[std::sync::OnceLock<std::sync::Arc<Route>>]> {
+    (0..PLAIN_ROUTES).map(|_| std::sync::OnceLock::new()).collect()
 }
 
 /// The partitions an event of some logsources meets, and the literal gate over them
@@ -137,7 +150,7 @@ pub fn parse_paths(paths: &[PathBuf]) -> ParsedRules {
 
 impl SigmaRules {
     pub fn empty() -> Self {
-        Self { partitions: Vec::new(), by_key: Default::default(), route_gates: Default::default(), all_gate: Default::default(), route_cache: Default::default() }
+        Self { partitions: Vec::new(), by_key: Default::default(), route_gates: Default::default(), all_gate: Default::default(), route_cache: Default::default(), plain_routes: plain_routes() }
     }
 
     /// Partitions the rules by logsource and compiles each partition; errors carry the index
@@ -164,7 +177,7 @@ impl SigmaRules {
             }
             partitions.push(engine);
         }
-        (Self { partitions, by_key, route_gates: Default::default(), all_gate: Default::default(), route_cache: Default::default() }, errors)
+        (Self { partitions, by_key, route_gates: Default::default(), all_gate: Default::default(), route_cache: Default::default(), plain_routes: plain_routes() }, errors)
     }
 
     /// The partitions whose rules an event of any of `sources` may meet, each once. Every
@@ -197,7 +210,7 @@ impl SigmaRules {
     /// logsources (lower-casing, allocating): ~3% of a scan.
     fn event_route(&self, event: &Event) -> std::sync::Arc<Route> {
         if !is_windows(event) {
-            return self.route(&logsources(event));
+            return self.plain_route(event, false);
         }
         let mut key = String::with_capacity(96);
         key.push('\u{3}');
@@ -334,9 +347,30 @@ impl SigmaRules {
     /// (`doc` is [`normalized_fields`] of `event`): rules of the event's logsources and of
     /// `product: threatpipe, category: <class>`.
     pub fn matching_ids_normalized(&self, event: &Event, doc: &SigmaDoc<'_>) -> Vec<String> {
-        let mut sources = logsources(event);
-        sources.push(LogSource { product: Some("threatpipe".into()), category: Some(event.class.as_str().into()), ..LogSource::default() });
-        self.evaluate_gated(&self.route(&sources), doc).into_iter().map(|m| m.rule_id).collect()
+        let route = if is_windows(event) {
+            self.route(&normalized_logsources(event, logsources(event)))
+        } else {
+            self.plain_route(event, true)
+        };
+        self.evaluate_gated(&route, doc).into_iter().map(|m| m.rule_id).collect()
+    }
+
+    /// The route of a non-Windows event ([`SigmaRules::event_route`]'s, or with
+    /// `normalized` [`SigmaRules::matching_ids_normalized`]'s), remembered per host product
+    /// and class, which are all its logsources follow from.
+    fn plain_route(&self, event: &Event, normalized: bool) -> std::sync::Arc<Route> {
+        let product = host_product(event);
+        let product_index = product.and_then(|p| HOST_PRODUCTS.iter().position(|known| *known == p)).map_or(0, |i| i + 1);
+        let class_index = EventClass::ALL.iter().position(|c| *c == event.class).unwrap_or(0);
+        let index = (usize::from(normalized) * (1 + HOST_PRODUCTS.len()) + product_index) * EventClass::ALL.len() + class_index;
+        let make = || {
+            let sources = plain_logsources(product, event.class);
+            self.route(&if normalized { normalized_logsources(event, sources) } else { sources })
+        };
+        match self.plain_routes.get(index) {
+            Some(slot) => slot.get_or_init(make).clone(),
+            None => make(),
+        }
     }
 
     /// The rules of `route` that pass the literal gate and match: the same as every routed
@@ -721,13 +755,15 @@ fn windows_service(channel: &str) -> String {
 
 /// The operating system a non-Windows-log event comes from, as Sigma names it, when the
 /// event shows it: an explicit `os` attribute, or the shape of its process and file paths.
-fn host_product(event: &Event) -> Option<String> {
+/// The host products [`host_product`] recognises.
+const HOST_PRODUCTS: [&str; 3] = ["windows", "linux", "macos"];
+
+fn host_product(event: &Event) -> Option<&'static str> {
     for key in ["host.os.type", "host.os.family", "os", "os.type", "platform"] {
         if let Some(os) = event.attrs.get(key) {
-            let os = os.to_ascii_lowercase();
-            for product in ["windows", "linux", "macos"] {
-                if os.contains(product) || (product == "macos" && (os.contains("darwin") || os.contains("mac"))) {
-                    return Some(product.into());
+            for product in HOST_PRODUCTS {
+                if contains_ignore_case(os, product) || (product == "macos" && (contains_ignore_case(os, "darwin") || contains_ignore_case(os, "mac"))) {
+                    return Some(product);
                 }
             }
         }
@@ -740,19 +776,51 @@ fn host_product(event: &Event) -> Option<String> {
         event.file.as_ref().and_then(|f| f.path.as_deref()),
     ];
     for path in paths.into_iter().flatten() {
-        let lower = path.to_ascii_lowercase();
-        let first = lower.split_whitespace().next().unwrap_or_default().trim_matches('"');
-        if first.ends_with(".exe") || first.contains('\\') || lower.get(1..3) == Some(":\\") {
-            return Some("windows".into());
+        let first = path.split_whitespace().next().unwrap_or_default().trim_matches('"');
+        if ends_with_ignore_case(first, ".exe") || first.contains('\\') || path.get(1..3) == Some(":\\") {
+            return Some("windows");
         }
-        if first.starts_with("/applications/") || first.starts_with("/system/") || first.starts_with("/library/") {
-            return Some("macos".into());
+        if ["/applications/", "/system/", "/library/"].iter().any(|prefix| starts_with_ignore_case(first, prefix)) {
+            return Some("macos");
         }
         if first.starts_with('/') {
-            return Some("linux".into());
+            return Some("linux");
         }
     }
     None
+}
+
+/// Whether `text` contains `lower` (lower-case ASCII) in any case.
+fn contains_ignore_case(text: &str, lower: &str) -> bool {
+    text.as_bytes().windows(lower.len()).any(|window| window.eq_ignore_ascii_case(lower.as_bytes()))
+}
+
+fn starts_with_ignore_case(text: &str, lower: &str) -> bool {
+    text.as_bytes().get(..lower.len()).is_some_and(|head| head.eq_ignore_ascii_case(lower.as_bytes()))
+}
+
+fn ends_with_ignore_case(text: &str, lower: &str) -> bool {
+    text.len() >= lower.len() && text.as_bytes()[text.len() - lower.len()..].eq_ignore_ascii_case(lower.as_bytes())
+}
+
+/// The logsource of a non-Windows event of host product `product` and class `class`.
+fn plain_logsources(product: Option<&str>, class: EventClass) -> Vec<LogSource> {
+    let category = match class {
+        EventClass::ProcessActivity => Some("process_creation"),
+        EventClass::NetworkActivity => Some("network_connection"),
+        EventClass::DnsActivity => Some("dns"),
+        EventClass::HttpActivity => Some("webserver"),
+        EventClass::FileActivity => Some("file_event"),
+        _ => None,
+    };
+    vec![LogSource { product: product.map(Into::into), category: category.map(Into::into), ..LogSource::default() }]
+}
+
+/// `sources` and the logsource correlate-side rules of the event's class are written
+/// under: `product: threatpipe, category: <class>`.
+fn normalized_logsources(event: &Event, mut sources: Vec<LogSource>) -> Vec<LogSource> {
+    sources.push(LogSource { product: Some("threatpipe".into()), category: Some(event.class.as_str().into()), ..LogSource::default() });
+    sources
 }
 
 /// The Sigma logsources of a normalized event: usually one; Sysmon registry and
@@ -790,16 +858,7 @@ pub fn logsources(event: &Event) -> Vec<LogSource> {
             .map(|c| LogSource { category: Some((*c).to_string()), ..ls.clone() })
             .collect();
     }
-    ls.product = host_product(event);
-    ls.category = match event.class {
-        EventClass::ProcessActivity => Some("process_creation".into()),
-        EventClass::NetworkActivity => Some("network_connection".into()),
-        EventClass::DnsActivity => Some("dns".into()),
-        EventClass::HttpActivity => Some("webserver".into()),
-        EventClass::FileActivity => Some("file_event".into()),
-        _ => None,
-    };
-    vec![ls]
+    plain_logsources(host_product(event), event.class)
 }
 
 /// Whether `event` is a Windows event, whose logsources come from its provider and channel.
@@ -989,6 +1048,62 @@ detection:
             event.attrs.insert(name.into(), value.into());
         }
         event
+    }
+
+    #[test]
+    fn a_non_windows_events_route_by_index_is_the_route_of_its_logsources() {
+        let rules_yaml = [
+            ("linux", "process_creation"),
+            ("macos", "process_creation"),
+            ("windows", "process_creation"),
+            ("", "webserver"),
+            ("", "dns"),
+            ("threatpipe", "authentication"),
+            ("threatpipe", "http_activity"),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, (product, category))| {
+            let product = if product.is_empty() { String::new() } else { format!("product: {product}, ") };
+            format!("title: r{i}\nid: 00000000-0000-0000-0000-0000000001{i:02}\nlogsource: {{{product}category: {category}}}\ndetection:\n  sel: {{CommandLine|contains: x}}\n  condition: sel\n")
+        })
+        .collect::<Vec<_>>()
+        .join("---\n");
+        let (rules, errors) = SigmaRules::from_yaml(&rules_yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let event = |class: EventClass, os: Option<&str>, path: Option<&str>| {
+            let mut event = Event { class, ..Event::default() };
+            if let Some(os) = os {
+                event.attrs.insert("os".into(), os.into());
+            }
+            event.process = path.map(|p| crate::event::Process { path: Some(p.into()), ..Default::default() });
+            event
+        };
+        let cases = [
+            (event(EventClass::ProcessActivity, Some("Ubuntu Linux 22.04"), None), Some("linux")),
+            (event(EventClass::ProcessActivity, Some("Darwin"), None), Some("macos")),
+            (event(EventClass::ProcessActivity, None, Some("C:\\Tools\\X.EXE")), Some("windows")),
+            (event(EventClass::ProcessActivity, None, Some("\"/Applications/Safari.app/x\" -a")), Some("macos")),
+            (event(EventClass::ProcessActivity, None, Some("/usr/bin/curl")), Some("linux")),
+            (event(EventClass::HttpActivity, None, None), None),
+            (event(EventClass::DnsActivity, Some("WINDOWS"), None), Some("windows")),
+            (event(EventClass::Authentication, None, None), None),
+            (event(EventClass::Other, None, Some("relative")), None),
+        ];
+        // Twice each: the second answer comes from the remembered slot.
+        for _ in 0..2 {
+            for (event, product) in &cases {
+                assert_eq!(host_product(event), *product, "{:?}", event.attrs);
+                let sources = logsources(event);
+                assert_eq!(rules.event_route(event).partitions, rules.route(&sources).partitions, "{:?} {product:?}", event.class);
+                let normalized = rules.plain_route(event, true);
+                assert_eq!(normalized.partitions, rules.route(&normalized_logsources(event, sources)).partitions, "{:?} {product:?}", event.class);
+            }
+        }
+        // The routes do differ, so the comparison above could fail.
+        let linux = rules.event_route(&cases[0].0).partitions.clone();
+        assert_ne!(linux, rules.event_route(&cases[1].0).partitions);
+        assert_ne!(rules.plain_route(&cases[7].0, true).partitions, rules.plain_route(&cases[5].0, true).partitions);
     }
 
     #[test]
