@@ -722,7 +722,7 @@ mod tests {
                 let reused = slot.decode_for_detection(&bytes).map(|(event, at)| (event.clone(), at)).map_err(|e| e.to_string());
                 let fresh = decode_event_for_detection(&bytes).map(|(event, at)| (*event, at)).map_err(|e| e.to_string());
                 proptest::prop_assert_eq!(reused, fresh);
-                let reused = summaries.decode(&bytes, |b| decode::<Summary>(SchemaKind::Event, b).map(|_| Event::default())).map(|event| Summary::of(event)).map_err(|e| e.to_string());
+                let reused = summaries.decode(&bytes, |b| decode::<Summary>(SchemaKind::Event, b).map(|_| Event::default())).map(Summary::of).map_err(|e| e.to_string());
                 if let Some(fresh) = decode_event_summary(&bytes) {
                     proptest::prop_assert_eq!(reused, fresh.map(|event| Summary::of(&event)).map_err(|e| e.to_string()));
                 }

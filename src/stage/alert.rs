@@ -392,7 +392,7 @@ impl Stage for AlertStage {
                 return Ok(());
             }
         };
-        let Some(candidate) = self.config.decide(&event) else { return Ok(()) };
+        let Some(candidate) = self.config.decide(event) else { return Ok(()) };
         let key = format!("{}|{}|{}", event.tenant, candidate.primary, event.partition_key);
         // Named after the event that opens it: stable if that event is replayed to open it.
         let new_id = crate::hex_id("alert-", xxhash_rust::xxh3::xxh3_128(format!("{key}|{}", event.id).as_bytes()));

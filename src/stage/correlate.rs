@@ -145,7 +145,7 @@ impl CorrelateStage {
             // Replay of a record this state already includes.
             state.recalled_signals(record.offset)
         } else {
-            let observed = self.rules.observe(state, &event, &self.limits);
+            let observed = self.rules.observe(state, event, &self.limits);
             if observed.late {
                 metrics::counter!(names::CORRELATION_LATE_EVENTS).increment(1);
             }
@@ -162,9 +162,9 @@ impl CorrelateStage {
         };
         self.enforce_key_budget(&record.topic, record.partition);
 
-        let findings: Vec<Event> = signals.iter().map(|s| finding_event(s, &event, record, now_us)).collect();
+        let findings: Vec<Event> = signals.iter().map(|s| finding_event(s, event, record, now_us)).collect();
         event.correlations = signals;
-        let payload = avro::encode_event_detections(&record.payload, detections_at, &event).map_err(|e| StageError::Internal(e.to_string()))?;
+        let payload = avro::encode_event_detections(&record.payload, detections_at, event).map_err(|e| StageError::Internal(e.to_string()))?;
         out.push(OutMessage { topic: self.output_topic.clone(), key: record.key.clone(), payload });
         for finding in findings {
             let payload = avro::encode_event(&finding).map_err(|e| StageError::Internal(e.to_string()))?;

@@ -214,25 +214,25 @@ fn entity_of(event: &Event) -> String {
 impl MlScoreStage {
     fn process_in(&mut self, slot: &mut avro::EventSlot, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
         let Some((event, detections_at)) = super::decode_for_detection_or_dead_letter("ml-score", record, now_us, &self.dlq_topic, slot, out)? else { return Ok(()) };
-        let entity = entity_of(&event);
+        let entity = entity_of(event);
         let state = self.state.get_mut(&record.topic, record.partition);
         let replayed = state.applied_offset.is_some_and(|applied| record.offset <= applied);
         let score = match (replayed, replayed.then(|| state.recalled_score(record.offset)).flatten()) {
             (true, Some(score)) => score,
             (true, None) => {
                 // Committed long ago and replayed anyway (a reset): judge without learning.
-                let deviations = state.deviations(&entity, &event);
-                self.score(&event, deviations)
+                let deviations = state.deviations(&entity, event);
+                self.score(event, deviations)
             }
             (false, _) => {
                 // Findings made by correlate describe other events; they teach no baseline.
                 let deviations = if event.class == crate::event::EventClass::Finding {
-                    state.deviations(&entity, &event)
+                    state.deviations(&entity, event)
                 } else {
-                    state.observe(&entity, &event)
+                    state.observe(&entity, event)
                 };
                 state.applied_offset = Some(record.offset);
-                let score = self.score(&event, deviations);
+                let score = self.score(event, deviations);
                 let state = self.state.get_mut(&record.topic, record.partition);
                 state.remember_score(record.offset, &score);
                 score
@@ -243,7 +243,7 @@ impl MlScoreStage {
         }
         self.risk.record(score.risk);
         event.score = Some(score);
-        let payload = avro::encode_event_detections(&record.payload, detections_at, &event).map_err(|e| StageError::Internal(e.to_string()))?;
+        let payload = avro::encode_event_detections(&record.payload, detections_at, event).map_err(|e| StageError::Internal(e.to_string()))?;
         out.push(OutMessage { topic: self.output_topic.clone(), key: record.key.clone(), payload });
         Ok(())
     }
