@@ -361,8 +361,7 @@ impl SigmaRules {
     fn plain_route(&self, event: &Event, normalized: bool) -> std::sync::Arc<Route> {
         let product = host_product(event);
         let product_index = product.and_then(|p| HOST_PRODUCTS.iter().position(|known| *known == p)).map_or(0, |i| i + 1);
-        let class_index = EventClass::ALL.iter().position(|c| *c == event.class).unwrap_or(0);
-        let index = (usize::from(normalized) * (1 + HOST_PRODUCTS.len()) + product_index) * EventClass::ALL.len() + class_index;
+        let index = (usize::from(normalized) * (1 + HOST_PRODUCTS.len()) + product_index) * EventClass::ALL.len() + event.class.index();
         let make = || {
             let sources = plain_logsources(product, event.class);
             self.route(&if normalized { normalized_logsources(event, sources) } else { sources })
@@ -753,11 +752,11 @@ fn windows_service(channel: &str) -> String {
     provider.strip_prefix("microsoft-windows-").unwrap_or(provider).to_string()
 }
 
-/// The operating system a non-Windows-log event comes from, as Sigma names it, when the
-/// event shows it: an explicit `os` attribute, or the shape of its process and file paths.
 /// The host products [`host_product`] recognises.
 const HOST_PRODUCTS: [&str; 3] = ["windows", "linux", "macos"];
 
+/// The operating system a non-Windows-log event comes from, as Sigma names it, when the
+/// event shows it: an explicit `os` attribute, or the shape of its process and file paths.
 fn host_product(event: &Event) -> Option<&'static str> {
     for key in ["host.os.type", "host.os.family", "os", "os.type", "platform"] {
         if let Some(os) = event.attrs.get(key) {

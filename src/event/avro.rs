@@ -274,21 +274,24 @@ const DETECTION_FIELDS_FROM: &str = "matches";
 
 /// Decodes an event for a stage that will change only its detection fields, with where
 /// they begin in `bytes` (see [`encode_event_detections`]; `None` for a frame of an older
-/// schema version).
+/// schema version). A stage decodes into its [`EventSlot`] instead.
 pub fn decode_event_for_detection(bytes: &[u8]) -> Result<(Box<Event>, Option<DetectionsAt>), AvroError> {
-    let id = frame_schema_id(bytes)?;
-    if let Some(decoded) = decode_event_fast(id, bytes) {
-        let (event, at) = decoded?;
-        return Ok((event, Some(DetectionsAt(FRAME_HEADER_BYTES + at))));
-    }
+    let mut slot = EventSlot::default();
+    let (_, at) = slot.decode_for_detection(bytes)?;
+    Ok((slot.event.unwrap_or_default(), at))
+}
+
+/// [`decode_event_for_detection`] for a frame of schema `id` the hand-written decoder does
+/// not read.
+fn decode_event_for_detection_generic(id: u32, bytes: &[u8]) -> Result<(Event, Option<DetectionsAt>), AvroError> {
     let (current_id, _) = current(SchemaKind::Event);
     let plan = REGISTRY.plans.get(&id).filter(|_| id == current_id);
-    let Some(plan) = plan else { return Ok((Box::new(decode_event(bytes)?), None)) };
+    let Some(plan) = plan else { return Ok((decode_event(bytes)?, None)) };
     let decode_err = |detail: String| AvroError::Decode { kind: SchemaKind::Event.as_str(), id, detail };
     let mut body = &bytes[FRAME_HEADER_BYTES..];
     let (event, offset) = super::avro_plan::decode_marking(plan, &mut body, DETECTION_FIELDS_FROM).map_err(|e| decode_err(e.to_string()))?;
     whole_datum_read(body).map_err(decode_err)?;
-    Ok((Box::new(event), offset.map(|o| DetectionsAt(FRAME_HEADER_BYTES + o))))
+    Ok((event, offset.map(|o| DetectionsAt(FRAME_HEADER_BYTES + o))))
 }
 
 /// Where an event frame's detection fields begin: the length of the frame before them.
@@ -314,8 +317,8 @@ impl EventSlot {
             let at = decoded?;
             return Ok((event, Some(DetectionsAt(FRAME_HEADER_BYTES + at))));
         }
-        let (decoded, at) = decode_event_for_detection(bytes)?;
-        **event = *decoded;
+        let (decoded, at) = decode_event_for_detection_generic(id, bytes)?;
+        **event = decoded;
         Ok((event, at))
     }
 }
@@ -332,11 +335,7 @@ impl SummarySlot {
     /// what `fallback` makes of the frame (an event whose other fields are at their defaults).
     pub fn decode(&mut self, bytes: &[u8], fallback: impl FnOnce(&[u8]) -> Result<Event, AvroError>) -> Result<&Event, AvroError> {
         let event = self.event.get_or_insert_with(Box::default);
-        let decoded = match frame_schema_id(bytes) {
-            Ok(id) => on_event_fast_path(id, bytes, |plan, input| super::avro_event::decode_summary_into(plan, input, event)),
-            Err(e) => Some(Err(e)),
-        };
-        match decoded {
+        match decode_event_summary_into(bytes, event) {
             Some(result) => result?,
             None => **event = fallback(bytes)?,
         }
@@ -385,11 +384,17 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, AvroError> {
 /// `None` when the frame is not of the schema it is written for (decode a narrow type
 /// through [`decode`] then).
 pub fn decode_event_summary(bytes: &[u8]) -> Option<Result<Box<Event>, AvroError>> {
+    let mut event = Box::<Event>::default();
+    decode_event_summary_into(bytes, &mut event).map(|decoded| decoded.map(|()| event))
+}
+
+/// [`decode_event_summary`] into `event` (see [`SummarySlot`]).
+fn decode_event_summary_into(bytes: &[u8], event: &mut Event) -> Option<Result<(), AvroError>> {
     let id = match frame_schema_id(bytes) {
         Ok(id) => id,
         Err(e) => return Some(Err(e)),
     };
-    on_event_fast_path(id, bytes, super::avro_event::decode_summary)
+    on_event_fast_path(id, bytes, |plan, input| super::avro_event::decode_summary_into(plan, input, event))
 }
 
 /// The hand-written decoder (`avro_event`) for a frame of the schema it is written for,

@@ -52,6 +52,11 @@ impl EventClass {
         Self::Other,
     ];
 
+    /// The class's position in [`EventClass::ALL`] (and among the schema's symbols).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Authentication => "authentication",
