@@ -250,7 +250,14 @@ fn main() {
 
     // Produce at the rate: every event its own source address, tenants round-robin.
     let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-        ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "1").create().unwrap();
+        ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("linger.ms", "1")
+            // One request out at a time, as `threatpipe load` and the stages: at a fixed rate
+            // a request per millisecond per partition backlogs Tansu.
+            .set("max.in.flight.requests.per.connection", threatpipe::bus::kafka::PRODUCER_MAX_IN_FLIGHT)
+            .create()
+            .unwrap();
     let cpu_before: Vec<u64> = instances.iter().map(|i| cpu_ticks(i.child.id())).collect();
     let started = Instant::now();
     let raw = topic("raw");

@@ -226,23 +226,37 @@ pub struct KafkaProducer {
     producer: FutureProducer,
 }
 
+/// Produce requests a producer keeps outstanding per broker connection (librdkafka's
+/// default is 1,000,000). With one, the batches grow while a request is out: a busy broker
+/// gets fewer, larger requests instead of a queue of small ones, and an idle one answers
+/// within the linger. On Tansu at 5,000 events/s the pass-through's p99 fell from 7.2 s
+/// (a backlog of requests) to 117 ms (load/README.md, session 17). Also keeps a partition's
+/// records in order when a request is retried.
+pub const PRODUCER_MAX_IN_FLIGHT: &str = "1";
+
+/// The producer's librdkafka settings: ours, then `[kafka.producer]`, which wins.
+fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = base_config(settings);
+    config
+        .set("acks", "all")
+        // Each hop waits up to this for its batch to fill. 2 ms against librdkafka's
+        // 5: at 5,000 events/s through six hops p99 fell from 62-64 to 45-56 ms with the
+        // same flat-out throughput (load/README.md, 2026-12-01); 1 ms flooded the broker
+        // with requests (p99 150-380 ms).
+        .set("linger.ms", "2")
+        .set("max.in.flight.requests.per.connection", PRODUCER_MAX_IN_FLIGHT)
+        .set("message.max.bytes", settings.max_message_bytes.to_string())
+        .set("queue.buffering.max.messages", "100000");
+    for (key, value) in &settings.producer_options {
+        config.set(key, value);
+    }
+    config
+}
+
 impl KafkaProducer {
     pub fn new(settings: &KafkaSettings) -> Result<Self, BusError> {
-        let mut config = base_config(settings);
-        config
-            .set("acks", "all")
-            // Each hop waits up to this for its batch to fill. 2 ms against librdkafka's
-            // 5: at 5,000 events/s through six hops p99 fell from 62-64 to 45-56 ms with the
-            // same flat-out throughput (load/README.md, 2026-12-01); 1 ms flooded the broker
-            // with requests (p99 150-380 ms).
-            .set("linger.ms", "2")
-            .set("message.max.bytes", settings.max_message_bytes.to_string())
-            .set("queue.buffering.max.messages", "100000");
-        for (key, value) in &settings.producer_options {
-            config.set(key, value);
-        }
         let producer =
-            config.create().map_err(|e| BusError::Setup(format!("producer: {e}")))?;
+            producer_config(settings).create().map_err(|e| BusError::Setup(format!("producer: {e}")))?;
         Ok(Self { producer })
     }
 
@@ -284,5 +298,33 @@ impl KafkaProducer {
             .await
             .map_err(|e| BusError::Produce { topic: "*".into(), detail: e.to_string() })?
             .map_err(|e| BusError::Produce { topic: "*".into(), detail: format!("flush: {e}") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(producer_options: &[(&str, &str)]) -> KafkaSettings {
+        KafkaSettings {
+            brokers: "127.0.0.1:9092".into(),
+            session_timeout: Duration::from_secs(10),
+            max_poll_interval: Duration::from_secs(30),
+            max_message_bytes: 1 << 20,
+            consumer_options: BTreeMap::new(),
+            producer_options: producer_options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn producers_keep_one_request_in_flight_unless_configured_otherwise() {
+        let config = producer_config(&settings(&[]));
+        assert_eq!(config.get("max.in.flight.requests.per.connection"), Some("1"));
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("linger.ms"), Some("2"));
+
+        let config = producer_config(&settings(&[("max.in.flight.requests.per.connection", "5"), ("linger.ms", "10")]));
+        assert_eq!(config.get("max.in.flight.requests.per.connection"), Some("5"));
+        assert_eq!(config.get("linger.ms"), Some("10"));
     }
 }
