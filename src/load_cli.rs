@@ -125,8 +125,8 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
         .set("linger.ms", if args.rate == 0 { "20" } else { "1" })
         .set("message.max.bytes", "10000000")
         // As the stages' producers: one request out at a time, so at a fixed rate the
-        // broker is not sent a request per millisecond per partition (on Tansu that alone
-        // backlogged the pass-through at 5,000 events/s).
+        // broker is not sent a request per millisecond per partition (on Tansu at 5,000
+        // events/s this producer's requests and the stages' backlogged the pass-through).
         .set("max.in.flight.requests.per.connection", crate::bus::kafka::PRODUCER_MAX_IN_FLIGHT)
         .create()
         .context("producer")?;

@@ -230,7 +230,7 @@ pub struct KafkaProducer {
 /// default is 1,000,000). With one, the batches grow while a request is out: a busy broker
 /// gets fewer, larger requests instead of a queue of small ones, and an idle one answers
 /// within the linger. On Tansu at 5,000 events/s the pass-through's p99 fell from 7.2 s
-/// (a backlog of requests) to 117 ms (load/README.md, session 17). Also keeps a partition's
+/// (a backlog of requests) to 116-158 ms (load/README.md, session 17). Also keeps a partition's
 /// records in order when a request is retried.
 pub const PRODUCER_MAX_IN_FLIGHT: &str = "1";
 
