@@ -151,8 +151,6 @@ pub fn decode_or_dead_letter(
     }
 }
 
-/// An event a detection stage decoded (boxed: it is large, and moved on its way) and where
-/// its detection fields begin in the record.
 /// A detection stage's decoded event (in its [`EventSlot`](crate::event::avro::EventSlot))
 /// and where its detection fields begin.
 pub type DecodedForDetection<'s> = (&'s mut crate::event::Event, Option<crate::event::avro::DetectionsAt>);
