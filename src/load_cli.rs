@@ -93,6 +93,37 @@ fn percentiles_ms(mut v: Vec<i64>) -> serde_json::Value {
     serde_json::json!({"p50": at(0.5), "p95": at(0.95), "p99": at(0.99), "max": at(1.0), "samples": v.len()})
 }
 
+/// Latency per second of arrival, from the first result: whether a run's tail comes from a
+/// few stalls (one or two seconds far above the rest) or from steady queueing. Each entry
+/// is `[second, results, p50 ms, p99 ms, max ms]`; `worst` names the second with the
+/// highest p99.
+fn latency_by_second(pairs: &[(i64, i64)]) -> serde_json::Value {
+    let Some(first) = pairs.iter().map(|(received, _)| *received).min() else {
+        return serde_json::Value::Null;
+    };
+    let mut seconds: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (received, latency) in pairs {
+        seconds.entry((received - first) / 1_000_000).or_default().push(*latency);
+    }
+    let ms = |us: i64| (us as f64 / 1000.0 * 10.0).round() / 10.0;
+    let mut rows = Vec::with_capacity(seconds.len());
+    let mut worst: Option<(i64, i64)> = None;
+    for (second, mut latencies) in seconds {
+        latencies.sort_unstable();
+        let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        let p99 = at(0.99);
+        if worst.is_none_or(|(_, w)| p99 > w) {
+            worst = Some((second, p99));
+        }
+        rows.push(serde_json::json!([second, latencies.len(), ms(at(0.5)), ms(p99), ms(at(1.0))]));
+    }
+    serde_json::json!({
+        "columns": ["second", "results", "p50_ms", "p99_ms", "max_ms"],
+        "rows": rows,
+        "worst": worst.map(|(second, p99)| serde_json::json!({"second": second, "p99_ms": ms(p99)})),
+    })
+}
+
 /// Sum over the given /metrics URLs of the series whose line starts with `prefix`.
 async fn sample(urls: &[String], prefix: &str) -> Option<f64> {
     if urls.is_empty() {
@@ -127,7 +158,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
         // As the stages' producers: one request out at a time, so at a fixed rate the
         // broker is not sent a request per millisecond per partition (on Tansu at 5,000
         // events/s this producer's requests and the stages' backlogged the pass-through).
-        .set("max.in.flight.requests.per.connection", crate::bus::kafka::PRODUCER_MAX_IN_FLIGHT)
+        .set("max.in.flight.requests.per.connection", crate::bus::kafka::LOAD_PRODUCER_MAX_IN_FLIGHT)
         .create()
         .context("producer")?;
     // The reader starts at the end of the measured topic, before anything is produced.
@@ -315,6 +346,22 @@ fn print_table(r: &serde_json::Value) {
     println!("{:<28} {} ({:.0}/s while arriving)", "results read", r["results"], r["results_per_second"].as_f64().unwrap_or(f64::NAN));
     let l = &r["latency_ms"];
     println!("{:<28} p50 {} ms, p95 {} ms, p99 {} ms, max {} ms", "end-to-end latency", f(&l["p50"]), f(&l["p95"]), f(&l["p99"]), f(&l["max"]));
+    if let Some(rows) = r["latency_by_second"]["rows"].as_array() {
+        // A tail made of a few bad seconds (stalls) reads differently from one spread evenly.
+        let p99s: Vec<f64> = rows.iter().filter_map(|row| row[3].as_f64()).collect();
+        let mut sorted = p99s.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+        let over = p99s.iter().filter(|p| **p > 2.0 * median).count();
+        let worst = &r["latency_by_second"]["worst"];
+        println!(
+            "{:<28} median of the per-second p99s {median:.1} ms; worst second {} (p99 {} ms); {over} of {} seconds over twice the median",
+            "latency per second",
+            worst["second"],
+            f(&worst["p99_ms"]),
+            p99s.len()
+        );
+    }
     if !r["recall"].is_null() {
         let rc = &r["recall"];
         println!("{:<28} {:.3} of attack events in alerts ({} of {}); scenarios detected {} of {}", "detection recall", rc["event_recall"].as_f64().unwrap_or(0.0), rc["attack_events_in_alerts"], rc["attack_events"], rc["scenarios_detected"], rc["scenarios_total"]);
@@ -414,6 +461,8 @@ fn summarize(
     lag_samples: &[f64],
 ) -> serde_json::Value {
     let mut latencies = Vec::new();
+    // (arrival, latency) of each result, for the timeline.
+    let mut timed: Vec<(i64, i64)> = Vec::new();
     let mut scenarios_detected: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut first, mut last) = (i64::MAX, i64::MIN);
     if args.passthrough {
@@ -422,6 +471,7 @@ fn summarize(
             if let Some(send) = sent_by_hash.get(hash) {
                 if seen.insert(*hash) {
                     latencies.push(received - send);
+                    timed.push((*received, received - send));
                     first = first.min(*received);
                     last = last.max(*received);
                 }
@@ -430,7 +480,8 @@ fn summarize(
     } else {
         let (alert_latencies, sightings) = first_sightings(arrivals, sent);
         latencies = alert_latencies;
-        for (received, scenario) in sightings {
+        for (index, (received, scenario)) in sightings.into_iter().enumerate() {
+            timed.push((received, latencies[index]));
             first = first.min(received);
             last = last.max(received);
             if let Some(s) = scenario {
@@ -450,6 +501,7 @@ fn summarize(
         "results": arrived,
         "results_per_second": arrived as f64 / span,
         "latency_ms": percentiles_ms(latencies),
+        "latency_by_second": latency_by_second(&timed),
         "recall": if args.passthrough { serde_json::Value::Null } else { serde_json::json!({
             "attack_events": attack_events,
             "attack_events_in_alerts": detected_attack_events,
@@ -461,4 +513,22 @@ fn summarize(
         "lag_max": lag_samples.iter().cloned().fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))),
         "lag_end": lag_samples.last(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::latency_by_second;
+
+    #[test]
+    fn latency_by_second_buckets_by_arrival_and_names_the_worst_second() {
+        // Second 0: 3 ms and 5 ms; second 1: a 900 ms stall; second 2: 4 ms.
+        let pairs = [(10_000_000, 3_000), (10_500_000, 5_000), (11_200_000, 900_000), (12_000_001, 4_000)];
+        let timeline = latency_by_second(&pairs);
+        let rows = timeline["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0], serde_json::json!([0, 2, 5.0, 5.0, 5.0]));
+        assert_eq!(rows[1], serde_json::json!([1, 1, 900.0, 900.0, 900.0]));
+        assert_eq!(timeline["worst"], serde_json::json!({"second": 1, "p99_ms": 900.0}));
+        assert!(latency_by_second(&[]).is_null());
+    }
 }

@@ -90,7 +90,7 @@ fn an_embedded_run_exports_what_the_dashboard_shows_of_it() {
         .unwrap();
     // Kafka-only (lag, hop age), role-only (sink, connectors) and error counters appear
     // only where they happen; the rest must be in an embedded run's scrape.
-    let elsewhere = ["threatpipe_stage_lag", "threatpipe_stage_input_age_seconds", "threatpipe_sink_", "threatpipe_connector_", "threatpipe_state_checkpoint_failures_total", "threatpipe_similarity_errors_total", "threatpipe_feed_skipped_total"];
+    let elsewhere = ["threatpipe_stage_lag", "threatpipe_stage_input_age_seconds", "threatpipe_kafka_", "threatpipe_sink_", "threatpipe_connector_", "threatpipe_state_checkpoint_failures_total", "threatpipe_similarity_errors_total", "threatpipe_feed_skipped_total"];
     let wanted: Vec<String> = queried().into_iter().filter(|q| !elsewhere.iter().any(|e| q.starts_with(e))).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut missing = wanted.clone();

@@ -81,4 +81,27 @@ fn load_reports_alerts_feed_and_recall_measured_from_the_far_end() {
     assert!(attacks > 0 && in_alerts > 0 && in_alerts <= attacks, "recall {in_alerts} of {attacks}: {report}");
     assert!(recall["scenarios_detected"].as_u64().unwrap() >= 1);
     assert!(in_alerts <= named);
+    // The per-second timeline accounts for every result.
+    let rows = report["latency_by_second"]["rows"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|row| row[1].as_u64().unwrap()).sum::<u64>(), named, "{report}");
+    let worst = report["latency_by_second"]["worst"]["p99_ms"].as_f64().unwrap();
+    assert!(worst > 0.0 && worst <= latency["max"].as_f64().unwrap() + 0.1, "worst second's p99 {worst} against {latency}");
+
+    // librdkafka's statistics (every 5 s) became the Kafka latency gauges: the producer's
+    // queue and round trip, and each stage's fetch round trip.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let wanted = ["threatpipe_kafka_producer_queue_seconds{client=\"producer\",quantile=\"0.99\"}", "threatpipe_kafka_broker_rtt_seconds{client=\"producer\",quantile=\"0.5\"}"];
+    let mut scrape = String::new();
+    while std::time::Instant::now() < deadline {
+        scrape = support::http_get(port, "/metrics").map(|(_, body)| body).unwrap_or_default();
+        if wanted.iter().all(|w| scrape.contains(w)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for w in wanted {
+        let value: f64 = scrape.lines().find_map(|l| l.strip_prefix(w)).and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("{w} not in /metrics:\n{scrape}"));
+        assert!(value > 0.0 && value < 10.0, "{w} = {value}");
+    }
+    assert!(scrape.contains("threatpipe_kafka_broker_rtt_seconds{client=\""), "{scrape}");
 }

@@ -255,7 +255,7 @@ fn main() {
             .set("linger.ms", "1")
             // One request out at a time, as `threatpipe load` and the stages: at a fixed rate
             // a request per millisecond per partition backlogs Tansu.
-            .set("max.in.flight.requests.per.connection", threatpipe::bus::kafka::PRODUCER_MAX_IN_FLIGHT)
+            .set("max.in.flight.requests.per.connection", threatpipe::bus::kafka::LOAD_PRODUCER_MAX_IN_FLIGHT)
             .create()
             .unwrap();
     let cpu_before: Vec<u64> = instances.iter().map(|i| cpu_ticks(i.child.id())).collect();

@@ -87,8 +87,42 @@ pub struct RebalanceContext {
     lag: std::sync::atomic::AtomicI64,
 }
 
+/// Records librdkafka's request latencies (µs windows over the last statistics interval)
+/// as gauges: the producer's queueing before a request goes out and the round trip of
+/// requests to each broker, so a slow hop can be put down to the client or the broker.
+fn record_broker_latencies(client: &str, statistics: &rdkafka::Statistics) {
+    use crate::telemetry::names;
+    let seconds = |us: i64| us as f64 / 1e6;
+    // Bootstrap and coordinator entries (nodeid -1, or no traffic) have empty windows.
+    let windows = |pick: fn(&rdkafka::statistics::Broker) -> Option<&rdkafka::statistics::Window>| {
+        statistics.brokers.values().filter(|b| b.nodeid >= 0).filter_map(pick).filter(|w| w.cnt > 0).fold(None, |worst: Option<(i64, i64)>, w| {
+            Some(worst.map_or((w.p50, w.p99), |(p50, p99)| (p50.max(w.p50), p99.max(w.p99))))
+        })
+    };
+    if let Some((p50, p99)) = windows(|b| b.rtt.as_ref()) {
+        metrics::gauge!(names::KAFKA_BROKER_RTT, "client" => client.to_string(), "quantile" => "0.5").set(seconds(p50));
+        metrics::gauge!(names::KAFKA_BROKER_RTT, "client" => client.to_string(), "quantile" => "0.99").set(seconds(p99));
+    }
+    if statistics.client_type == "producer" {
+        if let Some((p50, p99)) = windows(|b| b.int_latency.as_ref()) {
+            metrics::gauge!(names::KAFKA_PRODUCER_QUEUE, "client" => client.to_string(), "quantile" => "0.5").set(seconds(p50));
+            metrics::gauge!(names::KAFKA_PRODUCER_QUEUE, "client" => client.to_string(), "quantile" => "0.99").set(seconds(p99));
+        }
+    }
+}
+
+/// The producer's context: its statistics become latency gauges (`client="producer"`).
+pub struct ProducerStats;
+
+impl ClientContext for ProducerStats {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        record_broker_latencies("producer", &statistics);
+    }
+}
+
 impl ClientContext for RebalanceContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
+        record_broker_latencies(&self.group, &statistics);
         let lag: i64 = statistics
             .topics
             .values()
@@ -223,16 +257,33 @@ impl KafkaConsumer {
 
 #[derive(Clone)]
 pub struct KafkaProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerStats>,
 }
 
-/// Produce requests a producer keeps outstanding per broker connection (librdkafka's
-/// default is 1,000,000). With one, the batches grow while a request is out: a busy broker
-/// gets fewer, larger requests instead of a queue of small ones, and an idle one answers
-/// within the linger. On Tansu at 5,000 events/s the pass-through's p99 fell from 7.2 s
-/// (a backlog of requests) to 116-158 ms (load/README.md, session 17). Also keeps a partition's
-/// records in order when a request is retried.
-pub const PRODUCER_MAX_IN_FLIGHT: &str = "1";
+/// Produce requests the stages' producer keeps outstanding per broker connection (the
+/// Java client's default; librdkafka's is 1,000,000).
+///
+/// - librdkafka sends one produce request per partition, and the stages of an instance
+///   share one producer writing ~20 partitions (five topics of four). With one request in
+///   flight, those partitions' batches went out one after another: at 2,000 events/s a
+///   record waited 13 ms (p50) to 100-134 ms (p99) in the producer for a 1.5 ms round trip
+///   (`threatpipe_kafka_producer_queue_seconds`).
+/// - Unbounded, every partition's batch went out when its own linger ran out: a stream of
+///   one- and two-record requests, and Tansu's cost is per request (at 5,000 events/s the
+///   pass-through backlogged to a 7.2 s p99; load/README.md, session 17).
+/// - Five: at 5,000 events/s the queue's p99 fell from 17.9 to 9.5 ms and the pipeline's
+///   end-to-end p99 from 66-124 ms (median 81) to 56-109 ms (median 64), for ~10% more
+///   instance CPU and Tansu's unchanged (load/README.md, session 18).
+///
+/// A request retried while another is out can land after it (as with the Java client
+/// without idempotence); delivery stays at least once, and the stages do not depend on
+/// the order of records within a partition beyond their allowed lateness.
+pub const PRODUCER_MAX_IN_FLIGHT: &str = "5";
+
+/// The same for `threatpipe load`'s and the feed bench's producers, which stand for the
+/// applications: one topic of four partitions, where one request in flight keeps the first
+/// hop at ~3 ms (p50) and lets batches grow under load.
+pub const LOAD_PRODUCER_MAX_IN_FLIGHT: &str = "1";
 
 /// The producer's librdkafka settings: ours, then `[kafka.producer]`, which wins.
 fn producer_config(settings: &KafkaSettings) -> ClientConfig {
@@ -246,7 +297,9 @@ fn producer_config(settings: &KafkaSettings) -> ClientConfig {
         .set("linger.ms", "2")
         .set("max.in.flight.requests.per.connection", PRODUCER_MAX_IN_FLIGHT)
         .set("message.max.bytes", settings.max_message_bytes.to_string())
-        .set("queue.buffering.max.messages", "100000");
+        .set("queue.buffering.max.messages", "100000")
+        // For the latency gauges (`record_broker_latencies`); parsed once per interval.
+        .set("statistics.interval.ms", "5000");
     for (key, value) in &settings.producer_options {
         config.set(key, value);
     }
@@ -256,7 +309,7 @@ fn producer_config(settings: &KafkaSettings) -> ClientConfig {
 impl KafkaProducer {
     pub fn new(settings: &KafkaSettings) -> Result<Self, BusError> {
         let producer =
-            producer_config(settings).create().map_err(|e| BusError::Setup(format!("producer: {e}")))?;
+            producer_config(settings).create_with_context(ProducerStats).map_err(|e| BusError::Setup(format!("producer: {e}")))?;
         Ok(Self { producer })
     }
 
@@ -317,14 +370,14 @@ mod tests {
     }
 
     #[test]
-    fn producers_keep_one_request_in_flight_unless_configured_otherwise() {
+    fn producers_keep_five_requests_in_flight_unless_configured_otherwise() {
         let config = producer_config(&settings(&[]));
-        assert_eq!(config.get("max.in.flight.requests.per.connection"), Some("1"));
+        assert_eq!(config.get("max.in.flight.requests.per.connection"), Some("5"));
         assert_eq!(config.get("acks"), Some("all"));
         assert_eq!(config.get("linger.ms"), Some("2"));
 
-        let config = producer_config(&settings(&[("max.in.flight.requests.per.connection", "5"), ("linger.ms", "10")]));
-        assert_eq!(config.get("max.in.flight.requests.per.connection"), Some("5"));
+        let config = producer_config(&settings(&[("max.in.flight.requests.per.connection", "1"), ("linger.ms", "10")]));
+        assert_eq!(config.get("max.in.flight.requests.per.connection"), Some("1"));
         assert_eq!(config.get("linger.ms"), Some("10"));
     }
 }

@@ -10,6 +10,13 @@ pub const STAGE_UP: &str = "threatpipe_stage_up";
 pub const STAGE_LAG: &str = "threatpipe_stage_lag";
 /// Seconds between a record being produced to a stage's input and the stage taking it.
 pub const STAGE_INPUT_AGE: &str = "threatpipe_stage_input_age_seconds";
+/// Where a hop's time goes on the Kafka side, from librdkafka's statistics (every 5 s, over
+/// the last 5 s; label `quantile` 0.5 or 0.99, and `client`: `producer` or the consumer
+/// group). Queue: a record's wait in the producer before its request is sent (linger and
+/// the request in flight ahead of it). Round trip: request to response at the broker
+/// (for a consumer's fetch, including the broker's wait for records).
+pub const KAFKA_PRODUCER_QUEUE: &str = "threatpipe_kafka_producer_queue_seconds";
+pub const KAFKA_BROKER_RTT: &str = "threatpipe_kafka_broker_rtt_seconds";
 /// Alerts emitted (new alerts and count updates), by severity.
 pub const ALERTS_RAISED: &str = "threatpipe_alerts_raised_total";
 /// Seconds from an event's normalization to the alert it raised.
@@ -60,6 +67,8 @@ pub const ALL: &[&str] = &[
     STAGE_UP,
     STAGE_LAG,
     STAGE_INPUT_AGE,
+    KAFKA_PRODUCER_QUEUE,
+    KAFKA_BROKER_RTT,
     ALERTS_RAISED,
     ALERT_LATENCY,
     GENERATOR_EVENTS,
