@@ -155,9 +155,9 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
         .set("bootstrap.servers", &args.brokers)
         .set("linger.ms", if args.rate == 0 { "20" } else { "1" })
         .set("message.max.bytes", "10000000")
-        // As the stages' producers: one request out at a time, so at a fixed rate the
-        // broker is not sent a request per millisecond per partition (on Tansu at 5,000
-        // events/s this producer's requests and the stages' backlogged the pass-through).
+        // One request out at a time (`LOAD_PRODUCER_MAX_IN_FLIGHT`), so at a fixed rate
+        // the broker is not sent a request per millisecond per partition (on Tansu at 5,000
+        // events/s, unbounded, this producer's requests backlogged the pass-through).
         .set("max.in.flight.requests.per.connection", crate::bus::kafka::LOAD_PRODUCER_MAX_IN_FLIGHT)
         .create()
         .context("producer")?;
@@ -353,9 +353,12 @@ fn print_table(r: &serde_json::Value) {
         sorted.sort_by(f64::total_cmp);
         let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
         let over = p99s.iter().filter(|p| **p > 2.0 * median).count();
+        // Seconds between the first result and the last in which none arrived: a stall.
+        let span = rows.last().and_then(|row| row[0].as_u64()).map_or(0, |last| last + 1);
+        let silent = span.saturating_sub(rows.len() as u64);
         let worst = &r["latency_by_second"]["worst"];
         println!(
-            "{:<28} median of the per-second p99s {median:.1} ms; worst second {} (p99 {} ms); {over} of {} seconds over twice the median",
+            "{:<28} median of the per-second p99s {median:.1} ms; worst second {} (p99 {} ms); {over} of {} seconds over twice the median; {silent} without a result",
             "latency per second",
             worst["second"],
             f(&worst["p99_ms"]),

@@ -253,8 +253,8 @@ fn main() {
         ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("linger.ms", "1")
-            // One request out at a time, as `threatpipe load` and the stages: at a fixed rate
-            // a request per millisecond per partition backlogs Tansu.
+            // One request out at a time, as `threatpipe load` (an application writing one
+            // topic): at a fixed rate a request per millisecond per partition backlogs Tansu.
             .set("max.in.flight.requests.per.connection", threatpipe::bus::kafka::LOAD_PRODUCER_MAX_IN_FLIGHT)
             .create()
             .unwrap();
