@@ -76,3 +76,20 @@ fn concurrent_producers_to_one_partition_lose_nothing_for_a_consumer_reading_beh
     assert_eq!(keys.len(), total, "every produced key read");
     assert_eq!(offsets.first(), Some(&0));
 }
+
+/// A pipeline pointed at a broker that is not there says so and exits, instead of waiting
+/// silently (librdkafka's admin request would wait 60 s and log nothing).
+#[test]
+fn run_against_an_unreachable_broker_fails_with_a_clear_error() {
+    // Nothing listens on port 9 (discard) on these machines.
+    let started = Instant::now();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_threatpipe"))
+        .args(["run", "--config", "pipelines/kafka.toml", "--brokers", "127.0.0.1:9", "--no-http", "--quiet"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(45), "took {:?}", started.elapsed());
+    assert!(stderr.contains("on 127.0.0.1:9") && stderr.contains("is the broker up?"), "{stderr}");
+}

@@ -28,6 +28,9 @@ use tracing::{info, warn};
 
 use super::{AckFuture, BusError, CommitMode, CommitOffsets, OffsetTracker, OutMessage, Record};
 
+/// How long creating the topics at start may wait for the broker.
+const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How long to wait before retrying when librdkafka's local produce queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
@@ -62,11 +65,17 @@ pub async fn ensure_topics(
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics(&new_topics, &options)
-        .await
-        .map_err(|e| BusError::Admin(format!("create topics {topics:?}: {e}")))?;
+    // The request timeout bounds the wait for an unreachable broker (librdkafka's default
+    // is 60 s, with nothing logged meanwhile).
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(ADMIN_REQUEST_TIMEOUT));
+    let results = admin.create_topics(&new_topics, &options).await.map_err(|e| {
+        BusError::Admin(format!(
+            "create topics {topics:?} on {}: {e} (is the broker up? `scripts/services.sh` starts one on 127.0.0.1:9092)",
+            settings.brokers
+        ))
+    })?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
