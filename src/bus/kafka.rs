@@ -281,10 +281,10 @@ pub struct KafkaProducer {
 ///   one- and two-record requests, and Tansu's cost is per request (at 5,000 events/s the
 ///   pass-through backlogged to a 7.2 s p99; load/README.md, session 17).
 /// - Five: at 5,000 events/s the queue's p99 fell from 17.9 to 9.5 ms and the pipeline's
-///   end-to-end p99 from 66-124 ms (median 81) to 56-109 ms (median 64), for ~10% more
-///   instance CPU and Tansu's unchanged. Flat out, smaller requests: the pipeline ~4-5%
-///   slower, Tansu ~18% more CPU (load/README.md, session 18). Where throughput matters
-///   more than latency, `[kafka.producer]` can set one.
+///   end-to-end p99 from 66-124 ms (median 74) to 56-109 ms (median 62), ten runs each,
+///   for ~10% more instance CPU and Tansu's unchanged. Flat out, smaller requests: the
+///   pipeline ~4-5% slower, Tansu ~18% more CPU (load/README.md, session 18). Where
+///   throughput matters more than latency, `[kafka.producer]` can set one.
 ///
 /// A request retried while another is out can land after it (as with the Java client
 /// without idempotence); delivery stays at least once, and the stages do not depend on
