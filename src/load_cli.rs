@@ -84,12 +84,17 @@ fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
+/// The nearest-rank `p` quantile of a sorted, non-empty slice.
+fn nearest_rank(sorted: &[i64], p: f64) -> i64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
 fn percentiles_ms(mut v: Vec<i64>) -> serde_json::Value {
     if v.is_empty() {
         return serde_json::Value::Null;
     }
     v.sort_unstable();
-    let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
+    let at = |p: f64| nearest_rank(&v, p) as f64 / 1000.0;
     serde_json::json!({"p50": at(0.5), "p95": at(0.95), "p99": at(0.99), "max": at(1.0), "samples": v.len()})
 }
 
@@ -110,7 +115,7 @@ fn latency_by_second(pairs: &[(i64, i64)]) -> serde_json::Value {
     let mut worst: Option<(i64, i64)> = None;
     for (second, mut latencies) in seconds {
         latencies.sort_unstable();
-        let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        let at = |p: f64| nearest_rank(&latencies, p);
         let p99 = at(0.99);
         if worst.is_none_or(|(_, w)| p99 > w) {
             worst = Some((second, p99));
@@ -463,8 +468,7 @@ fn summarize(
     hashes: &[(i64, u64)],
     lag_samples: &[f64],
 ) -> serde_json::Value {
-    let mut latencies = Vec::new();
-    // (arrival, latency) of each result, for the timeline.
+    // (arrival, latency) of each result.
     let mut timed: Vec<(i64, i64)> = Vec::new();
     let mut scenarios_detected: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut first, mut last) = (i64::MAX, i64::MIN);
@@ -473,7 +477,6 @@ fn summarize(
         for (received, hash) in hashes {
             if let Some(send) = sent_by_hash.get(hash) {
                 if seen.insert(*hash) {
-                    latencies.push(received - send);
                     timed.push((*received, received - send));
                     first = first.min(*received);
                     last = last.max(*received);
@@ -481,10 +484,9 @@ fn summarize(
             }
         }
     } else {
-        let (alert_latencies, sightings) = first_sightings(arrivals, sent);
-        latencies = alert_latencies;
-        for (index, (received, scenario)) in sightings.into_iter().enumerate() {
-            timed.push((received, latencies[index]));
+        let (latencies, sightings) = first_sightings(arrivals, sent);
+        for ((received, scenario), latency) in sightings.into_iter().zip(latencies) {
+            timed.push((received, latency));
             first = first.min(received);
             last = last.max(received);
             if let Some(s) = scenario {
@@ -492,6 +494,7 @@ fn summarize(
             }
         }
     }
+    let latencies: Vec<i64> = timed.iter().map(|(_, latency)| *latency).collect();
     let arrived = latencies.len();
     let span = if last > first { (last - first) as f64 / 1e6 } else { f64::NAN };
     let attack_events: u64 = attacks_per_scenario.values().sum();

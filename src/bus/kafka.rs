@@ -108,14 +108,17 @@ fn record_broker_latencies(client: &str, statistics: &rdkafka::Statistics) {
             Some(worst.map_or((w.p50, w.p99), |(p50, p99)| (p50.max(w.p50), p99.max(w.p99))))
         })
     };
-    if let Some((p50, p99)) = windows(|b| b.rtt.as_ref()) {
-        metrics::gauge!(names::KAFKA_BROKER_RTT, "client" => client.to_string(), "quantile" => "0.5").set(seconds(p50));
-        metrics::gauge!(names::KAFKA_BROKER_RTT, "client" => client.to_string(), "quantile" => "0.99").set(seconds(p99));
+    let set = |name: &'static str, (p50, p99): (i64, i64)| {
+        for (quantile, us) in [("0.5", p50), ("0.99", p99)] {
+            metrics::gauge!(name, "client" => client.to_string(), "quantile" => quantile).set(seconds(us));
+        }
+    };
+    if let Some(rtt) = windows(|b| b.rtt.as_ref()) {
+        set(names::KAFKA_BROKER_RTT, rtt);
     }
     if statistics.client_type == "producer" {
-        if let Some((p50, p99)) = windows(|b| b.int_latency.as_ref()) {
-            metrics::gauge!(names::KAFKA_PRODUCER_QUEUE, "client" => client.to_string(), "quantile" => "0.5").set(seconds(p50));
-            metrics::gauge!(names::KAFKA_PRODUCER_QUEUE, "client" => client.to_string(), "quantile" => "0.99").set(seconds(p99));
+        if let Some(queue) = windows(|b| b.int_latency.as_ref()) {
+            set(names::KAFKA_PRODUCER_QUEUE, queue);
         }
     }
 }
