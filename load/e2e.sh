@@ -17,7 +17,7 @@
 # host, so startup weighs on the ratio; 300,000 or more gives steadier figures).
 # E2E_PARTITIONS sets the partitions of every topic (4). librdkafka sends one produce
 # request per partition and Tansu's cost is per request, so on Tansu fewer partitions mean
-# fewer, larger requests: with 1 (one instance reads each topic here) the broker used ~1.8x
+# fewer, larger requests: with 1 (one instance reads each topic here) the broker used 1.75x
 # less CPU at 5,000 events/s and the p99 fell by about a third (load/README.md, session 19).
 # Results: the tables, and JSON in /tmp/threatpipe-e2e-*.json.
 set -euo pipefail
@@ -35,6 +35,7 @@ else
 fi
 PORT="${THREATPIPE_LOAD_PORT:-8093}"
 COUNT=$(( RATE > 0 ? RATE * SECONDS_ : ${E2E_EVENTS:-100000} ))
+[[ "${E2E_PARTITIONS:-4}" =~ ^[1-9][0-9]*$ ]] || { echo "E2E_PARTITIONS must be a positive integer, not '${E2E_PARTITIONS}'" >&2; exit 2; }
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 

@@ -103,7 +103,10 @@ fn main() {
     let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let fanout_only = std::env::var("FEED_MODE").is_ok_and(|m| m == "fanout");
-    let partitions: i32 = std::env::var("FEED_PARTITIONS").ok().and_then(|p| p.parse().ok()).filter(|p| *p > 0).unwrap_or(4);
+    let partitions: i32 = match std::env::var("FEED_PARTITIONS") {
+        Ok(p) => p.parse().ok().filter(|p| *p > 0).unwrap_or_else(|| panic!("FEED_PARTITIONS must be a positive integer, not {p:?}")),
+        Err(_) => 4,
+    };
     let run = format!("feedload{}", std::process::id());
     let topic = |name: &str| format!("{run}.{name}");
 
