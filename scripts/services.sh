@@ -116,8 +116,11 @@ start_tansu() {
     build_tansu
     tansu="$TANSU_HOME/bin/tansu"
   fi
-  log "starting Tansu ($tansu) on 127.0.0.1:9092, memory storage"
-  nohup "$tansu" broker \
+  log "starting Tansu ($tansu) on 127.0.0.1:9092, memory storage (log: $STATE/tansu.log)"
+  # Its group coordinator logs at info: a line per member joining and, for a member dropped
+  # for a missed heartbeat, how long it had been silent (~70 lines for a whole test run);
+  # what diagnoses a rebalance (README, known issues). TANSU_LOG overrides the filter.
+  RUST_LOG="${TANSU_LOG:-warn,tansu_broker::coordinator::group=info}" nohup "$tansu" broker \
     --listener-url tcp://127.0.0.1:9092 \
     --advertised-listener-url tcp://127.0.0.1:9092 \
     --storage-engine memory://tansu/ >"$STATE/tansu.log" 2>&1 &
