@@ -35,7 +35,8 @@ else
 fi
 PORT="${THREATPIPE_LOAD_PORT:-8093}"
 COUNT=$(( RATE > 0 ? RATE * SECONDS_ : ${E2E_EVENTS:-100000} ))
-[[ "${E2E_PARTITIONS:-4}" =~ ^[1-9][0-9]*$ ]] || { echo "E2E_PARTITIONS must be a positive integer, not '${E2E_PARTITIONS}'" >&2; exit 2; }
+PARTITIONS="${E2E_PARTITIONS:-4}"
+[[ "$PARTITIONS" =~ ^[1-9][0-9]*$ ]] || { echo "E2E_PARTITIONS must be a positive integer, not '$PARTITIONS'" >&2; exit 2; }
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
@@ -43,7 +44,7 @@ lane() { # name passthrough(true|false)
   local name=$1 pass=$2 S="e2e$(date +%s%N | cut -c1-13)-$1"
   env THREATPIPE_TOPICS__RAW="$S.raw" THREATPIPE_TOPICS__NORMALIZED="$S.n" THREATPIPE_TOPICS__SCANNED="$S.s" \
       THREATPIPE_TOPICS__CORRELATED="$S.c" THREATPIPE_TOPICS__SCORED="$S.sc" THREATPIPE_TOPICS__ALERTS="$S.a" \
-      THREATPIPE_TOPICS__ALERTS_JSON="$S.aj" THREATPIPE_TOPICS__DLQ="$S.dlq" THREATPIPE_TOPICS__PARTITIONS="${E2E_PARTITIONS:-4}" \
+      THREATPIPE_TOPICS__ALERTS_JSON="$S.aj" THREATPIPE_TOPICS__DLQ="$S.dlq" THREATPIPE_TOPICS__PARTITIONS="$PARTITIONS" \
       THREATPIPE_KAFKA__GROUP_PREFIX="$S" ${FETCH_WAIT_MS:+THREATPIPE_KAFKA__CONSUMER__FETCH_WAIT_MAX_MS=$FETCH_WAIT_MS} \
       THREATPIPE_FEED__TOKENS__e2e-load-token='*' \
       THREATPIPE_CORRELATE__CHECKPOINT=memory THREATPIPE_ML__CHECKPOINT=memory \
