@@ -31,7 +31,13 @@ impl<V: Default> TrackedMap<V> {
     /// The entry for `key`, created empty if absent, marked changed. The key is allocated
     /// only for a new entry or the first change since the last checkpoint.
     pub fn entry_mut(&mut self, key: &str) -> &mut V {
-        if !self.entries.contains_key(key) {
+        self.entry_mut_created(key).0
+    }
+
+    /// As [`Self::entry_mut`], and whether this call created the entry.
+    pub fn entry_mut_created(&mut self, key: &str) -> (&mut V, bool) {
+        let created = !self.entries.contains_key(key);
+        if created {
             self.removed.remove(key);
             self.entries.insert(key.to_string(), V::default());
         }
@@ -39,7 +45,7 @@ impl<V: Default> TrackedMap<V> {
             self.dirty.insert(key.to_string());
         }
         let Some(value) = self.entries.get_mut(key) else { unreachable!("inserted above") };
-        value
+        (value, created)
     }
 }
 
@@ -77,15 +83,6 @@ impl<V> TrackedMap<V> {
             self.dirty.remove(key);
             self.removed.insert(key.to_string());
         }
-    }
-
-    /// Removes every entry `expired` holds for; returns how many went.
-    pub fn remove_where(&mut self, expired: impl Fn(&V) -> bool) -> usize {
-        let gone: Vec<String> = self.entries.iter().filter(|(_, v)| expired(v)).map(|(k, _)| k.clone()).collect();
-        for key in &gone {
-            self.remove(key);
-        }
-        gone.len()
     }
 
     /// Removes the `count` entries with the smallest `age` (least recently used first).

@@ -154,7 +154,7 @@ impl CorrelateStage {
             }
             state.applied_offset = Some(record.offset);
             state.remember_signals(record.offset, &observed.signals);
-            state.sweep(&self.limits, self.max_span_us, false);
+            state.sweep(&self.limits, self.max_span_us);
             for signal in &observed.signals {
                 metrics::counter!(names::CORRELATION_SIGNALS, "rule" => signal.rule_id.clone()).increment(1);
             }
