@@ -3,6 +3,8 @@
 //! [`run`] builds the transport, one [`StageRunner`] per configured stage, the generator
 //! (embedded mode), the HTTP server and the progress line, then waits for the shutdown
 //! trigger (a parameter, so tests drive it), a failed stage, or the generator's last event.
+//! Stages run as tasks on the shared runtime, except one that waits on an outside service
+//! for every record (the alert stage with Redis): it gets a thread of its own.
 //!
 //! # Shutdown
 //!
@@ -49,10 +51,50 @@ pub enum AppError {
     Task(String),
     #[error("live feed: {0}")]
     Feed(String),
+    #[error("stage {stage}: cannot start its thread: {source}")]
+    Thread { stage: &'static str, source: std::io::Error },
 }
 
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
+}
+
+/// Runs a stage on a thread of its own (a current-thread runtime), for a stage that blocks
+/// on an outside service for every record ([`stage::Stage::waits_per_record`]): on the
+/// shared runtime each wait took one of its workers (two on a two-core machine) from the
+/// other stages and the live feed's clients. The handle behaves as `tokio::spawn`'s: it
+/// yields the stage's result, a panic on the thread fails it, and aborting it drops the
+/// stage's future on its thread.
+fn spawn_on_own_thread<F>(stage: &'static str, run: F) -> Result<tokio::task::JoinHandle<Result<(), RunnerError>>, AppError>
+where
+    F: Future<Output = Result<(), RunnerError>> + Send + 'static,
+{
+    let thread_error = |source| AppError::Thread { stage, source };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(thread_error)?;
+    let (result_tx, result_rx) = tokio::sync::oneshot::channel();
+    let aborted = CancellationToken::new();
+    let abort_on_drop = aborted.clone().drop_guard();
+    std::thread::Builder::new()
+        .name(format!("stage-{stage}"))
+        .spawn(move || {
+            let outcome = runtime.block_on(async move {
+                tokio::select! {
+                    result = run => Some(result),
+                    _ = aborted.cancelled() => None,
+                }
+            });
+            if let Some(result) = outcome {
+                let _ = result_tx.send(result);
+            }
+        })
+        .map_err(thread_error)?;
+    Ok(tokio::spawn(async move {
+        let _abort_on_drop = abort_on_drop;
+        match result_rx.await {
+            Ok(result) => result,
+            Err(_) => panic!("stage {stage} ended without a result (its thread panicked)"),
+        }
+    }))
 }
 
 fn install_prometheus() -> Option<Arc<PrometheusHandle>> {
@@ -260,24 +302,20 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
                 BusConsumer::Kafka(KafkaConsumer::subscribe(&config.kafka_settings(), &group, &inputs)?)
             }
         };
-        let runner = StageRunner::new(
-            stage::build(kind, &config, &resources).map_err(|source| RunnerError::Stage { stage: kind.as_str(), source })?,
-            consumer,
-            producer.clone(),
-            config.runner.clone(),
-            config.topics.dlq.clone(),
-            stats.clone(),
-        );
+        let built = stage::build(kind, &config, &resources).map_err(|source| RunnerError::Stage { stage: kind.as_str(), source })?;
+        let own_thread = built.waits_per_record();
+        let runner = StageRunner::new(built, consumer, producer.clone(), config.runner.clone(), config.topics.dlq.clone(), stats.clone());
         let stop = CancellationToken::new();
         let failed = stage_failed.clone();
         let token = stop.clone();
-        let handle = tokio::spawn(async move {
+        let run = async move {
             let result = runner.run(token).await;
             if result.is_err() {
                 failed.cancel();
             }
             result
-        });
+        };
+        let handle = if own_thread { spawn_on_own_thread(kind.as_str(), run)? } else { tokio::spawn(run) };
         stages.push(StageTask { kind, stop, handle });
     }
 
@@ -503,4 +541,45 @@ pub async fn run_generator(
         result?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_stage_on_its_own_thread_returns_its_result_and_blocks_no_worker() {
+        // The stage blocks its thread for 300 ms, as a slow outside round trip would; a task
+        // on the shared runtime's one worker still runs meanwhile (with `tokio::spawn` the
+        // stage would hold that worker and the task would wait the 300 ms).
+        let handle = spawn_on_own_thread("test", async {
+            std::thread::sleep(Duration::from_millis(300));
+            Err(RunnerError::Setup { stage: "test", source: BusError::Setup("failed as asked".into()) })
+        })
+        .expect("thread starts");
+        let started = std::time::Instant::now();
+        tokio::spawn(async {}).await.expect("a task runs");
+        assert!(started.elapsed() < Duration::from_millis(200), "a task waited {:?}", started.elapsed());
+        match handle.await {
+            Ok(Err(RunnerError::Setup { stage: "test", .. })) => {}
+            other => panic!("expected the stage's own error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_on_the_thread_fails_the_handle_and_an_abort_drops_the_stage() {
+        let handle = spawn_on_own_thread("test", async { panic!("stage bug") }).expect("thread starts");
+        assert!(handle.await.is_err_and(|e| e.is_panic()));
+
+        let dropped = CancellationToken::new();
+        let guard = dropped.clone().drop_guard();
+        let handle = spawn_on_own_thread("test", async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+        .expect("thread starts");
+        handle.abort();
+        tokio::time::timeout(Duration::from_secs(5), dropped.cancelled()).await.expect("the stage's future was dropped on its thread");
+    }
 }

@@ -383,6 +383,11 @@ impl Stage for AlertStage {
         StageKind::Alert
     }
 
+    /// With Redis, each alert is joined in a blocking round trip.
+    fn waits_per_record(&self) -> bool {
+        matches!(self.store, DedupeStore::Redis(_))
+    }
+
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
         let decoded = self.slot.decode(&record.payload, |bytes| avro::decode::<AlertInput>(avro::SchemaKind::Event, bytes).map(AlertInput::into_event));
         let event = match decoded {

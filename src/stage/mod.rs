@@ -128,6 +128,13 @@ pub trait Stage: Send + 'static {
 
     /// These offsets were committed: a restart resumes no earlier.
     fn committed(&mut self, _offsets: &CommitOffsets) {}
+
+    /// True when `process` waits on an outside service for every record (a network round
+    /// trip): such a stage runs on a thread of its own, so the wait holds up no other stage
+    /// and no live-feed client sharing the runtime's workers.
+    fn waits_per_record(&self) -> bool {
+        false
+    }
 }
 
 /// Bytes of the original record kept in a dead letter written by a stage after normalize.
