@@ -115,7 +115,8 @@ start_tansu() {
     running="$(pgrep -f 'tansu broker' | head -n 1 || true)"
     if [ -n "$running" ] && [ "$(readlink -f "/proc/$running/exe" 2>/dev/null)" != "$(readlink -f "$TANSU_HOME/bin/tansu" 2>/dev/null)" ]; then
       log "WARNING: the Tansu on 9092 ($(readlink -f "/proc/$running/exe" 2>/dev/null || echo unknown)) is not $TANSU_HOME/bin/tansu;"
-      log "         an unpatched Tansu loses records when a stage resumes inside a batch. Stop it and rerun."
+      log "         it lacks some of scripts/tansu's patches (unpatched, it loses records when a stage"
+      log "         resumes inside a batch; an older build is only slower). Stop it and rerun to build this one."
     fi
     return
   fi
