@@ -549,17 +549,22 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_stage_on_its_own_thread_returns_its_result_and_blocks_no_worker() {
-        // The stage blocks its thread for 300 ms, as a slow outside round trip would; a task
-        // on the shared runtime's one worker still runs meanwhile (with `tokio::spawn` the
-        // stage would hold that worker and the task would wait the 300 ms).
-        let handle = spawn_on_own_thread("test", async {
-            std::thread::sleep(Duration::from_millis(300));
+        // The stage blocks its thread, as a slow outside round trip would, until a task on
+        // the shared runtime's one worker has run. With `tokio::spawn` the stage would hold
+        // that worker and the task would never run. (Waited for with a std timeout on the
+        // test's own thread: a tokio timer would need the blocked worker to fire.)
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let handle = spawn_on_own_thread("test", async move {
+            let _ = blocked.recv();
             Err(RunnerError::Setup { stage: "test", source: BusError::Setup("failed as asked".into()) })
         })
         .expect("thread starts");
-        let started = std::time::Instant::now();
-        tokio::spawn(async {}).await.expect("a task runs");
-        assert!(started.elapsed() < Duration::from_millis(200), "a task waited {:?}", started.elapsed());
+        let (ran, task_ran) = std::sync::mpsc::channel::<()>();
+        tokio::spawn(async move {
+            let _ = ran.send(());
+        });
+        assert!(task_ran.recv_timeout(Duration::from_secs(10)).is_ok(), "a task on the shared runtime did not run while the stage blocked");
+        release.send(()).expect("the stage is waiting");
         match handle.await {
             Ok(Err(RunnerError::Setup { stage: "test", .. })) => {}
             other => panic!("expected the stage's own error, got {other:?}"),
