@@ -717,7 +717,7 @@ mod tests {
 
     /// What the alert stage reads, decoded through serde (as for frames of other schemas).
     /// Compared with NaN equal to NaN in the score (see [`comparable`]).
-    #[derive(Debug, Clone, serde::Deserialize)]
+    #[derive(Debug, serde::Deserialize)]
     struct Summary {
         id: String,
         class: EventClass,
