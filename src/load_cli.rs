@@ -191,7 +191,9 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
     let stop = stop_reading.clone();
     let reader = tokio::spawn(async move {
         let mut arrivals: Vec<(i64, Vec<String>)> = Vec::new();
-        let mut hashes: Vec<(i64, u64)> = Vec::new();
+        // When the last stage produced each alert (the record's create time), per arrival.
+        let mut created: Vec<i64> = Vec::new();
+        let mut hashes: Vec<(i64, u64, i64)> = Vec::new();
         loop {
             let message = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -200,12 +202,14 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
             let Ok(message) = message else { continue };
             let received = now_us();
             let payload = message.payload().unwrap_or_default();
-            hashes.push((received, xxhash_rust::xxh3::xxh3_64(payload)));
+            let created_us = message.timestamp().to_millis().map_or(received, |ms| ms * 1000);
+            hashes.push((received, xxhash_rust::xxh3::xxh3_64(payload), created_us));
             if let Ok(alert) = serde_json::from_slice::<crate::event::Alert>(payload) {
                 arrivals.push((received, alert.event_ids));
+                created.push(created_us);
             }
         }
-        (arrivals, hashes)
+        (arrivals, created, hashes)
     });
 
     let feed_reader = match (&args.feed, &args.feed_token) {
@@ -226,7 +230,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
     let mut acks = FuturesUnordered::new();
     // event id → (send time, attack scenario)
     let mut sent: HashMap<String, (i64, Option<&'static str>)> = HashMap::new();
-    let mut sent_by_hash: HashMap<u64, i64> = HashMap::new();
+    let mut sent_by_hash: HashMap<u64, (i64, bool)> = HashMap::new();
     let mut attacks_per_scenario: BTreeMap<&'static str, u64> = BTreeMap::new();
     let started = Instant::now();
     let mut produced = 0u64;
@@ -234,11 +238,11 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
     let mut lag_samples = Vec::new();
     let record_ack = |result: Acked,
                       sent: &mut HashMap<String, (i64, Option<&'static str>)>,
-                      sent_by_hash: &mut HashMap<u64, i64>|
+                      sent_by_hash: &mut HashMap<u64, (i64, bool)>|
      -> anyhow::Result<()> {
         let (delivery, payload, key, origin, send_us) = result;
         let (partition, offset) = delivery.map_err(|e| anyhow::anyhow!("produce failed: {e}"))?;
-        sent_by_hash.insert(xxhash_rust::xxh3::xxh3_64(&payload), send_us);
+        sent_by_hash.insert(xxhash_rust::xxh3::xxh3_64(&payload), (send_us, matches!(origin, Origin::Attack(_))));
         let record = crate::bus::Record { topic: args.raw_topic.clone(), partition, offset, key: Some(key.into_bytes()), payload, timestamp_ms: None };
         if let Ok(event) = normalizer.normalize(&record, send_us) {
             let scenario = match origin {
@@ -318,11 +322,11 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
         lag_samples.push(lag);
     }
     stop_reading.cancel();
-    let (arrivals, hashes) = reader.await.context("the result reader stopped")?;
-    let mut result = summarize(args, produced, produce_secs, &sent, &sent_by_hash, &attacks_per_scenario, &arrivals, &hashes, &lag_samples);
+    let (arrivals, created, hashes) = reader.await.context("the result reader stopped")?;
+    let mut result = summarize(args, produced, produce_secs, &sent, &sent_by_hash, &attacks_per_scenario, (&arrivals, &created), &hashes, &lag_samples);
     if let Some(feed_reader) = feed_reader {
         let (feed_arrivals, lagged) = feed_reader.await.context("the feed reader stopped")?;
-        let (latencies, _) = first_sightings(&feed_arrivals, &sent);
+        let latencies = first_sightings(&feed_arrivals, &sent);
         result["feed"] = serde_json::json!({
             "alerts": feed_arrivals.len(),
             "events_named": latencies.len(),
@@ -351,6 +355,9 @@ fn print_table(r: &serde_json::Value) {
     println!("{:<28} {} ({:.0}/s while arriving)", "results read", r["results"], r["results_per_second"].as_f64().unwrap_or(f64::NAN));
     let l = &r["latency_ms"];
     println!("{:<28} p50 {} ms, p95 {} ms, p99 {} ms, max {} ms", "end-to-end latency", f(&l["p50"]), f(&l["p95"]), f(&l["p99"]), f(&l["max"]));
+    let (to_last, last_hop, attacks) = (&r["split_ms"]["to_last_stage"], &r["split_ms"]["last_hop"], &r["attack_latency_ms"]);
+    println!("{:<28} to the last stage's produce p50 {} / p99 {} ms; from there to here p50 {} / p99 {} ms", "  of which", f(&to_last["p50"]), f(&to_last["p99"]), f(&last_hop["p50"]), f(&last_hop["p99"]));
+    println!("{:<28} p50 {} ms, p99 {} ms ({} events)", "  attack events alone", f(&attacks["p50"]), f(&attacks["p99"]), attacks["samples"]);
     if let Some(rows) = r["latency_by_second"]["rows"].as_array() {
         // A tail made of a few bad seconds (stalls) reads differently from one spread evenly.
         let p99s: Vec<f64> = rows.iter().filter_map(|row| row[3].as_f64()).collect();
@@ -389,25 +396,21 @@ fn print_table(r: &serde_json::Value) {
     }
 }
 
-/// The first time each sent event was named by an arriving alert: its latency (send →
-/// arrival), and the arrival time and attack scenario of each such sighting.
-fn first_sightings(
-    arrivals: &[(i64, Vec<String>)],
-    sent: &HashMap<String, (i64, Option<&'static str>)>,
-) -> (Vec<i64>, Vec<(i64, Option<&'static str>)>) {
+/// The latency (send → arrival) of the first time each sent event was named by an
+/// arriving alert.
+fn first_sightings(arrivals: &[(i64, Vec<String>)], sent: &HashMap<String, (i64, Option<&'static str>)>) -> Vec<i64> {
     let mut seen: HashSet<&str> = HashSet::new();
-    let (mut latencies, mut sightings) = (Vec::new(), Vec::new());
+    let mut latencies = Vec::new();
     for (received, ids) in arrivals {
         for id in ids {
-            if let Some((send, scenario)) = sent.get(id) {
+            if let Some((send, _)) = sent.get(id) {
                 if seen.insert(id.as_str()) {
                     latencies.push(received - send);
-                    sightings.push((*received, *scenario));
                 }
             }
         }
     }
-    (latencies, sightings)
+    latencies
 }
 
 /// Reads alerts off a live-feed socket until `stop`: (receive time, event ids) per alert,
@@ -462,35 +465,52 @@ fn summarize(
     produced: u64,
     produce_secs: f64,
     sent: &HashMap<String, (i64, Option<&'static str>)>,
-    sent_by_hash: &HashMap<u64, i64>,
+    sent_by_hash: &HashMap<u64, (i64, bool)>,
     attacks_per_scenario: &BTreeMap<&'static str, u64>,
-    arrivals: &[(i64, Vec<String>)],
-    hashes: &[(i64, u64)],
+    (arrivals, created): (&[(i64, Vec<String>)], &[i64]),
+    hashes: &[(i64, u64, i64)],
     lag_samples: &[f64],
 ) -> serde_json::Value {
     // (arrival, latency) of each result.
     let mut timed: Vec<(i64, i64)> = Vec::new();
+    // Of each result: send → produced by the last stage, produced → read here; and the
+    // latency of results that are attack events.
+    let (mut to_last_stage, mut last_hop, mut attack_latency) = (Vec::new(), Vec::new(), Vec::new());
     let mut scenarios_detected: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut first, mut last) = (i64::MAX, i64::MIN);
     if args.passthrough {
         let mut seen = HashSet::new();
-        for (received, hash) in hashes {
-            if let Some(send) = sent_by_hash.get(hash) {
+        for (received, hash, created_us) in hashes {
+            if let Some((send, attack)) = sent_by_hash.get(hash) {
                 if seen.insert(*hash) {
                     timed.push((*received, received - send));
+                    to_last_stage.push(created_us - send);
+                    last_hop.push(received - created_us);
+                    if *attack {
+                        attack_latency.push(received - send);
+                    }
                     first = first.min(*received);
                     last = last.max(*received);
                 }
             }
         }
     } else {
-        let (latencies, sightings) = first_sightings(arrivals, sent);
-        for ((received, scenario), latency) in sightings.into_iter().zip(latencies) {
-            timed.push((received, latency));
-            first = first.min(received);
-            last = last.max(received);
-            if let Some(s) = scenario {
-                *scenarios_detected.entry(s).or_default() += 1;
+        let mut seen: HashSet<&str> = HashSet::new();
+        for ((received, ids), created_us) in arrivals.iter().zip(created) {
+            for id in ids {
+                let Some((send, scenario)) = sent.get(id) else { continue };
+                if !seen.insert(id.as_str()) {
+                    continue;
+                }
+                timed.push((*received, received - send));
+                to_last_stage.push(created_us - send);
+                last_hop.push(received - created_us);
+                first = first.min(*received);
+                last = last.max(*received);
+                if let Some(s) = scenario {
+                    attack_latency.push(received - send);
+                    *scenarios_detected.entry(s).or_default() += 1;
+                }
             }
         }
     }
@@ -508,6 +528,10 @@ fn summarize(
         "results_per_second": arrived as f64 / span,
         "latency_ms": percentiles_ms(latencies),
         "latency_by_second": latency_by_second(&timed),
+        // Where the time went (the last stage's produce time has millisecond resolution),
+        // and the latency of attack events alone: the pipeline measures only those.
+        "split_ms": {"to_last_stage": percentiles_ms(to_last_stage), "last_hop": percentiles_ms(last_hop)},
+        "attack_latency_ms": percentiles_ms(attack_latency),
         "recall": if args.passthrough { serde_json::Value::Null } else { serde_json::json!({
             "attack_events": attack_events,
             "attack_events_in_alerts": detected_attack_events,
@@ -523,7 +547,52 @@ fn summarize(
 
 #[cfg(test)]
 mod tests {
-    use super::latency_by_second;
+    use std::collections::{BTreeMap, HashMap};
+
+    use clap::Parser;
+
+    use super::{latency_by_second, summarize, LoadArgs};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        load: LoadArgs,
+    }
+
+    fn args(extra: &[&str]) -> LoadArgs {
+        Cli::parse_from(["load"].iter().chain(extra)).load
+    }
+
+    #[test]
+    fn each_result_splits_at_the_last_stage_and_attack_events_are_timed_alone() {
+        // Sent at 0, 1,000 and 2,000 µs; "b" is an attack event. The alerts naming them were
+        // produced 7, 9 and 8 ms after the sends and read 2, 3 and 1 ms later; the second
+        // alert's repeat of "a" counts no more.
+        let sent: HashMap<String, (i64, Option<&'static str>)> =
+            HashMap::from([("a".into(), (0, None)), ("b".into(), (1_000, Some("brute_force"))), ("c".into(), (2_000, None))]);
+        let arrivals = vec![(9_000, vec!["a".to_string()]), (13_000, vec!["b".to_string(), "a".to_string()]), (11_000, vec!["c".to_string()])];
+        let created = [7_000, 10_000, 10_000];
+        let r = summarize(&args(&[]), 3, 1.0, &sent, &HashMap::new(), &BTreeMap::from([("brute_force", 1)]), (&arrivals, &created), &[], &[]);
+        assert_eq!(r["latency_ms"]["samples"], 3);
+        assert_eq!(r["latency_ms"]["max"], 12.0);
+        assert_eq!(r["split_ms"]["to_last_stage"]["p50"], 8.0);
+        assert_eq!(r["split_ms"]["to_last_stage"]["max"], 9.0);
+        assert_eq!(r["split_ms"]["last_hop"]["p50"], 2.0);
+        assert_eq!(r["split_ms"]["last_hop"]["max"], 3.0);
+        assert_eq!(r["attack_latency_ms"]["samples"], 1);
+        assert_eq!(r["attack_latency_ms"]["p50"], 12.0);
+        assert_eq!(r["recall"]["attack_events_in_alerts"], 1);
+
+        // Pass-through: results matched by their bytes' hash; only the attack's is timed alone.
+        let by_hash = HashMap::from([(1u64, (0i64, false)), (2u64, (1_000i64, true))]);
+        let hashes = [(5_000, 1u64, 4_000), (6_000, 2u64, 5_000), (6_500, 2u64, 5_000)];
+        let r = summarize(&args(&["--passthrough"]), 2, 1.0, &HashMap::new(), &by_hash, &BTreeMap::new(), (&[], &[]), &hashes, &[]);
+        assert_eq!(r["latency_ms"]["samples"], 2);
+        assert_eq!(r["split_ms"]["to_last_stage"]["max"], 4.0);
+        assert_eq!(r["split_ms"]["last_hop"]["max"], 1.0);
+        assert_eq!(r["attack_latency_ms"]["samples"], 1);
+        assert_eq!(r["attack_latency_ms"]["p50"], 5.0);
+    }
 
     #[test]
     fn latency_by_second_buckets_by_arrival_and_names_the_worst_second() {
