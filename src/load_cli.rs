@@ -326,7 +326,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
     let mut result = summarize(args, produced, produce_secs, &sent, &sent_by_hash, &attacks_per_scenario, (&arrivals, &created), &hashes, &lag_samples);
     if let Some(feed_reader) = feed_reader {
         let (feed_arrivals, lagged) = feed_reader.await.context("the feed reader stopped")?;
-        let latencies = first_sightings(&feed_arrivals, &sent);
+        let latencies: Vec<i64> = first_sightings(&feed_arrivals, &sent).iter().map(|s| s.received - s.send).collect();
         result["feed"] = serde_json::json!({
             "alerts": feed_arrivals.len(),
             "events_named": latencies.len(),
@@ -396,21 +396,29 @@ fn print_table(r: &serde_json::Value) {
     }
 }
 
-/// The latency (send → arrival) of the first time each sent event was named by an
-/// arriving alert.
-fn first_sightings(arrivals: &[(i64, Vec<String>)], sent: &HashMap<String, (i64, Option<&'static str>)>) -> Vec<i64> {
+/// A sent event named by an arriving alert for the first time.
+struct Sighting {
+    /// Index of the alert in the arrivals.
+    arrival: usize,
+    received: i64,
+    send: i64,
+    scenario: Option<&'static str>,
+}
+
+/// The first time each sent event was named by an arriving alert, in arrival order.
+fn first_sightings(arrivals: &[(i64, Vec<String>)], sent: &HashMap<String, (i64, Option<&'static str>)>) -> Vec<Sighting> {
     let mut seen: HashSet<&str> = HashSet::new();
-    let mut latencies = Vec::new();
-    for (received, ids) in arrivals {
+    let mut sightings = Vec::new();
+    for (arrival, (received, ids)) in arrivals.iter().enumerate() {
         for id in ids {
-            if let Some((send, _)) = sent.get(id) {
+            if let Some((send, scenario)) = sent.get(id) {
                 if seen.insert(id.as_str()) {
-                    latencies.push(received - send);
+                    sightings.push(Sighting { arrival, received: *received, send: *send, scenario: *scenario });
                 }
             }
         }
     }
-    latencies
+    sightings
 }
 
 /// Reads alerts off a live-feed socket until `stop`: (receive time, event ids) per alert,
@@ -495,22 +503,18 @@ fn summarize(
             }
         }
     } else {
-        let mut seen: HashSet<&str> = HashSet::new();
-        for ((received, ids), created_us) in arrivals.iter().zip(created) {
-            for id in ids {
-                let Some((send, scenario)) = sent.get(id) else { continue };
-                if !seen.insert(id.as_str()) {
-                    continue;
-                }
-                timed.push((*received, received - send));
-                to_last_stage.push(created_us - send);
-                last_hop.push(received - created_us);
-                first = first.min(*received);
-                last = last.max(*received);
-                if let Some(s) = scenario {
-                    attack_latency.push(received - send);
-                    *scenarios_detected.entry(s).or_default() += 1;
-                }
+        for Sighting { arrival, received, send, scenario } in first_sightings(arrivals, sent) {
+            // The alert's create time (or, missing, its arrival).
+            let created_us = created.get(arrival).copied().unwrap_or(received);
+            let latency = received - send;
+            timed.push((received, latency));
+            to_last_stage.push(created_us - send);
+            last_hop.push(received - created_us);
+            first = first.min(received);
+            last = last.max(received);
+            if let Some(s) = scenario {
+                attack_latency.push(latency);
+                *scenarios_detected.entry(s).or_default() += 1;
             }
         }
     }
