@@ -190,10 +190,9 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
     let stop_reading = tokio_util::sync::CancellationToken::new();
     let stop = stop_reading.clone();
     let reader = tokio::spawn(async move {
-        let mut arrivals: Vec<(i64, Vec<String>)> = Vec::new();
-        // When the last stage produced each alert (the record's create time), per arrival.
-        let mut created: Vec<i64> = Vec::new();
-        let mut hashes: Vec<(i64, u64, i64)> = Vec::new();
+        let mut arrivals: Vec<Arrival> = Vec::new();
+        // (receive time, bytes hash, create time) of every record.
+        let mut hashes: Vec<(i64, u64, Option<i64>)> = Vec::new();
         loop {
             let message = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -202,14 +201,13 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
             let Ok(message) = message else { continue };
             let received = now_us();
             let payload = message.payload().unwrap_or_default();
-            let created_us = message.timestamp().to_millis().map_or(received, |ms| ms * 1000);
-            hashes.push((received, xxhash_rust::xxh3::xxh3_64(payload), created_us));
+            let created = message.timestamp().to_millis().map(|ms| ms * 1000);
+            hashes.push((received, xxhash_rust::xxh3::xxh3_64(payload), created));
             if let Ok(alert) = serde_json::from_slice::<crate::event::Alert>(payload) {
-                arrivals.push((received, alert.event_ids));
-                created.push(created_us);
+                arrivals.push(Arrival { received, created, event_ids: alert.event_ids });
             }
         }
-        (arrivals, created, hashes)
+        (arrivals, hashes)
     });
 
     let feed_reader = match (&args.feed, &args.feed_token) {
@@ -322,8 +320,8 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
         lag_samples.push(lag);
     }
     stop_reading.cancel();
-    let (arrivals, created, hashes) = reader.await.context("the result reader stopped")?;
-    let mut result = summarize(args, produced, produce_secs, &sent, &sent_by_hash, &attacks_per_scenario, (&arrivals, &created), &hashes, &lag_samples);
+    let (arrivals, hashes) = reader.await.context("the result reader stopped")?;
+    let mut result = summarize(args, produced, produce_secs, &sent, &sent_by_hash, &attacks_per_scenario, &arrivals, &hashes, &lag_samples);
     if let Some(feed_reader) = feed_reader {
         let (feed_arrivals, lagged) = feed_reader.await.context("the feed reader stopped")?;
         let latencies: Vec<i64> = first_sightings(&feed_arrivals, &sent).iter().map(|s| s.received - s.send).collect();
@@ -396,24 +394,32 @@ fn print_table(r: &serde_json::Value) {
     }
 }
 
+/// An alert read at the far end: off the measured topic or a live-feed socket.
+struct Arrival {
+    received: i64,
+    /// When the last stage produced it (the Kafka record's create time, to the
+    /// millisecond); none from the live feed.
+    created: Option<i64>,
+    event_ids: Vec<String>,
+}
+
 /// A sent event named by an arriving alert for the first time.
 struct Sighting {
-    /// Index of the alert in the arrivals.
-    arrival: usize,
     received: i64,
+    created: Option<i64>,
     send: i64,
     scenario: Option<&'static str>,
 }
 
 /// The first time each sent event was named by an arriving alert, in arrival order.
-fn first_sightings(arrivals: &[(i64, Vec<String>)], sent: &HashMap<String, (i64, Option<&'static str>)>) -> Vec<Sighting> {
+fn first_sightings(arrivals: &[Arrival], sent: &HashMap<String, (i64, Option<&'static str>)>) -> Vec<Sighting> {
     let mut seen: HashSet<&str> = HashSet::new();
     let mut sightings = Vec::new();
-    for (arrival, (received, ids)) in arrivals.iter().enumerate() {
-        for id in ids {
+    for Arrival { received, created, event_ids } in arrivals {
+        for id in event_ids {
             if let Some((send, scenario)) = sent.get(id) {
                 if seen.insert(id.as_str()) {
-                    sightings.push(Sighting { arrival, received: *received, send: *send, scenario: *scenario });
+                    sightings.push(Sighting { received: *received, created: *created, send: *send, scenario: *scenario });
                 }
             }
         }
@@ -426,7 +432,7 @@ fn first_sightings(arrivals: &[(i64, Vec<String>)], sent: &HashMap<String, (i64,
 async fn read_feed(
     mut socket: crate::feed::tail::FeedSocket,
     stop: tokio_util::sync::CancellationToken,
-) -> (Vec<(i64, Vec<String>)>, u64) {
+) -> (Vec<Arrival>, u64) {
     use tokio_tungstenite::tungstenite::Message as WsMessage;
     #[derive(serde::Deserialize)]
     struct Frame {
@@ -458,7 +464,7 @@ async fn read_feed(
         let received = now_us();
         let Ok(frame) = serde_json::from_str::<Frame>(&text) else { continue };
         match (frame.kind.as_str(), frame.alert) {
-            ("alert", Some(alert)) => arrivals.push((received, alert.event_ids)),
+            ("alert", Some(alert)) => arrivals.push(Arrival { received, created: None, event_ids: alert.event_ids }),
             ("lagged", _) => lagged += frame.skipped.unwrap_or(1),
             _ => {}
         }
@@ -475,49 +481,44 @@ fn summarize(
     sent: &HashMap<String, (i64, Option<&'static str>)>,
     sent_by_hash: &HashMap<u64, (i64, bool)>,
     attacks_per_scenario: &BTreeMap<&'static str, u64>,
-    (arrivals, created): (&[(i64, Vec<String>)], &[i64]),
-    hashes: &[(i64, u64, i64)],
+    arrivals: &[Arrival],
+    hashes: &[(i64, u64, Option<i64>)],
     lag_samples: &[f64],
 ) -> serde_json::Value {
-    // (arrival, latency) of each result.
+    // (arrival, latency) of each result; of each, send → produced by the last stage and
+    // produced → read here (a record without a create time counts as produced on arrival);
+    // and the latency of results that are attack events.
     let mut timed: Vec<(i64, i64)> = Vec::new();
-    // Of each result: send → produced by the last stage, produced → read here; and the
-    // latency of results that are attack events.
     let (mut to_last_stage, mut last_hop, mut attack_latency) = (Vec::new(), Vec::new(), Vec::new());
+    let mut time = |received: i64, created: Option<i64>, send: i64, attack: bool| {
+        let created = created.unwrap_or(received);
+        timed.push((received, received - send));
+        to_last_stage.push(created - send);
+        last_hop.push(received - created);
+        if attack {
+            attack_latency.push(received - send);
+        }
+    };
     let mut scenarios_detected: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let (mut first, mut last) = (i64::MAX, i64::MIN);
     if args.passthrough {
         let mut seen = HashSet::new();
-        for (received, hash, created_us) in hashes {
+        for (received, hash, created) in hashes {
             if let Some((send, attack)) = sent_by_hash.get(hash) {
                 if seen.insert(*hash) {
-                    timed.push((*received, received - send));
-                    to_last_stage.push(created_us - send);
-                    last_hop.push(received - created_us);
-                    if *attack {
-                        attack_latency.push(received - send);
-                    }
-                    first = first.min(*received);
-                    last = last.max(*received);
+                    time(*received, *created, *send, *attack);
                 }
             }
         }
     } else {
-        for Sighting { arrival, received, send, scenario } in first_sightings(arrivals, sent) {
-            // The alert's create time (or, missing, its arrival).
-            let created_us = created.get(arrival).copied().unwrap_or(received);
-            let latency = received - send;
-            timed.push((received, latency));
-            to_last_stage.push(created_us - send);
-            last_hop.push(received - created_us);
-            first = first.min(received);
-            last = last.max(received);
+        for Sighting { received, created, send, scenario } in first_sightings(arrivals, sent) {
+            time(received, created, send, scenario.is_some());
             if let Some(s) = scenario {
-                attack_latency.push(latency);
                 *scenarios_detected.entry(s).or_default() += 1;
             }
         }
     }
+    let first = timed.iter().map(|(received, _)| *received).min().unwrap_or(i64::MAX);
+    let last = timed.iter().map(|(received, _)| *received).max().unwrap_or(i64::MIN);
     let latencies: Vec<i64> = timed.iter().map(|(_, latency)| *latency).collect();
     let arrived = latencies.len();
     let span = if last > first { (last - first) as f64 / 1e6 } else { f64::NAN };
@@ -555,7 +556,7 @@ mod tests {
 
     use clap::Parser;
 
-    use super::{latency_by_second, summarize, LoadArgs};
+    use super::{latency_by_second, summarize, Arrival, LoadArgs};
 
     #[derive(Parser)]
     struct Cli {
@@ -574,9 +575,9 @@ mod tests {
         // alert's repeat of "a" counts no more.
         let sent: HashMap<String, (i64, Option<&'static str>)> =
             HashMap::from([("a".into(), (0, None)), ("b".into(), (1_000, Some("brute_force"))), ("c".into(), (2_000, None))]);
-        let arrivals = vec![(9_000, vec!["a".to_string()]), (13_000, vec!["b".to_string(), "a".to_string()]), (11_000, vec!["c".to_string()])];
-        let created = [7_000, 10_000, 10_000];
-        let r = summarize(&args(&[]), 3, 1.0, &sent, &HashMap::new(), &BTreeMap::from([("brute_force", 1)]), (&arrivals, &created), &[], &[]);
+        let arrival = |received: i64, created: i64, ids: &[&str]| Arrival { received, created: Some(created), event_ids: ids.iter().map(|id| id.to_string()).collect() };
+        let arrivals = [arrival(9_000, 7_000, &["a"]), arrival(13_000, 10_000, &["b", "a"]), arrival(11_000, 10_000, &["c"])];
+        let r = summarize(&args(&[]), 3, 1.0, &sent, &HashMap::new(), &BTreeMap::from([("brute_force", 1)]), &arrivals, &[], &[]);
         assert_eq!(r["latency_ms"]["samples"], 3);
         assert_eq!(r["latency_ms"]["max"], 12.0);
         assert_eq!(r["split_ms"]["to_last_stage"]["p50"], 8.0);
@@ -589,8 +590,8 @@ mod tests {
 
         // Pass-through: results matched by their bytes' hash; only the attack's is timed alone.
         let by_hash = HashMap::from([(1u64, (0i64, false)), (2u64, (1_000i64, true))]);
-        let hashes = [(5_000, 1u64, 4_000), (6_000, 2u64, 5_000), (6_500, 2u64, 5_000)];
-        let r = summarize(&args(&["--passthrough"]), 2, 1.0, &HashMap::new(), &by_hash, &BTreeMap::new(), (&[], &[]), &hashes, &[]);
+        let hashes = [(5_000, 1u64, Some(4_000)), (6_000, 2u64, Some(5_000)), (6_500, 2u64, Some(5_000))];
+        let r = summarize(&args(&["--passthrough"]), 2, 1.0, &HashMap::new(), &by_hash, &BTreeMap::new(), &[], &hashes, &[]);
         assert_eq!(r["latency_ms"]["samples"], 2);
         assert_eq!(r["split_ms"]["to_last_stage"]["max"], 4.0);
         assert_eq!(r["split_ms"]["last_hop"]["max"], 1.0);
