@@ -19,11 +19,14 @@ pub struct TrackedMap<V> {
     entries: HashMap<String, V, ahash::RandomState>,
     dirty: HashSet<String, ahash::RandomState>,
     removed: HashSet<String, ahash::RandomState>,
+    /// Whether changes are noted at all: not for a checkpoint store that keeps nothing
+    /// (`memory`), where a copy of the key and a set insert per change bought nothing.
+    tracking: bool,
 }
 
 impl<V> Default for TrackedMap<V> {
     fn default() -> Self {
-        Self { entries: HashMap::default(), dirty: HashSet::default(), removed: HashSet::default() }
+        Self { entries: HashMap::default(), dirty: HashSet::default(), removed: HashSet::default(), tracking: true }
     }
 }
 
@@ -38,10 +41,12 @@ impl<V: Default> TrackedMap<V> {
     pub fn entry_mut_created(&mut self, key: &str) -> (&mut V, bool) {
         let created = !self.entries.contains_key(key);
         if created {
-            self.removed.remove(key);
+            if self.tracking {
+                self.removed.remove(key);
+            }
             self.entries.insert(key.to_string(), V::default());
         }
-        if !self.dirty.contains(key) {
+        if self.tracking && !self.dirty.contains(key) {
             self.dirty.insert(key.to_string());
         }
         let Some(value) = self.entries.get_mut(key) else { unreachable!("inserted above") };
@@ -79,7 +84,7 @@ impl<V> TrackedMap<V> {
     }
 
     pub fn remove(&mut self, key: &str) {
-        if self.entries.remove(key).is_some() {
+        if self.entries.remove(key).is_some() && self.tracking {
             self.dirty.remove(key);
             self.removed.insert(key.to_string());
         }
@@ -109,6 +114,9 @@ impl<V> TrackedMap<V> {
 
     /// Changes whose checkpoint write failed: written with the next one.
     pub fn requeue(&mut self, dirty: Vec<String>, removed: Vec<String>) {
+        if !self.tracking {
+            return;
+        }
         for key in removed {
             if !self.entries.contains_key(&key) {
                 self.removed.insert(key);
@@ -119,7 +127,19 @@ impl<V> TrackedMap<V> {
 
     /// Marks every entry changed (for a full checkpoint).
     pub fn mark_all_changed(&mut self) {
-        self.dirty = self.entries.keys().cloned().collect();
+        if self.tracking {
+            self.dirty = self.entries.keys().cloned().collect();
+        }
+    }
+
+    /// Notes changes from now on (`true`, the default) or not (and forgets those noted):
+    /// off for a state whose checkpoint store keeps nothing.
+    pub fn set_tracking(&mut self, tracking: bool) {
+        self.tracking = tracking;
+        if !tracking {
+            self.dirty = HashSet::default();
+            self.removed = HashSet::default();
+        }
     }
 }
 
@@ -159,4 +179,32 @@ pub trait Checkpointed: Default + Send + 'static {
     fn restore(meta: Self::Meta, entries: TrackedMap<Self::Entry>) -> Self;
     /// Offsets below `offset` were committed (drop what was remembered for replays).
     fn committed_before(&mut self, offset: i64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_noted_only_while_tracking() {
+        let mut map: TrackedMap<u32> = TrackedMap::default();
+        *map.entry_mut("a") = 1;
+        *map.entry_mut("b") = 2;
+        map.remove("b");
+        assert_eq!(map.take_changes(), (vec!["a".to_string()], vec!["b".to_string()]));
+        assert_eq!(map.take_changes(), (vec![], vec![]), "taken once");
+
+        *map.entry_mut("c") = 3;
+        map.set_tracking(false);
+        *map.entry_mut("a") += 1;
+        map.remove("c");
+        map.mark_all_changed();
+        map.requeue(vec!["a".into()], vec!["c".into()]);
+        assert_eq!(map.take_changes(), (vec![], vec![]), "nothing noted, and what was noted before is forgotten");
+        assert_eq!((map.get("a"), map.get("c"), map.len()), (Some(&2), None, 1), "the entries themselves change as ever");
+
+        map.set_tracking(true);
+        *map.entry_mut("d") = 4;
+        assert_eq!(map.take_changes(), (vec!["d".to_string()], vec![]));
+    }
 }

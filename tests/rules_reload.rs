@@ -39,6 +39,7 @@ fn content(dir: &Path) -> ScanConfig {
         patterns: vec![dir.join("patterns")],
         reload_interval: Duration::from_millis(100),
         ioc_level: "high".into(),
+        forward_raw: false,
     }
 }
 

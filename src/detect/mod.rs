@@ -58,6 +58,12 @@ pub struct ScanConfig {
     pub reload_interval: Duration,
     /// Level recorded on IoC matches.
     pub ioc_level: String,
+    /// Keep the original text (`raw`, see `normalize.keep_raw`) on the events quick-scan
+    /// passes on. Quick-scan is the last stage with rules; no later stage and no ClickHouse
+    /// table reads `raw`, and it is about half of an event's bytes, so by default it stops
+    /// here (`events.normalized` keeps it; each event keeps its `events.raw` position in
+    /// `source`).
+    pub forward_raw: bool,
 }
 
 impl Default for ScanConfig {
@@ -68,6 +74,7 @@ impl Default for ScanConfig {
             patterns: vec![PathBuf::from("pipelines/patterns")],
             reload_interval: Duration::from_secs(2),
             ioc_level: "high".into(),
+            forward_raw: false,
         }
     }
 }

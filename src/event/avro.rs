@@ -268,11 +268,12 @@ pub fn encode_event(event: &Event) -> Result<Vec<u8>, AvroError> {
     encode(SchemaKind::Event, event)
 }
 
-/// The first of the event fields detection stages fill in (`matches`, `correlations`,
-/// `score`: the schema's last fields, so those stages can leave the rest as it came).
-const DETECTION_FIELDS_FROM: &str = "matches";
+/// The first of the event fields detection stages rewrite: `raw` (which quick-scan drops
+/// unless `scan.forward_raw`), then those they fill in (`matches`, `correlations`, `score`).
+/// They are the schema's last fields, so those stages can leave the rest as it came.
+const DETECTION_FIELDS_FROM: &str = "raw";
 
-/// Decodes an event for a stage that will change only its detection fields, with where
+/// Decodes an event for a stage that will change only `raw` and its detection fields, with where
 /// they begin in `bytes` (see [`encode_event_detections`]; `None` for a frame of an older
 /// schema version). A stage decodes into its [`EventSlot`] instead.
 pub fn decode_event_for_detection(bytes: &[u8]) -> Result<(Box<Event>, Option<DetectionsAt>), AvroError> {
@@ -294,7 +295,8 @@ fn decode_event_for_detection_generic(id: u32, bytes: &[u8]) -> Result<(Event, O
     Ok((event, offset.map(|o| DetectionsAt(FRAME_HEADER_BYTES + o))))
 }
 
-/// Where an event frame's detection fields begin: the length of the frame before them.
+/// Where an event frame's rewritable fields (`raw`, then the detection fields) begin: the
+/// length of the frame before them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DetectionsAt(usize);
 
@@ -344,9 +346,9 @@ impl SummarySlot {
 }
 
 /// Encodes `event`, which was decoded from the frame `input` (by
-/// [`decode_event_for_detection`], which gave `at`) and has changed since in its detection
-/// fields only (`matches`, `correlations`, `score`): the bytes of `input` before them are
-/// copied and only they are written. Encoding the whole event again was ~15% of the
+/// [`decode_event_for_detection`], which gave `at`) and has changed since in `raw` and its
+/// detection fields only (`matches`, `correlations`, `score`): the bytes of `input` before
+/// them are copied and only they are written. Encoding the whole event again was ~15% of the
 /// pipeline's instructions, and three of the five stages (quick-scan, correlate, ML score)
 /// change nothing else. Without `at`, the event is encoded whole. In debug builds the
 /// result is checked to decode to `event`.
@@ -363,12 +365,13 @@ pub fn encode_event_detections(input: &[u8], at: Option<DetectionsAt>, event: &E
     } else {
         use serde::ser::SerializeStruct;
         let mut fields = super::avro_plan::suffix_writer(plan, DETECTION_FIELDS_FROM, &mut out).map_err(encode_err)?;
+        fields.serialize_field("raw", &event.raw).map_err(encode_err)?;
         fields.serialize_field("matches", &event.matches).map_err(encode_err)?;
         fields.serialize_field("correlations", &event.correlations).map_err(encode_err)?;
         fields.serialize_field("score", &event.score).map_err(encode_err)?;
         fields.end().map_err(encode_err)?;
     }
-    debug_assert_eq!(decode_event(&out).ok().as_ref(), Some(event), "only the detection fields may differ from the input");
+    debug_assert_eq!(decode_event(&out).ok().as_ref(), Some(event), "only raw and the detection fields may differ from the input");
     Ok(out)
 }
 
@@ -817,7 +820,9 @@ mod tests {
         // The other way round: no detections in, some out.
         let bare = encode_event(&Event { matches: vec![], correlations: vec![], score: None, ..full_event() }).unwrap();
         let (_, at) = decode_event_for_detection(&bare).unwrap();
-        assert_eq!(at, Some(DetectionsAt(bare.len() - 3)), "three empty fields: two zero counts and a null");
+        let raw = full_event().raw.map_or(0, |r| r.len());
+        assert!(raw > 0 && raw < 64, "a one-byte length");
+        assert_eq!(at, Some(DetectionsAt(bare.len() - 3 - (2 + raw))), "raw (union index, length, text), then three empty fields: two zero counts and a null");
         assert_eq!(encode_event_detections(&bare, at, &full_event()).unwrap(), encode_event(&full_event()).unwrap());
         // Not known where: encoded whole.
         assert_eq!(encode_event_detections(&bare, None, &full_event()).unwrap(), encode_event(&full_event()).unwrap());

@@ -122,7 +122,7 @@ fn write_shape(plan: &Plan, out: &mut String, depth: usize) {
 }
 
 /// Decodes one event datum of `plan` (which has [`SHAPE`]) from the front of `input`, and
-/// tells how many bytes came before its `matches` field.
+/// tells how many bytes came before its `raw` field (the first a detection stage rewrites).
 pub(super) fn decode(plan: &Plan, input: &mut &[u8]) -> Result<(Box<Event>, usize), PlanError> {
     let mut event = Box::<Event>::default();
     let at = decode_into(plan, input, &mut event, &mut Vec::new())?;
@@ -210,8 +210,8 @@ pub(super) fn decode_into(plan: &Plan, input: &mut &[u8], event: &mut Event, spa
     set_strings(&mut event.tags, input, spare)?;
     set_map(&mut event.attrs, input, spare, |input, spare| Ok(reuse(spare, read_str(input)?)), recycle)?;
     set_map(&mut event.features, input, spare, |input, _| read_double(input), |_, _| ())?;
-    set_opt_string(&mut event.raw, input, spare)?;
     let detections_at = start - input.len();
+    set_opt_string(&mut event.raw, input, spare)?;
     event.matches = avro_plan::decode(matches, input)?;
     event.correlations = avro_plan::decode(correlations, input)?;
     event.score = opt_score(input)?;
@@ -335,14 +335,15 @@ pub(super) fn encode(plan: &Plan, event: &Event, out: &mut Vec<u8>) -> Result<()
     put_strings(out, &event.tags);
     put_map(out, &event.attrs, |out, value| write_bytes(out, value.as_bytes()));
     put_map(out, &event.features, put_double);
-    put_opt_str(out, &event.raw);
     encode_detections(plan, event, out)
 }
 
-/// Appends the Avro encoding of `event`'s detection fields (`matches`, `correlations`,
-/// `score`, the last of `plan`, which has [`SHAPE`]) to `out`.
+/// Appends the Avro encoding of the fields a detection stage may rewrite (`raw`, which
+/// quick-scan drops, and the detection fields `matches`, `correlations`, `score`: the last
+/// of `plan`, which has [`SHAPE`]) to `out`.
 pub(super) fn encode_detections(plan: &Plan, event: &Event, out: &mut Vec<u8>) -> Result<(), PlanError> {
     let (_, matches, correlations) = event_fields(plan)?;
+    put_opt_str(out, &event.raw);
     avro_plan::encode(matches, &event.matches, out)?;
     avro_plan::encode(correlations, &event.correlations, out)?;
     if let Some(score) = &event.score {

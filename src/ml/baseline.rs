@@ -85,6 +85,10 @@ fn push_bounded(list: &mut Vec<String>, value: String, max: usize) {
         if list.len() >= max {
             list.remove(0);
         }
+        // Room for one at first, not four: most entities are seen once.
+        if list.capacity() == 0 {
+            list.reserve_exact(1);
+        }
         list.push(value);
     }
 }

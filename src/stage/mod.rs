@@ -231,7 +231,7 @@ pub fn build(kind: StageKind, config: &AppConfig, resources: &StageResources) ->
     }
     Ok(match kind {
         StageKind::QuickScan => {
-            Box::new(quick_scan::QuickScanStage::new(resources.detector.clone(), output, config.topics.dlq.clone()))
+            Box::new(quick_scan::QuickScanStage::new(resources.detector.clone(), output, config.topics.dlq.clone()).forwarding_raw(config.scan.forward_raw))
         }
         StageKind::Normalize => Box::new(crate::normalize::NormalizeStage::new(
             crate::normalize::Normalizer::new(config.normalize.clone(), config.pipeline.default_tenant.clone()),

@@ -43,7 +43,15 @@ impl<S: Checkpointed> PartitionedState<S> {
         if self.topic.is_empty() {
             self.topic = topic.to_string();
         }
-        self.partitions.entry(partition).or_default()
+        let durable = self.store.is_durable();
+        self.partitions.entry(partition).or_insert_with(|| Self::fresh(durable))
+    }
+
+    /// An empty state, noting its changes only for a store that keeps them.
+    fn fresh(durable: bool) -> S {
+        let mut state = S::default();
+        state.entries_mut().set_tracking(durable);
+        state
     }
 
     pub fn states(&self) -> impl Iterator<Item = &S> {
@@ -82,7 +90,7 @@ impl<S: Checkpointed> PartitionedState<S> {
                     }
                     return Ok(restored.state);
                 }
-                Ok(None) => return Ok(S::default()),
+                Ok(None) => return Ok(Self::fresh(self.store.is_durable())),
                 Err(CheckpointError::Corrupt { key, detail }) => {
                     metrics::counter!(names::STATE_CHECKPOINT_FAILURES, "stage" => self.stage, "op" => "restore").increment(1);
                     tracing::error!(stage = self.stage, %key, %detail, "Checkpoint unreadable; this partition's state starts empty.");
