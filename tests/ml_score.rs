@@ -135,7 +135,10 @@ fn scores_name_their_parts_and_features_and_a_replay_gets_the_same_score() {
     let path = dir.path().join("model.json");
     Model::save(&model_file("v1"), &path).unwrap();
     let (model, _) = ModelHandle::open(path);
-    let mut stage = stage(CheckpointStore::Memory, model);
+    // A store that keeps state: only there can a replay meet a state that saw the record
+    // (with `memory` a reassigned partition starts empty), so only there are scores kept.
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut stage = stage(CheckpointStore::open(&redis, &support::unique("tp-test:ml-replay")).unwrap(), model);
 
     // A reworded dropper: no rule is told about it here (no matches), yet it resembles a
     // known encoded download cradle.

@@ -229,7 +229,10 @@ impl Baseline {
 #[derive(Debug, Clone, Default)]
 pub struct BaselineState {
     pub applied_offset: Option<i64>,
-    baselines: TrackedMap<Baseline>,
+    /// Boxed: a baseline is ~220 bytes, and unboxed every slot of the map was that size,
+    /// so each doubling of the map (fresh pages, dear on this kind of host) moved and
+    /// allocated twice the baselines' bytes; boxed, a slot is a key and a pointer.
+    baselines: TrackedMap<Box<Baseline>>,
     /// Scores given per input offset until committed (replays get the same score).
     recent_scores: RecentResults<Score>,
 }
@@ -257,7 +260,7 @@ impl BaselineState {
     }
 
     pub fn baseline(&self, entity: &str) -> Option<&Baseline> {
-        self.baselines.get(entity)
+        self.baselines.get(entity).map(|b| &**b)
     }
 
     pub fn remember_score(&mut self, offset: i64, score: &Score) {
@@ -276,7 +279,7 @@ impl BaselineState {
 
 impl Checkpointed for BaselineState {
     type Meta = BaselineMeta;
-    type Entry = Baseline;
+    type Entry = Box<Baseline>;
     const VERSION: u32 = 1;
 
     fn meta(&self) -> BaselineMeta {
@@ -291,15 +294,15 @@ impl Checkpointed for BaselineState {
         self.applied_offset
     }
 
-    fn entries(&self) -> &TrackedMap<Baseline> {
+    fn entries(&self) -> &TrackedMap<Box<Baseline>> {
         &self.baselines
     }
 
-    fn entries_mut(&mut self) -> &mut TrackedMap<Baseline> {
+    fn entries_mut(&mut self) -> &mut TrackedMap<Box<Baseline>> {
         &mut self.baselines
     }
 
-    fn restore(meta: BaselineMeta, baselines: TrackedMap<Baseline>) -> Self {
+    fn restore(meta: BaselineMeta, baselines: TrackedMap<Box<Baseline>>) -> Self {
         Self { applied_offset: meta.applied_offset, baselines, recent_scores: meta.recent_scores }
     }
 

@@ -10,7 +10,9 @@
 //! - `anomaly` and `classifier`: the trained model (hot-reloaded), when one is configured.
 //!
 //! A replayed record (offset at or below the state's applied offset) does not teach the
-//! baseline twice and carries the score it got the first time.
+//! baseline twice and carries the score it got the first time. Scores are kept for that
+//! only with a checkpoint store that keeps state: with `memory` a (re)assigned partition
+//! starts empty, so no replay meets a state that saw the record.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -233,8 +235,11 @@ impl MlScoreStage {
                 };
                 state.applied_offset = Some(record.offset);
                 let score = self.score(event, deviations);
-                let state = self.state.get_mut(&record.topic, record.partition);
-                state.remember_score(record.offset, &score);
+                // A copy of every score until committed, for replays: only where a replay
+                // can meet this state (a store that keeps it).
+                if self.state.is_durable() {
+                    self.state.get_mut(&record.topic, record.partition).remember_score(record.offset, &score);
+                }
                 score
             }
         };

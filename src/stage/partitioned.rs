@@ -54,6 +54,13 @@ impl<S: Checkpointed> PartitionedState<S> {
         state
     }
 
+    /// Whether the checkpoint store keeps anything. Without one a (re)assigned partition
+    /// starts empty, so no record is ever replayed to a state that has seen it, and what
+    /// is remembered for replays would never be asked for.
+    pub fn is_durable(&self) -> bool {
+        self.store.is_durable()
+    }
+
     pub fn states(&self) -> impl Iterator<Item = &S> {
         self.partitions.values()
     }
