@@ -162,8 +162,8 @@ pub fn decode_or_dead_letter(
 /// and where its detection fields begin.
 pub type DecodedForDetection<'s> = (&'s mut crate::event::Event, Option<crate::event::avro::DetectionsAt>);
 
-/// [`decode_or_dead_letter`] for a stage that changes only the event's detection fields:
-/// also where they begin, for [`crate::event::avro::encode_event_detections`]. The event
+/// [`decode_or_dead_letter`] for a stage that changes only the event's `raw` and detection
+/// fields: also where they begin, for [`crate::event::avro::encode_event_detections`]. The event
 /// is decoded into the stage's `slot`, over the last record's.
 pub fn decode_for_detection_or_dead_letter<'s>(
     stage: &str,
