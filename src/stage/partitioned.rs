@@ -143,9 +143,8 @@ impl<S: Checkpointed> PartitionedState<S> {
             }
         }
         if !self.store.is_durable() {
-            for state in self.partitions.values_mut() {
-                state.entries_mut().take_changes();
-            }
+            // Nothing to write, and nothing noted to drain: a state held here for such a
+            // store is made not to note its changes (`fresh`).
             return None;
         }
         let mut failed = None;
