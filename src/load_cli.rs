@@ -186,9 +186,13 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // What arrives: (receive time, event ids it names) and (receive time, bytes hash).
+    // What arrives: alerts (receive time, event ids they name) from a pipeline, or every
+    // record's bytes hash from a pass-through; only what the mode reads is made, so the
+    // load tool, on the same cores, spends in one lane no work the other does not need
+    // (a pass-through lane used to try every raw event as an alert too).
     let stop_reading = tokio_util::sync::CancellationToken::new();
     let stop = stop_reading.clone();
+    let passthrough = args.passthrough;
     let reader = tokio::spawn(async move {
         let mut arrivals: Vec<Arrival> = Vec::new();
         // (receive time, bytes hash, create time) of every record.
@@ -202,8 +206,9 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
             let received = now_us();
             let payload = message.payload().unwrap_or_default();
             let created = message.timestamp().to_millis().map(|ms| ms * 1000);
-            hashes.push((received, xxhash_rust::xxh3::xxh3_64(payload), created));
-            if let Ok(alert) = serde_json::from_slice::<crate::event::Alert>(payload) {
+            if passthrough {
+                hashes.push((received, xxhash_rust::xxh3::xxh3_64(payload), created));
+            } else if let Ok(alert) = serde_json::from_slice::<crate::event::Alert>(payload) {
                 arrivals.push(Arrival { received, created, event_ids: alert.event_ids });
             }
         }
