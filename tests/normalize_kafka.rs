@@ -191,12 +191,17 @@ fn an_instance_killed_mid_stream_loses_nothing() {
     let b = env.start("norm-kill-b");
     wait_assigned(&[&a, &b]);
     let data = dataset(20_000, "kill");
-    produce_all(&env.raw, &data.records);
+    // Half the stream before the kill and half after, so the kill lands mid-stream however
+    // fast the stages get through a burst: `a` dies with work taken and not committed, and
+    // its partitions have more to come.
+    let (before_kill, after_kill) = data.records.split_at(data.records.len() / 2);
+    produce_all(&env.raw, before_kill);
 
     let mut normalized = TopicReader::new(&env.normalized);
     assert!(normalized.read_until(COMPLETION_TIMEOUT, |r| r.len() >= 3_000), "stages did not start producing");
     a.sigkill();
     let progress_at_kill = normalized.records.len();
+    produce_all(&env.raw, after_kill);
     let a2 = env.start("norm-kill-a2");
 
     let valid = data.valid_ids.len();

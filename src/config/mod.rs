@@ -228,6 +228,14 @@ pub struct RunnerConfig {
     /// `kafka.session_timeout` or the member is evicted mid-drain.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Input records a stage takes back to back, while more are ready, before it hands
+    /// their outputs to the broker at once (one produce batch per partition instead of one
+    /// per linger). 1 sends each output as soon as it is made.
+    pub burst_max: usize,
+    /// The longest a burst goes on taking input; its first outputs wait at most this long
+    /// (plus the producer's linger) to leave.
+    #[serde(with = "humantime_serde")]
+    pub burst_max_wait: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -236,6 +244,8 @@ impl Default for RunnerConfig {
             max_in_flight: 10_000,
             commit_interval: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(8),
+            burst_max: 10_000,
+            burst_max_wait: Duration::from_millis(50),
         }
     }
 }
@@ -325,6 +335,9 @@ impl AppConfig {
         }
         if self.runner.max_in_flight == 0 {
             errors.push("runner.max_in_flight must be at least 1".to_string());
+        }
+        if self.runner.burst_max == 0 {
+            errors.push("runner.burst_max must be at least 1 (1 sends each output as soon as it is made)".to_string());
         }
         if self.runner.commit_interval.is_zero() {
             errors.push("runner.commit_interval must be above zero".to_string());
