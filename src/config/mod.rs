@@ -232,8 +232,9 @@ pub struct RunnerConfig {
     /// their outputs to the broker at once (one produce batch per partition instead of one
     /// per linger). 1 sends each output as soon as it is made.
     pub burst_max: usize,
-    /// The longest a burst goes on taking input; its first outputs wait at most this long
-    /// (plus the producer's linger) to leave.
+    /// The longest a burst goes on taking input while the stage is behind (the records it
+    /// takes had waited longer than this since they were produced); a stage that keeps up
+    /// ends its bursts after 2 ms, a producer linger.
     #[serde(with = "humantime_serde")]
     pub burst_max_wait: Duration,
 }
