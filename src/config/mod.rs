@@ -517,11 +517,12 @@ mod tests {
     #[test]
     fn cross_field_errors_are_all_reported() {
         let err = load(
-            "[pipeline]\nbus = \"kafka\"\n[runner]\nmax_in_flight = 0\ndrain_timeout = \"1m\"\n",
+            "[pipeline]\nbus = \"kafka\"\n[runner]\nmax_in_flight = 0\nburst_max = 0\ndrain_timeout = \"1m\"\n",
             &[],
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("max_in_flight") && err.contains("drain_timeout"), "{err}");
+        assert!(err.contains("runner.burst_max must be at least 1"), "{err}");
     }
 }
