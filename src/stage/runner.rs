@@ -113,11 +113,8 @@ pub struct StageRunner {
     tracker: Arc<Mutex<OffsetTracker>>,
     acks: FuturesUnordered<BoxFuture<'static, AckResult>>,
     burst: Burst,
-    /// Most input records in one burst (1 on the in-process bus, which has no per-request
-    /// cost to save).
-    burst_max: usize,
-    burst_max_wait: Duration,
-    /// The longest burst while the stage keeps up (`BURST_CAUGHT_UP_WAIT`, or less).
+    /// The longest burst while the stage keeps up (`BURST_CAUGHT_UP_WAIT`, or less); the
+    /// other limits are `config`'s.
     burst_caught_up_wait: Duration,
     last_commit: Instant,
     /// Assignment generation last seen per input partition (to tell the stage about new ones).
@@ -135,19 +132,19 @@ impl StageRunner {
         stage: Box<dyn Stage>,
         mut consumer: BusConsumer,
         producer: BusProducer,
-        config: RunnerConfig,
+        mut config: RunnerConfig,
         dlq_topic: String,
         stats: Arc<StageStats>,
     ) -> Self {
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
         consumer.attach_tracker(tracker.clone());
         let input_age = metrics::histogram!(crate::telemetry::names::STAGE_INPUT_AGE, "stage" => stats.stage.as_str());
-        let burst_max = match producer {
+        // One record per burst on the in-process bus, which has no per-request cost to save.
+        config.burst_max = match producer {
             BusProducer::Memory(_) => 1,
             BusProducer::Kafka(_) => config.burst_max.max(1),
         };
-        let burst_max_wait = config.burst_max_wait;
-        let burst_caught_up_wait = BURST_CAUGHT_UP_WAIT.min(burst_max_wait);
+        let burst_caught_up_wait = BURST_CAUGHT_UP_WAIT.min(config.burst_max_wait);
         Self {
             stage,
             consumer,
@@ -158,8 +155,6 @@ impl StageRunner {
             tracker,
             acks: FuturesUnordered::new(),
             burst: Burst::default(),
-            burst_max,
-            burst_max_wait,
             burst_caught_up_wait,
             last_commit: Instant::now(),
             generations: crate::FastMap::default(),
@@ -170,8 +165,8 @@ impl StageRunner {
     /// Sets the burst size and longest wait, behind or not, whatever the transport (tests
     /// exercise bursts on the in-process bus, which otherwise sends each output at once).
     pub fn bursting(mut self, burst_max: usize, burst_max_wait: Duration) -> Self {
-        self.burst_max = burst_max.max(1);
-        self.burst_max_wait = burst_max_wait;
+        self.config.burst_max = burst_max.max(1);
+        self.config.burst_max_wait = burst_max_wait;
         self.burst_caught_up_wait = burst_max_wait;
         self
     }
@@ -251,8 +246,8 @@ impl StageRunner {
         match self.burst.started {
             None => true,
             Some(started) => {
-                let limit = if self.burst.behind { self.burst_max_wait } else { self.burst_caught_up_wait };
-                self.burst.records.len() < self.burst_max && self.burst.bytes < BURST_MAX_BYTES && started.elapsed() < limit
+                let limit = if self.burst.behind { self.config.burst_max_wait } else { self.burst_caught_up_wait };
+                self.burst.records.len() < self.config.burst_max && self.burst.bytes < BURST_MAX_BYTES && started.elapsed() < limit
             }
         }
     }
@@ -282,9 +277,9 @@ impl StageRunner {
         let now = now_us();
         self.burst.behind = false;
         if let Some(produced_ms) = record.timestamp_ms.filter(|t| *t > 0) {
-            let age_ms = (now / 1000 - produced_ms).max(0);
-            self.input_age.record(age_ms as f64 / 1000.0);
-            self.burst.behind = u128::try_from(age_ms).unwrap_or(0) > self.burst_max_wait.as_millis();
+            let age = Duration::from_millis((now / 1000 - produced_ms).max(0).unsigned_abs());
+            self.input_age.record(age.as_secs_f64());
+            self.burst.behind = age > self.config.burst_max_wait;
         }
         let stage = self.name();
         let partition = (record.topic.clone(), record.partition);
