@@ -330,6 +330,7 @@ impl EventSlot {
 #[derive(Default)]
 pub struct SummarySlot {
     event: Option<Box<Event>>,
+    spare: Vec<String>,
 }
 
 impl SummarySlot {
@@ -337,7 +338,7 @@ impl SummarySlot {
     /// what `fallback` makes of the frame (an event whose other fields are at their defaults).
     pub fn decode(&mut self, bytes: &[u8], fallback: impl FnOnce(&[u8]) -> Result<Event, AvroError>) -> Result<&Event, AvroError> {
         let event = self.event.get_or_insert_with(Box::default);
-        match decode_event_summary_into(bytes, event) {
+        match decode_event_summary_into(bytes, event, &mut self.spare) {
             Some(result) => result?,
             None => **event = fallback(bytes)?,
         }
@@ -388,16 +389,17 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, AvroError> {
 /// through [`decode`] then).
 pub fn decode_event_summary(bytes: &[u8]) -> Option<Result<Box<Event>, AvroError>> {
     let mut event = Box::<Event>::default();
-    decode_event_summary_into(bytes, &mut event).map(|decoded| decoded.map(|()| event))
+    decode_event_summary_into(bytes, &mut event, &mut Vec::new()).map(|decoded| decoded.map(|()| event))
 }
 
-/// [`decode_event_summary`] into `event` (see [`SummarySlot`]).
-fn decode_event_summary_into(bytes: &[u8], event: &mut Event) -> Option<Result<(), AvroError>> {
+/// [`decode_event_summary`] into `event` (see [`SummarySlot`]); strings it no longer needs
+/// go to `spare`, and come back from it.
+fn decode_event_summary_into(bytes: &[u8], event: &mut Event, spare: &mut Vec<String>) -> Option<Result<(), AvroError>> {
     let id = match frame_schema_id(bytes) {
         Ok(id) => id,
         Err(e) => return Some(Err(e)),
     };
-    on_event_fast_path(id, bytes, |plan, input| super::avro_event::decode_summary_into(plan, input, event))
+    on_event_fast_path(id, bytes, |plan, input| super::avro_event::decode_summary_into(plan, input, event, spare))
 }
 
 /// The hand-written decoder (`avro_event`) for a frame of the schema it is written for,

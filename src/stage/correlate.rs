@@ -163,8 +163,13 @@ impl CorrelateStage {
         self.enforce_key_budget(&record.topic, record.partition);
 
         let findings: Vec<Event> = signals.iter().map(|s| finding_event(s, event, record, now_us)).collect();
-        event.correlations = signals;
-        let payload = avro::encode_event_detections(&record.payload, detections_at, event).map_err(|e| StageError::Internal(e.to_string()))?;
+        // Most events complete nothing: they leave as they came, without encoding.
+        let payload = if signals.is_empty() && event.correlations.is_empty() {
+            record.payload.clone()
+        } else {
+            event.correlations = signals;
+            avro::encode_event_detections(&record.payload, detections_at, event).map_err(|e| StageError::Internal(e.to_string()))?
+        };
         out.push(OutMessage { topic: self.output_topic.clone(), key: record.key.clone(), payload });
         for finding in findings {
             let payload = avro::encode_event(&finding).map_err(|e| StageError::Internal(e.to_string()))?;
