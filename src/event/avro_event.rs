@@ -138,12 +138,7 @@ pub(super) fn decode(plan: &Plan, input: &mut &[u8]) -> Result<(Box<Event>, usiz
 pub(super) fn decode_into(plan: &Plan, input: &mut &[u8], event: &mut Event, spare: &mut Vec<String>) -> Result<usize, PlanError> {
     let (_, matches, correlations) = event_fields(plan)?;
     let start = input.len();
-    set_string(&mut event.id, input)?;
-    event.class = class(input)?;
-    event.time_us = read_long(input)?;
-    event.ingest_time_us = read_long(input)?;
-    set_string(&mut event.tenant, input)?;
-    set_string(&mut event.partition_key, input)?;
+    decode_head(input, event)?;
     let source = &mut event.source;
     set_string(&mut source.format, input)?;
     set_string(&mut source.topic, input)?;
@@ -218,6 +213,17 @@ pub(super) fn decode_into(plan: &Plan, input: &mut &[u8], event: &mut Event, spa
     Ok(detections_at)
 }
 
+/// Reads the fields every decoding of an event keeps, the first six of [`SHAPE`] (id,
+/// class, times, tenant, partition key), into `event`.
+fn decode_head(input: &mut &[u8], event: &mut Event) -> Result<(), PlanError> {
+    set_string(&mut event.id, input)?;
+    event.class = class(input)?;
+    event.time_us = read_long(input)?;
+    event.ingest_time_us = read_long(input)?;
+    set_string(&mut event.tenant, input)?;
+    set_string(&mut event.partition_key, input)
+}
+
 /// Decodes one event datum of `plan` (which has [`SHAPE`]) into `event` keeping only what
 /// the alert stage reads: id, class, times, tenant, partition key, message and the
 /// detection fields, written over `event`'s. The rest is stepped over as serde steps over a
@@ -225,12 +231,7 @@ pub(super) fn decode_into(plan: &Plan, input: &mut &[u8], event: &mut Event, spa
 /// not built; in `event` it must be at its defaults (it is, when only this writes to it).
 pub(super) fn decode_summary_into(plan: &Plan, input: &mut &[u8], event: &mut Event, spare: &mut Vec<String>) -> Result<(), PlanError> {
     let (_, matches, correlations) = event_fields(plan)?;
-    set_string(&mut event.id, input)?;
-    event.class = class(input)?;
-    event.time_us = read_long(input)?;
-    event.ingest_time_us = read_long(input)?;
-    set_string(&mut event.tenant, input)?;
-    set_string(&mut event.partition_key, input)?;
+    decode_head(input, event)?;
     skip_middle(input, &mut event.message, spare)?;
     event.matches = avro_plan::decode(matches, input)?;
     event.correlations = avro_plan::decode(correlations, input)?;
