@@ -209,7 +209,7 @@ pub(super) fn decode_into(plan: &Plan, input: &mut &[u8], event: &mut Event, spa
     set_opt_string(&mut event.raw, input, spare)?;
     event.matches = avro_plan::decode(matches, input)?;
     event.correlations = avro_plan::decode(correlations, input)?;
-    event.score = opt_score(input)?;
+    set_opt_score(&mut event.score, input, spare)?;
     Ok(detections_at)
 }
 
@@ -336,14 +336,15 @@ fn skip_opt_long(input: &mut &[u8]) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// [`opt_score`] into `score`, which holds an earlier record's: its map and strings are
-/// written over instead of allocated anew (every event the alert stage reads has a score).
+/// Reads a `score` (`["null", record]`) into `score`, which holds an earlier record's: its
+/// map and strings are written over instead of allocated anew (every event the alert stage
+/// reads has a score).
 fn set_opt_score(score: &mut Option<Score>, input: &mut &[u8], spare: &mut Vec<String>) -> Result<(), PlanError> {
     if !present(input)? {
-        if let Some(old) = score.take() {
-            recycle(spare, old.model_version);
-            old.parts.into_keys().chain(old.top_features).for_each(|text| recycle(spare, text));
-        }
+        // Dropped, not recycled: the ML stage puts a score on every event it decodes, and
+        // handing its strings to `spare` for the next (scoreless) input cost it ~600
+        // instructions per event more than freeing them.
+        *score = None;
         return Ok(());
     }
     let score = score.get_or_insert_with(|| Score { risk: 0.0, model_version: String::new(), parts: FieldMap::with_hasher(map_hasher()), top_features: Vec::new() });
@@ -511,10 +512,6 @@ fn put_strings(out: &mut Vec<u8>, items: &[String]) {
     write_long(out, 0);
 }
 
-fn string(input: &mut &[u8]) -> Result<String, PlanError> {
-    read_str(input).map(str::to_owned)
-}
-
 /// Most strings an [`EventSlot`](super::avro::EventSlot) keeps for reuse, and the largest
 /// capacity it keeps: enough for any usual event, while one with 100,000 `attrs` or a
 /// 64 KiB `raw` does not leave that much memory held after it.
@@ -618,12 +615,14 @@ fn set_map<V>(
         if count == 0 {
             return Ok(());
         }
-        // As in `map`: room for the block, no more than the input could hold.
+        // Room for the block at once, no more than the input could hold (an entry takes at
+        // least two bytes, so a forged count cannot reserve more).
         map.reserve((count as usize).min(input.len() / 2));
         for _ in 0..count {
             let key = reuse(spare, read_str(input)?);
             let value = value(input, spare)?;
-            // A repeated key keeps the first key string and the last value, as `map`.
+            // A repeated key keeps the first key string and the last value, as inserting
+            // each entry in turn into a map does (serde's path).
             if let Some(old) = map.insert(key, value) {
                 recycle_value(spare, old);
             }
@@ -714,13 +713,6 @@ fn class(input: &mut &[u8]) -> Result<EventClass, PlanError> {
         .map_or_else(|| fail(format!("enum symbol {index} of {}", EventClass::ALL.len())), Ok)
 }
 
-fn opt_score(input: &mut &[u8]) -> Result<Option<Score>, PlanError> {
-    if !present(input)? {
-        return Ok(None);
-    }
-    Ok(Some(Score { risk: read_double(input)?, model_version: string(input)?, parts: map(input, read_double)?, top_features: strings(input)? }))
-}
-
 fn read_double(input: &mut &[u8]) -> Result<f64, PlanError> {
     let bytes = avro_plan::take(input, 8)?;
     let mut le = [0u8; 8];
@@ -738,37 +730,6 @@ fn blocks(input: &mut &[u8], mut item: impl FnMut(&mut &[u8]) -> Result<(), Plan
         }
         for _ in 0..count {
             item(input)?;
-        }
-    }
-}
-
-/// A fresh array of strings (the score's `top_features`); [`set_strings`] writes over one.
-fn strings(input: &mut &[u8]) -> Result<Vec<String>, PlanError> {
-    let mut out = Vec::new();
-    blocks(input, |input| {
-        out.push(string(input)?);
-        Ok(())
-    })?;
-    Ok(out)
-}
-
-/// A fresh map (the score's `parts`); [`set_map`] writes over one. Kept apart from it: built
-/// on `set_map` the alert stage's score decoding took ~10% more instructions.
-fn map<V>(input: &mut &[u8], mut value: impl FnMut(&mut &[u8]) -> Result<V, PlanError>) -> Result<FieldMap<V>, PlanError> {
-    let mut out = FieldMap::with_hasher(map_hasher());
-    let mut announced = 0;
-    loop {
-        let count = block_count(input, &mut announced)?;
-        if count == 0 {
-            return Ok(out);
-        }
-        // Room for the block at once (an entry takes at least two bytes, so a forged count
-        // cannot reserve more than the input could hold).
-        out.reserve((count as usize).min(input.len() / 2));
-        for _ in 0..count {
-            let key = string(input)?;
-            let value = value(input)?;
-            out.insert(key, value);
         }
     }
 }

@@ -438,6 +438,11 @@ mod tests {
         }
     }
 
+    /// A runner of `stage` from `in` to `out` on `bus`, with [`config`].
+    fn memory_runner(bus: &MemoryBus, stage: Box<dyn Stage>, stats: Arc<crate::telemetry::StageStats>) -> StageRunner {
+        StageRunner::new(stage, BusConsumer::Memory(bus.consumer("in").unwrap()), BusProducer::Memory(bus.producer()), config(), "dlq".into(), stats)
+    }
+
     fn config() -> RunnerConfig {
         RunnerConfig { max_in_flight: 100, commit_interval: Duration::from_millis(10), drain_timeout: Duration::from_secs(1), ..RunnerConfig::default() }
     }
@@ -458,14 +463,7 @@ mod tests {
             }
         });
         let stats = crate::telemetry::StageStats::new(StageKind::QuickScan);
-        let runner = StageRunner::new(
-            Box::new(Forward),
-            BusConsumer::Memory(bus.consumer("in").unwrap()),
-            BusProducer::Memory(producer),
-            config(),
-            "dlq".into(),
-            stats.clone(),
-        );
+        let runner = memory_runner(&bus, Box::new(Forward), stats.clone());
         let stop = CancellationToken::new();
         let task = tokio::spawn(runner.run(stop.clone()));
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -514,15 +512,8 @@ mod tests {
         }
         let seen_downstream = Arc::new(Mutex::new(Vec::new()));
         let stage = ForwardWatching { bus: bus.clone(), seen_downstream: seen_downstream.clone() };
-        let runner = StageRunner::new(
-            Box::new(stage),
-            BusConsumer::Memory(bus.consumer("in").unwrap()),
-            BusProducer::Memory(producer),
-            config(),
-            "dlq".into(),
-            crate::telemetry::StageStats::new(StageKind::QuickScan),
-        )
-        .bursting(burst_max, Duration::from_secs(5));
+        let runner = memory_runner(&bus, Box::new(stage), crate::telemetry::StageStats::new(StageKind::QuickScan))
+            .bursting(burst_max, Duration::from_secs(5));
         let stop = CancellationToken::new();
         let task = tokio::spawn(runner.run(stop.clone()));
         let mut out = bus.consumer("out").unwrap();
