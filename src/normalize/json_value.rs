@@ -322,13 +322,13 @@ impl<'a> Fast<'a> {
         let bytes = self.text.as_bytes();
         let start = self.at;
         let mut at = start;
-        let negative = bytes[at] == b'-';
+        let negative = bytes.get(at) == Some(&b'-');
         if negative {
             at += 1;
         }
         let digits = at;
         at = digits_end(bytes, digits)?;
-        if bytes[digits] == b'0' && at - digits > 1 {
+        if bytes.get(digits) == Some(&b'0') && at - digits > 1 {
             return None; // a leading zero
         }
         let integer = !matches!(bytes.get(at), Some(b'.' | b'e' | b'E'));
