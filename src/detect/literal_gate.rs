@@ -866,6 +866,16 @@ impl LiteralGate {
         }
     }
 
+    /// The fields this gate reads, when those are all it reads (no keyword literal is looked
+    /// for in every value): then an event's other fields cannot change its candidates, and
+    /// a caller that can look fields up by name may offer only these to
+    /// [`LiteralGate::candidates`] and get the same answer. A route with a handful of rules
+    /// (correlate's own detections) names two or three fields, where walking the event
+    /// visits thirty (load/README.md, session 27).
+    pub fn named_fields(&self) -> Option<impl ExactSizeIterator<Item = &str> + '_> {
+        self.keyword_table.is_none().then(|| self.field_tables.keys().map(|name| &**name))
+    }
+
     /// The rules of `routes` (partition ids as given to [`LiteralGate::build`]) that can
     /// match an event whose (field name, string value) pairs `visit` yields, per partition
     /// in `routes` order.
