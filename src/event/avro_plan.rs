@@ -225,10 +225,10 @@ pub(super) fn read_long(input: &mut &[u8]) -> Result<i64, PlanError> {
 fn read_long_multibyte(input: &mut &[u8]) -> Result<i64, PlanError> {
     // Times (microseconds since 1970: 8 bytes) and offsets are the common long ones. Up to
     // eight bytes are read as one word: the first byte without its high bit ends the
-    // number, and the 7-bit groups are packed by three shift-and-mask steps. A byte at a
-    // time a time took ~130 instructions, 2.4% of the stages' in all (each decoding
-    // stage reads two per event); as a word, `decode_head` fell from 106M to 82M
-    // instructions in the embedded run (load/README.md, session 27).
+    // number, and the 7-bit groups are packed by three shift-and-mask steps. Read a byte
+    // at a time, a timestamp took ~130 instructions, 2.4% of the stages' in all (each
+    // decoding stage reads two per event); read as a word, `decode_head` fell from 106M
+    // to 82M instructions in the embedded run (load/README.md, session 27).
     if let Some(word) = input.first_chunk::<8>().map(|b| u64::from_le_bytes(*b)) {
         let ends = !word & 0x8080_8080_8080_8080;
         if ends != 0 {
