@@ -150,22 +150,37 @@ impl Deviations {
     }
 }
 
+/// Where an event came from and whom it reached, as a baseline compares and learns them:
+/// worked out once per event for both ([`BaselineState::observe`]), not once by each.
+struct Sighting {
+    place: Option<String>,
+    peer: Option<String>,
+}
+
+impl Sighting {
+    fn of(event: &Event) -> Self {
+        Self { place: acting_place(event), peer: peer_of(event) }
+    }
+}
+
 impl Baseline {
     /// How this event deviates from the baseline (the features named `baseline.*`).
     pub fn deviations(&self, event: &Event) -> Deviations {
+        self.deviations_of(event, &Sighting::of(event))
+    }
+
+    fn deviations_of(&self, event: &Event, sighting: &Sighting) -> Deviations {
         let mature = self.events >= MATURE_EVENTS;
         let hour = ((event.time_us / 3_600_000_000).rem_euclid(24)) as usize;
         let share = if self.events > 0 { f64::from(self.hours[hour]) / self.events as f64 } else { 0.0 };
-        let place = acting_place(event);
-        let new_place = mature && !self.places.is_empty() && place.as_ref().is_some_and(|p| !self.places.contains(p));
+        let new_place = mature && !self.places.is_empty() && sighting.place.as_ref().is_some_and(|p| !self.places.contains(p));
         // A new public network is worth more than a new internal subnet (DHCP, Wi-Fi, VPN
         // pools move people between internal /24s all day).
         let public = event.src_ip().and_then(|ip| ip.parse::<std::net::IpAddr>().ok()).is_some_and(|ip| match ip {
             std::net::IpAddr::V4(v4) => !(v4.is_private() || v4.is_loopback() || v4.is_link_local()),
             std::net::IpAddr::V6(v6) => !(v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00),
         });
-        let peer = peer_of(event);
-        let new_peer = mature && !self.peers.is_empty() && peer.as_ref().is_some_and(|p| !self.peers.contains(p));
+        let new_peer = mature && !self.peers.is_empty() && sighting.peer.as_ref().is_some_and(|p| !self.peers.contains(p));
         let today = event.time_us.div_euclid(DAY_US);
         let (day_peers, day_events) = if today == self.day { (self.day_peers.len(), self.day_events) } else { (0, 0) };
         // Distinct peers today against the usual day (at least 1, so a quiet entity that
@@ -189,6 +204,10 @@ impl Baseline {
 
     /// Learns from one event.
     pub fn update(&mut self, event: &Event) {
+        self.learn(event, Sighting::of(event));
+    }
+
+    fn learn(&mut self, event: &Event, sighting: Sighting) {
         let today = event.time_us.div_euclid(DAY_US);
         if self.events == 0 {
             self.day = today;
@@ -210,10 +229,10 @@ impl Baseline {
         self.events += 1;
         let hour = ((event.time_us / 3_600_000_000).rem_euclid(24)) as usize;
         self.hours[hour] = self.hours[hour].saturating_add(1);
-        if let Some(place) = acting_place(event) {
+        if let Some(place) = sighting.place {
             push_bounded(&mut self.places, place, MAX_PLACES);
         }
-        if let Some(peer) = peer_of(event) {
+        if let Some(peer) = sighting.peer {
             if today == self.day && !self.day_peers.contains(&peer) && self.day_peers.len() < MAX_DAY_PEERS {
                 self.day_peers.push(peer.clone());
             }
@@ -267,8 +286,9 @@ impl BaselineState {
     /// Deviations of `event` from its entity's baseline, then the baseline learns it.
     pub fn observe(&mut self, entity: &str, event: &Event) -> Deviations {
         let baseline = self.baselines.entry_mut(entity);
-        let deviations = baseline.deviations(event);
-        baseline.update(event);
+        let sighting = Sighting::of(event);
+        let deviations = baseline.deviations_of(event, &sighting);
+        baseline.learn(event, sighting);
         deviations
     }
 
