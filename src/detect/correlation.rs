@@ -644,7 +644,7 @@ struct EventFields<'a> {
 impl EventFields<'_> {
     fn get(&self, name: &str) -> Option<Cow<'_, str>> {
         if let Some(v) = self.doc.get(name) {
-            return Some(Cow::Borrowed(v));
+            return Some(v);
         }
         let e = self.event;
         fn borrowed(v: Option<&str>) -> Option<Cow<'_, str>> {

@@ -401,18 +401,14 @@ impl SigmaRules {
         let gate = route.gate.as_deref().unwrap_or_else(|| self.all_gate());
         let candidates = gate.candidates(&route.partitions, |visit| match gate.named_fields() {
             // Fewer fields to ask for than the event has: ask for those.
-            Some(names) if names.len() < doc.fields.len() => {
+            Some(names) if names.len() < doc.len_at_most() => {
                 for name in names {
                     if let Some(value) = doc.get(name) {
-                        visit(name, value);
+                        visit(name, &value);
                     }
                 }
             }
-            _ => {
-                for (name, value) in &doc.fields {
-                    visit(name, value);
-                }
-            }
+            _ => doc.visit(&mut |name, value| visit(name, &value)),
         });
         (gate, candidates)
     }
@@ -623,10 +619,10 @@ fn matched_fields(detection: &rsigma_eval::CompiledDetection, doc: &SigmaDoc<'_>
                 let Some(value) = doc.get(field) else { continue };
                 // The mapping matched, so every item did; an `exists` item matched on
                 // presence, and rsigma reports it only where its matcher takes the value.
-                if item.exists.is_some() && !item.matcher.matches(&EventValue::Str(Cow::Borrowed(value)), doc) {
+                if item.exists.is_some() && !item.matcher.matches(&EventValue::Str(Cow::Borrowed(&value)), doc) {
                     continue;
                 }
-                out.insert(field.clone(), value.to_string());
+                out.insert(field.clone(), value.into_owned());
             }
         }
         CompiledDetection::AnyOf(members) => {
@@ -658,7 +654,7 @@ fn detection_matches(detection: &rsigma_eval::CompiledDetection, doc: &SigmaDoc<
             (Some(field), Some(exists)) => doc.get(field).is_some() == exists,
             (None, Some(exists)) => !exists,
             (Some(field), None) => match doc.get(field) {
-                Some(value) => item.matcher.matches(&EventValue::Str(Cow::Borrowed(value)), doc),
+                Some(value) => item.matcher.matches(&EventValue::Str(value), doc),
                 None => matches!(item.matcher, CompiledMatcher::Null),
             },
             (None, None) => item.matcher.matches_keyword(doc),
@@ -875,45 +871,137 @@ fn is_windows(event: &Event) -> bool {
     event.source.format == "evtx" || event.source.vendor.as_deref() == Some("microsoft")
 }
 
+/// The fields worked out from the canonical event, by name: Sigma's names for them (the
+/// first [`SIGMA_DERIVED`]), then our normalized names. No name appears twice, and a
+/// producer field (`attrs`) of the same name takes precedence over any of them.
+const DERIVED: [&str; 34] = [
+    "CommandLine",
+    "Image",
+    "ParentImage",
+    "ParentCommandLine",
+    "ProcessId",
+    "User",
+    "Computer",
+    "SourceIp",
+    "SourceHostname",
+    "SourcePort",
+    "DestinationIp",
+    "DestinationHostname",
+    "DestinationPort",
+    "QueryName",
+    "TargetFilename",
+    "cs-method",
+    "cs-uri-query",
+    "cs-user-agent",
+    "tenant",
+    "class",
+    "action",
+    "outcome",
+    "user",
+    "host",
+    "src_ip",
+    "dst_ip",
+    "dst_port",
+    "session_id",
+    "prompt",
+    "model",
+    "url",
+    "status",
+    "src_country",
+    "match_ids",
+];
+
+/// How many of [`DERIVED`] are Sigma's names (what quick-scan's SigmaHQ rules see).
+const SIGMA_DERIVED: usize = 18;
+
+/// Longest name in [`DERIVED`], and most names of one length.
+const DERIVED_MAX_LEN: usize = 19;
+const DERIVED_PER_LEN: usize = 6;
+
+/// [`DERIVED`]'s indices by name length, `u8::MAX` for none: a name is compared with the
+/// few names of its length, not with all 34 (a lookup of a name that is not there was
+/// ~200 instructions).
+const DERIVED_BY_LEN: [[u8; DERIVED_PER_LEN]; DERIVED_MAX_LEN + 1] = {
+    let mut table = [[u8::MAX; DERIVED_PER_LEN]; DERIVED_MAX_LEN + 1];
+    let mut index = 0;
+    while index < DERIVED.len() {
+        let row = &mut table[DERIVED[index].len()];
+        let mut slot = 0;
+        while row[slot] != u8::MAX {
+            slot += 1;
+        }
+        row[slot] = index as u8;
+        index += 1;
+    }
+    table
+};
+
+/// The index of `name` in [`DERIVED`].
+fn derived_index(name: &str) -> Option<usize> {
+    let row = DERIVED_BY_LEN.get(name.len())?;
+    row.iter().take_while(|&&index| index != u8::MAX).map(|&index| usize::from(index)).find(|&index| DERIVED[index] == name)
+}
+
+/// Attributes an identity provider gives the login's country in, first found wins.
+const COUNTRY_ATTRS: [&str; 5] = ["src_country", "geo.country", "client.geographicalContext.country", "location.countryOrRegion", "source.geo.country_iso_code"];
+
+/// The value of `DERIVED[index]` for `event`, if it has one.
+fn derived(event: &Event, index: usize) -> Option<Cow<'_, str>> {
+    fn borrowed(value: Option<&str>) -> Option<Cow<'_, str>> {
+        value.map(Cow::Borrowed)
+    }
+    let process = event.process.as_ref();
+    match index {
+        0 => borrowed(process?.command_line.as_deref()),
+        1 => borrowed(process?.path.as_deref().or(process?.name.as_deref())),
+        2 => borrowed(process?.parent_name.as_deref()),
+        3 => borrowed(process?.parent_command_line.as_deref()),
+        4 => process?.pid.map(|pid| Cow::Owned(pid.to_string())),
+        5 | 22 => borrowed(event.user()),
+        6 | 23 => borrowed(event.host.as_deref()),
+        7 | 24 => borrowed(event.src_ip()),
+        8 => borrowed(event.src.as_ref()?.hostname.as_deref()),
+        9 => event.src.as_ref()?.port.map(|port| Cow::Owned(port.to_string())),
+        10 | 25 => borrowed(event.dst_ip()),
+        11 => borrowed(event.dst.as_ref()?.hostname.as_deref()),
+        12 | 26 => event.dst.as_ref()?.port.map(|port| Cow::Owned(port.to_string())),
+        13 => borrowed(event.dns.as_ref()?.query.as_deref()),
+        14 => borrowed(event.file.as_ref()?.path.as_deref()),
+        15 => borrowed(event.http.as_ref()?.method.as_deref()),
+        16 | 30 => borrowed(event.http.as_ref()?.url.as_deref()),
+        17 => borrowed(event.http.as_ref()?.user_agent.as_deref()),
+        18 => Some(Cow::Borrowed(event.tenant.as_str())),
+        19 => Some(Cow::Borrowed(event.class.as_str())),
+        20 => borrowed(event.action.as_deref()),
+        21 => borrowed(event.outcome.as_deref()),
+        27 => borrowed(event.llm.as_ref().and_then(|l| l.session_id.as_deref()).or_else(|| event.actor.as_ref().and_then(|a| a.session_id.as_deref()))),
+        28 => borrowed(event.llm.as_ref()?.prompt.as_deref()),
+        29 => borrowed(event.llm.as_ref()?.model.as_deref()),
+        31 => event.http.as_ref()?.status.map(|status| Cow::Owned(status.to_string())),
+        32 => COUNTRY_ATTRS.iter().find_map(|k| event.attrs.get(*k)).map(|v| Cow::Borrowed(v.as_str())),
+        33 if !event.matches.is_empty() => {
+            let ids: Vec<&str> = event.matches.iter().map(|m| m.rule_id.as_str()).collect();
+            Some(Cow::Owned(ids.join(" ")))
+        }
+        _ => None,
+    }
+}
+
 /// The event's fields as Sigma sees them: producer fields by their own names (Windows
 /// EventData names come through `attrs` unchanged), plus the canonical fields under the
 /// names SigmaHQ rules use for them, where the producer did not already use that name.
+/// Built up front: quick-scan's SigmaHQ rules read many fields of every event.
 pub fn sigma_fields(event: &Event) -> SigmaDoc<'_> {
-    let mut doc = SigmaDoc { fields: ahash::AHashMap::with_capacity(event.attrs.len() + 12) };
+    let mut fields = ahash::AHashMap::with_capacity(event.attrs.len() + 12);
     for (k, v) in &event.attrs {
-        doc.fields.insert(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()));
+        fields.insert(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()));
     }
-    if let Some(p) = &event.process {
-        doc.put("CommandLine", p.command_line.as_deref());
-        doc.put("Image", p.path.as_deref().or(p.name.as_deref()));
-        doc.put("ParentImage", p.parent_name.as_deref());
-        doc.put("ParentCommandLine", p.parent_command_line.as_deref());
-        doc.put_owned("ProcessId", p.pid.map(|pid| pid.to_string()));
+    for (index, name) in DERIVED[..SIGMA_DERIVED].iter().enumerate() {
+        if let Some(value) = derived(event, index) {
+            fields.entry(Cow::Borrowed(*name)).or_insert(value);
+        }
     }
-    doc.put("User", event.user());
-    doc.put("Computer", event.host.as_deref());
-    if let Some(src) = &event.src {
-        doc.put("SourceIp", src.ip.as_deref());
-        doc.put("SourceHostname", src.hostname.as_deref());
-        doc.put_owned("SourcePort", src.port.map(|port| port.to_string()));
-    }
-    if let Some(dst) = &event.dst {
-        doc.put("DestinationIp", dst.ip.as_deref());
-        doc.put("DestinationHostname", dst.hostname.as_deref());
-        doc.put_owned("DestinationPort", dst.port.map(|port| port.to_string()));
-    }
-    if let Some(dns) = &event.dns {
-        doc.put("QueryName", dns.query.as_deref());
-    }
-    if let Some(file) = &event.file {
-        doc.put("TargetFilename", file.path.as_deref());
-    }
-    if let Some(http) = &event.http {
-        doc.put("cs-method", http.method.as_deref());
-        doc.put("cs-uri-query", http.url.as_deref());
-        doc.put("cs-user-agent", http.user_agent.as_deref());
-    }
-    doc
+    SigmaDoc { fields: DocFields::Built(fields) }
 }
 
 /// Sigma's view of the event ([`sigma_fields`]) plus our normalized fields under lower-case
@@ -921,99 +1009,117 @@ pub fn sigma_fields(event: &Event) -> SigmaDoc<'_> {
 /// `host`, `src_ip`, `dst_ip`, `dst_port`, `session_id`, `prompt`, `model`, `url`, `status`,
 /// `src_country`, and `match_ids` (the ids of quick-scan's matches, space-separated). What the correlate
 /// stage's own detection rules and group-by fields see.
+///
+/// Worked out field by field when asked, not up front: correlate's rules and group-by read
+/// a few fields of each event, and building all ~50 into a map cost more than its rules
+/// (2.4k instructions per event).
 pub fn normalized_fields(event: &Event) -> SigmaDoc<'_> {
-    let mut doc = sigma_fields(event);
-    doc.put("tenant", Some(event.tenant.as_str()));
-    doc.put("class", Some(event.class.as_str()));
-    doc.put("action", event.action.as_deref());
-    doc.put("outcome", event.outcome.as_deref());
-    doc.put("user", event.user());
-    doc.put("host", event.host.as_deref());
-    doc.put("src_ip", event.src_ip());
-    doc.put("dst_ip", event.dst_ip());
-    doc.put_owned("dst_port", event.dst.as_ref().and_then(|d| d.port).map(|p| p.to_string()));
-    let session = event.llm.as_ref().and_then(|l| l.session_id.as_deref()).or_else(|| event.actor.as_ref().and_then(|a| a.session_id.as_deref()));
-    doc.put("session_id", session);
-    if let Some(llm) = &event.llm {
-        doc.put("prompt", llm.prompt.as_deref());
-        doc.put("model", llm.model.as_deref());
-    }
-    if let Some(http) = &event.http {
-        doc.put("url", http.url.as_deref());
-        doc.put_owned("status", http.status.map(|s| s.to_string()));
-    }
-    // The login's country, where the producer (an identity provider) gave it.
-    let country = ["src_country", "geo.country", "client.geographicalContext.country", "location.countryOrRegion", "source.geo.country_iso_code"]
-        .iter()
-        .find_map(|k| event.attrs.get(*k));
-    doc.put("src_country", country.map(String::as_str));
-    if !event.matches.is_empty() {
-        let ids: Vec<&str> = event.matches.iter().map(|m| m.rule_id.as_str()).collect();
-        doc.put_owned("match_ids", Some(ids.join(" ")));
-    }
-    doc
+    SigmaDoc { fields: DocFields::OnRequest(event) }
 }
 
 /// The event as a flat JSON object of strings, as Sigma sees it (see [`sigma_fields`]): for
 /// `rules bench --documents` and for other engines.
 pub fn document(event: &Event) -> Value {
-    let doc = sigma_fields(event);
-    let map: Map<String, Value> = doc.fields.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
-    Value::Object(map)
+    rsigma_eval::Event::to_json(&sigma_fields(event))
 }
 
-/// A normalized event as rsigma evaluates it: flat string fields borrowed from the event,
-/// in a hash map. Evaluates exactly as rsigma's `JsonEvent` over [`document`] (a flat object
-/// of strings, where a dotted path can only be an exact key) without building that object
-/// per event: no per-field string copies, no ordered-map lookups.
+/// A normalized event as rsigma evaluates it: flat string fields borrowed from the event.
+/// Evaluates exactly as rsigma's `JsonEvent` over [`document`] (a flat object of strings,
+/// where a dotted path can only be an exact key) without building that object per event:
+/// no per-field string copies, no ordered-map lookups.
 pub struct SigmaDoc<'e> {
-    fields: ahash::AHashMap<Cow<'e, str>, Cow<'e, str>>,
+    fields: DocFields<'e>,
 }
 
-impl<'e> SigmaDoc<'e> {
-    /// The value of a field as Sigma names it (`User`, `SourceIp`, an EventData name …).
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.fields.get(name).map(|v| v.as_ref())
-    }
+enum DocFields<'e> {
+    /// Every field in a hash map, for rules that read many.
+    Built(ahash::AHashMap<Cow<'e, str>, Cow<'e, str>>),
+    /// The event's `attrs`, then [`DERIVED`] fields the attrs do not name, each worked out
+    /// when asked for.
+    OnRequest(&'e Event),
+}
 
-    fn put(&mut self, name: &'static str, value: Option<&'e str>) {
-        if let Some(v) = value {
-            self.fields.entry(Cow::Borrowed(name)).or_insert(Cow::Borrowed(v));
+impl SigmaDoc<'_> {
+    /// The value of a field as Sigma names it (`User`, `SourceIp`, an EventData name …).
+    pub fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        match &self.fields {
+            DocFields::Built(fields) => fields.get(name).map(|v| Cow::Borrowed(v.as_ref())),
+            DocFields::OnRequest(event) => match event.attrs.get(name) {
+                Some(value) => Some(Cow::Borrowed(value.as_str())),
+                None => derived(event, derived_index(name)?),
+            },
         }
     }
 
-    fn put_owned(&mut self, name: &'static str, value: Option<String>) {
-        if let Some(v) = value {
-            self.fields.entry(Cow::Borrowed(name)).or_insert(Cow::Owned(v));
+    /// How many fields the document has, at most: whether asking for a few fields by name
+    /// is cheaper than visiting all of them.
+    fn len_at_most(&self) -> usize {
+        match &self.fields {
+            DocFields::Built(fields) => fields.len(),
+            DocFields::OnRequest(event) => event.attrs.len() + DERIVED.len(),
+        }
+    }
+
+    /// Every field once, in no particular order.
+    fn visit<'s>(&'s self, visit: &mut dyn FnMut(&'s str, Cow<'s, str>)) {
+        match &self.fields {
+            DocFields::Built(fields) => {
+                for (k, v) in fields {
+                    visit(k, Cow::Borrowed(v.as_ref()));
+                }
+            }
+            DocFields::OnRequest(event) => {
+                for (k, v) in &event.attrs {
+                    visit(k, Cow::Borrowed(v.as_str()));
+                }
+                for (index, name) in DERIVED.iter().enumerate() {
+                    if !event.attrs.contains_key(*name) {
+                        if let Some(value) = derived(event, index) {
+                            visit(name, value);
+                        }
+                    }
+                }
+            }
         }
     }
 }
 
 impl rsigma_eval::Event for SigmaDoc<'_> {
     fn get_field(&self, path: &str) -> Option<EventValue<'_>> {
-        self.fields.get(path).map(|v| EventValue::Str(Cow::Borrowed(v.as_ref())))
+        self.get(path).map(EventValue::Str)
     }
 
     fn any_string_value(&self, pred: &dyn Fn(&str) -> bool) -> bool {
-        self.fields.values().any(|v| pred(v))
+        if let DocFields::Built(fields) = &self.fields {
+            return fields.values().any(|v| pred(v));
+        }
+        let mut any = false;
+        self.visit(&mut |_, v| any = any || pred(&v));
+        any
     }
 
     fn all_string_values(&self) -> Vec<Cow<'_, str>> {
-        self.fields.values().map(|v| Cow::Borrowed(v.as_ref())).collect()
+        let mut values = Vec::new();
+        self.visit(&mut |_, v| values.push(v));
+        values
     }
 
     fn visit_string_values(&self, visit: &mut dyn FnMut(&str)) {
-        for v in self.fields.values() {
-            visit(v);
-        }
+        self.visit(&mut |_, v| visit(&v));
     }
 
     fn to_json(&self) -> Value {
-        Value::Object(self.fields.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect())
+        let mut map = Map::new();
+        self.visit(&mut |k, v| {
+            map.insert(k.to_string(), Value::String(v.into_owned()));
+        });
+        Value::Object(map)
     }
 
     fn field_keys(&self) -> Vec<Cow<'_, str>> {
-        self.fields.keys().map(|k| Cow::Borrowed(k.as_ref())).collect()
+        let mut keys = Vec::new();
+        self.visit(&mut |k, _| keys.push(Cow::Borrowed(k)));
+        keys
     }
 
     fn top_level_keys(&self) -> Option<Vec<Cow<'_, str>>> {
@@ -1021,9 +1127,7 @@ impl rsigma_eval::Event for SigmaDoc<'_> {
     }
 
     fn visit_top_level_keys(&self, visit: &mut dyn FnMut(&str)) -> bool {
-        for k in self.fields.keys() {
-            visit(k);
-        }
+        self.visit(&mut |k, _| visit(k));
         true
     }
 }
@@ -1171,7 +1275,7 @@ detection:
             let doc = normalized_fields(event);
             let route = rules.plain_route(event, true);
             let gate = route.gate.as_deref().expect("a route gate");
-            assert!(gate.named_fields().is_some_and(|names| names.len() < doc.fields.len()), "the gate asks for its fields");
+            assert!(gate.named_fields().is_some_and(|names| names.len() < doc.len_at_most()), "the gate asks for its fields");
             let mut gated = rules.matching_ids_normalized(event, &doc);
             gated.sort();
             let mut reference: Vec<String> = route.partitions.iter().flat_map(|&slot| rules.partitions[slot].evaluate(&doc)).map(rule_name).collect();
@@ -1203,6 +1307,183 @@ detection:
         b.attrs.insert("Channel".into(), "p".into());
         for event in [&a, &b] {
             assert_eq!(rules.event_route(event).partitions, rules.route(&logsources(event)).partitions);
+        }
+    }
+
+    /// The document as correlate built it up front before it was worked out on request
+    /// (the code of the time, verbatim): the reference [`normalized_fields`] is checked
+    /// against.
+    fn normalized_fields_built_up_front<'e>(event: &'e Event) -> ahash::AHashMap<Cow<'e, str>, Cow<'e, str>> {
+        type Fields<'e> = ahash::AHashMap<Cow<'e, str>, Cow<'e, str>>;
+        fn put<'e>(fields: &mut Fields<'e>, name: &'static str, value: Option<Cow<'e, str>>) {
+            if let Some(v) = value {
+                fields.entry(Cow::Borrowed(name)).or_insert(v);
+            }
+        }
+        fn b(v: Option<&str>) -> Option<Cow<'_, str>> {
+            v.map(Cow::Borrowed)
+        }
+        fn o(v: Option<String>) -> Option<Cow<'static, str>> {
+            v.map(Cow::Owned)
+        }
+        let mut fields = Fields::new();
+        for (k, v) in &event.attrs {
+            fields.insert(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()));
+        }
+        if let Some(p) = &event.process {
+            put(&mut fields, "CommandLine", b(p.command_line.as_deref()));
+            put(&mut fields, "Image", b(p.path.as_deref().or(p.name.as_deref())));
+            put(&mut fields, "ParentImage", b(p.parent_name.as_deref()));
+            put(&mut fields, "ParentCommandLine", b(p.parent_command_line.as_deref()));
+            put(&mut fields, "ProcessId", o(p.pid.map(|pid| pid.to_string())));
+        }
+        put(&mut fields, "User", b(event.user()));
+        put(&mut fields, "Computer", b(event.host.as_deref()));
+        if let Some(src) = &event.src {
+            put(&mut fields, "SourceIp", b(src.ip.as_deref()));
+            put(&mut fields, "SourceHostname", b(src.hostname.as_deref()));
+            put(&mut fields, "SourcePort", o(src.port.map(|port| port.to_string())));
+        }
+        if let Some(dst) = &event.dst {
+            put(&mut fields, "DestinationIp", b(dst.ip.as_deref()));
+            put(&mut fields, "DestinationHostname", b(dst.hostname.as_deref()));
+            put(&mut fields, "DestinationPort", o(dst.port.map(|port| port.to_string())));
+        }
+        if let Some(dns) = &event.dns {
+            put(&mut fields, "QueryName", b(dns.query.as_deref()));
+        }
+        if let Some(file) = &event.file {
+            put(&mut fields, "TargetFilename", b(file.path.as_deref()));
+        }
+        if let Some(http) = &event.http {
+            put(&mut fields, "cs-method", b(http.method.as_deref()));
+            put(&mut fields, "cs-uri-query", b(http.url.as_deref()));
+            put(&mut fields, "cs-user-agent", b(http.user_agent.as_deref()));
+        }
+        put(&mut fields, "tenant", b(Some(event.tenant.as_str())));
+        put(&mut fields, "class", b(Some(event.class.as_str())));
+        put(&mut fields, "action", b(event.action.as_deref()));
+        put(&mut fields, "outcome", b(event.outcome.as_deref()));
+        put(&mut fields, "user", b(event.user()));
+        put(&mut fields, "host", b(event.host.as_deref()));
+        put(&mut fields, "src_ip", b(event.src_ip()));
+        put(&mut fields, "dst_ip", b(event.dst_ip()));
+        put(&mut fields, "dst_port", o(event.dst.as_ref().and_then(|d| d.port).map(|p| p.to_string())));
+        let session = event.llm.as_ref().and_then(|l| l.session_id.as_deref()).or_else(|| event.actor.as_ref().and_then(|a| a.session_id.as_deref()));
+        put(&mut fields, "session_id", b(session));
+        if let Some(llm) = &event.llm {
+            put(&mut fields, "prompt", b(llm.prompt.as_deref()));
+            put(&mut fields, "model", b(llm.model.as_deref()));
+        }
+        if let Some(http) = &event.http {
+            put(&mut fields, "url", b(http.url.as_deref()));
+            put(&mut fields, "status", o(http.status.map(|s| s.to_string())));
+        }
+        let country = ["src_country", "geo.country", "client.geographicalContext.country", "location.countryOrRegion", "source.geo.country_iso_code"]
+            .iter()
+            .find_map(|k| event.attrs.get(*k));
+        put(&mut fields, "src_country", b(country.map(String::as_str)));
+        if !event.matches.is_empty() {
+            let ids: Vec<&str> = event.matches.iter().map(|m| m.rule_id.as_str()).collect();
+            put(&mut fields, "match_ids", o(Some(ids.join(" "))));
+        }
+        fields
+    }
+
+    /// Generator traffic as correlate reads it (quick-scan's matches on some events), and
+    /// events whose producer fields use names the document also works out.
+    fn correlate_inputs() -> Vec<Event> {
+        use crate::event::{Actor, Dns, Endpoint, File, Http, Llm, Process};
+        let mut events = Vec::new();
+        let mut generator = crate::generator::EventGenerator::new(crate::generator::GeneratorConfig::default());
+        let normalizer = crate::normalize::Normalizer::new(crate::normalize::NormalizeConfig::default(), "default");
+        for n in 0..600 {
+            let record = generator.next_record(1_700_000_000_000_000 + n);
+            let record = crate::bus::Record { topic: "events.raw".into(), partition: 0, offset: n, key: None, payload: record.payload, timestamp_ms: None };
+            if let Ok(mut event) = normalizer.normalize(&record, 1_700_000_000_000_000 + n) {
+                for id in 0..n % 3 {
+                    event.matches.push(Match { rule_id: format!("rule-{id}"), ..Match::default() });
+                }
+                events.push(event);
+            }
+        }
+        let full = Event {
+            tenant: "acme".into(),
+            class: EventClass::HttpActivity,
+            action: Some("get".into()),
+            outcome: Some("success".into()),
+            host: Some("web-1".into()),
+            actor: Some(Actor { user: Some("alice".into()), domain: None, session_id: Some("s-1".into()) }),
+            src: Some(Endpoint { ip: Some("10.0.0.5".into()), port: Some(51234), hostname: Some("laptop".into()) }),
+            dst: Some(Endpoint { ip: Some("10.0.0.1".into()), port: Some(443), hostname: Some("web".into()) }),
+            process: Some(Process { pid: Some(4242), name: Some("nginx".into()), command_line: Some("nginx -g".into()), parent_name: Some("init".into()), parent_command_line: Some("/sbin/init".into()), ..Default::default() }),
+            http: Some(Http { method: Some("GET".into()), url: Some("/index.html?q=1".into()), status: Some(200), user_agent: Some("curl".into()), ..Default::default() }),
+            dns: Some(Dns { query: Some("example.com".into()), ..Default::default() }),
+            file: Some(File { path: Some("/tmp/x".into()), ..Default::default() }),
+            llm: Some(Llm { prompt: Some("hello".into()), model: Some("m".into()), session_id: Some("llm-1".into()), ..Default::default() }),
+            matches: vec![Match { rule_id: "r1".into(), ..Match::default() }, Match { rule_id: "r2".into(), ..Match::default() }],
+            ..Event::default()
+        };
+        events.push(full.clone());
+        // Producer fields named as derived ones take precedence; the country comes from the
+        // first attribute that has one.
+        let mut shadowed = full;
+        for (k, v) in [("User", "EVE"), ("user", "eve"), ("tenant", "other"), ("ProcessId", "1"), ("match_ids", "none"), ("geo.country", "NL"), ("k", "v")] {
+            shadowed.attrs.insert(k.into(), v.into());
+        }
+        events.push(shadowed.clone());
+        shadowed.attrs.insert("src_country".into(), "DE".into());
+        events.push(shadowed);
+        events.push(Event::default());
+        events
+    }
+
+    #[test]
+    fn the_document_worked_out_on_request_is_the_document_built_up_front() {
+        use rsigma_eval::Event as _;
+        let sorted = |mut pairs: Vec<(String, String)>| {
+            pairs.sort();
+            pairs
+        };
+        let absent = ["", "nope", "Image2", "users", "process.name", "cs-uri-stem", "DestinationHostnameX"];
+        let events = correlate_inputs();
+        assert!(events.len() > 500);
+        for event in &events {
+            let reference = normalized_fields_built_up_front(event);
+            let doc = normalized_fields(event);
+            for name in reference.keys().map(|k| k.as_ref()).chain(DERIVED).chain(absent) {
+                assert_eq!(doc.get(name).as_deref(), reference.get(name).map(|v| v.as_ref()), "field {name} of {event:?}");
+                let field = doc.get_field(name).map(|v| v.as_str().map(Cow::into_owned));
+                assert_eq!(field, reference.get(name).map(|v| Some(v.to_string())), "get_field {name}");
+            }
+            let expected = sorted(reference.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+            let mut visited = Vec::new();
+            doc.visit(&mut |k, v| visited.push((k.to_string(), v.into_owned())));
+            assert_eq!(sorted(visited), expected, "every field once: {event:?}");
+            let mut keys: Vec<String> = doc.field_keys().iter().map(|k| k.to_string()).collect();
+            keys.sort();
+            assert_eq!(keys, expected.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>());
+            let mut values: Vec<String> = doc.all_string_values().iter().map(|v| v.to_string()).collect();
+            values.sort();
+            let mut expected_values: Vec<String> = expected.iter().map(|(_, v)| v.clone()).collect();
+            expected_values.sort();
+            assert_eq!(values, expected_values);
+            assert!(doc.len_at_most() >= expected.len());
+            assert_eq!(doc.to_json(), Value::Object(expected.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()));
+            for value in expected.iter().map(|(_, v)| v.as_str()).chain(["no such value"]) {
+                assert_eq!(doc.any_string_value(&|v| v == value), expected.iter().any(|(_, v)| v == value));
+            }
+        }
+    }
+
+    #[test]
+    fn every_derived_name_is_found_by_its_length() {
+        for (index, name) in DERIVED.iter().enumerate() {
+            assert_eq!(derived_index(name), Some(index), "{name}");
+            assert_eq!(DERIVED.iter().filter(|other| *other == name).count(), 1, "{name} twice");
+        }
+        for name in ["", "x", "Users", "CommandLinE", "a-name-longer-than-any-derived-one"] {
+            assert_eq!(derived_index(name), None, "{name}");
         }
     }
 }
