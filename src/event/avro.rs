@@ -500,7 +500,12 @@ mod tests {
                 fields: [("CommandLine".to_string(), "x".to_string())].into_iter().collect(),
             }],
             correlations: vec![Correlation { rule_id: "c1".into(), count: 5, ..Default::default() }],
-            score: Some(Score { risk: 87.5, model_version: "m1".into(), ..Default::default() }),
+            score: Some(Score {
+                risk: 87.5,
+                model_version: "m1".into(),
+                parts: [("anomaly".to_string(), 0.25)].into_iter().collect(),
+                top_features: vec!["failed_logins".into()],
+            }),
         }
     }
 
@@ -727,21 +732,31 @@ mod tests {
         message: Option<String>,
         matches: Vec<Match>,
         correlations: Vec<Correlation>,
-        score: Option<Score>,
+        score: Option<SummaryScore>,
+    }
+
+    /// What the alert stage reads of a score: all but its parts.
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct SummaryScore {
+        risk: f64,
+        model_version: String,
+        top_features: Vec<String>,
     }
 
     impl Summary {
-        /// As [`comparable`] for events: the score's NaNs set to 0, and where they were.
+        /// As [`comparable`] for events: the risk's NaN set to 0, and whether it was one.
         fn comparable(mut self) -> (Summary, Vec<String>) {
             let mut nans = Vec::new();
-            score_nans_cleared(&mut self.score, &mut nans);
-            nans.sort();
+            if let Some(score) = &mut self.score {
+                clear_nan(&mut score.risk, || "score.risk".into(), &mut nans);
+            }
             (self, nans)
         }
 
         fn of(event: &Event) -> Summary {
             let e = event.clone();
-            Summary { id: e.id, class: e.class, time_us: e.time_us, ingest_time_us: e.ingest_time_us, tenant: e.tenant, partition_key: e.partition_key, message: e.message, matches: e.matches, correlations: e.correlations, score: e.score }
+            let score = e.score.map(|s| SummaryScore { risk: s.risk, model_version: s.model_version, top_features: s.top_features });
+            Summary { id: e.id, class: e.class, time_us: e.time_us, ingest_time_us: e.ingest_time_us, tenant: e.tenant, partition_key: e.partition_key, message: e.message, matches: e.matches, correlations: e.correlations, score }
         }
     }
 
@@ -752,6 +767,9 @@ mod tests {
         assert_eq!(Summary::of(&summary), Summary::of(&full_event()));
         assert_eq!(Summary::of(&summary), decode::<Summary>(SchemaKind::Event, &bytes).unwrap());
         assert_eq!((summary.raw, summary.src, summary.attrs.len()), (None, None, 0), "the rest is not built");
+        let score = summary.score.as_ref().expect("a score");
+        assert!(score.parts.is_empty() && !full_event().score.unwrap().parts.is_empty(), "the score's parts are stepped over");
+        assert_eq!(score.top_features, ["failed_logins"]);
         assert!(decode_event_summary(&bytes[..bytes.len() - 1]).expect("current schema").is_err());
     }
 
