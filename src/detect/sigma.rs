@@ -871,51 +871,83 @@ fn is_windows(event: &Event) -> bool {
     event.source.format == "evtx" || event.source.vendor.as_deref() == Some("microsoft")
 }
 
-/// The fields worked out from the canonical event, by name: Sigma's names for them (the
-/// first [`SIGMA_DERIVED`]), then our normalized names. No name appears twice, and a
+/// How a derived field is worked out from the event.
+type Derive = for<'e> fn(&'e Event) -> Option<Cow<'e, str>>;
+
+/// The fields worked out from the canonical event, by name, and how: Sigma's names for them
+/// (the first [`SIGMA_DERIVED`]), then our normalized names. No name appears twice, and a
 /// producer field (`attrs`) of the same name takes precedence over any of them.
-const DERIVED: [&str; 34] = [
-    "CommandLine",
-    "Image",
-    "ParentImage",
-    "ParentCommandLine",
-    "ProcessId",
-    "User",
-    "Computer",
-    "SourceIp",
-    "SourceHostname",
-    "SourcePort",
-    "DestinationIp",
-    "DestinationHostname",
-    "DestinationPort",
-    "QueryName",
-    "TargetFilename",
-    "cs-method",
-    "cs-uri-query",
-    "cs-user-agent",
-    "tenant",
-    "class",
-    "action",
-    "outcome",
-    "user",
-    "host",
-    "src_ip",
-    "dst_ip",
-    "dst_port",
-    "session_id",
-    "prompt",
-    "model",
-    "url",
-    "status",
-    "src_country",
-    "match_ids",
+const DERIVED: [(&str, Derive); 34] = [
+    ("CommandLine", |e| borrowed(e.process.as_ref()?.command_line.as_deref())),
+    ("Image", |e| e.process.as_ref().and_then(|p| borrowed(p.path.as_deref().or(p.name.as_deref())))),
+    ("ParentImage", |e| borrowed(e.process.as_ref()?.parent_name.as_deref())),
+    ("ParentCommandLine", |e| borrowed(e.process.as_ref()?.parent_command_line.as_deref())),
+    ("ProcessId", |e| e.process.as_ref()?.pid.map(|pid| Cow::Owned(pid.to_string()))),
+    ("User", |e| borrowed(e.user())),
+    ("Computer", |e| borrowed(e.host.as_deref())),
+    ("SourceIp", |e| borrowed(e.src_ip())),
+    ("SourceHostname", |e| borrowed(e.src.as_ref()?.hostname.as_deref())),
+    ("SourcePort", |e| e.src.as_ref()?.port.map(|port| Cow::Owned(port.to_string()))),
+    ("DestinationIp", |e| borrowed(e.dst_ip())),
+    ("DestinationHostname", |e| borrowed(e.dst.as_ref()?.hostname.as_deref())),
+    ("DestinationPort", dst_port),
+    ("QueryName", |e| borrowed(e.dns.as_ref()?.query.as_deref())),
+    ("TargetFilename", |e| borrowed(e.file.as_ref()?.path.as_deref())),
+    ("cs-method", |e| borrowed(e.http.as_ref()?.method.as_deref())),
+    ("cs-uri-query", url),
+    ("cs-user-agent", |e| borrowed(e.http.as_ref()?.user_agent.as_deref())),
+    ("tenant", |e| Some(Cow::Borrowed(e.tenant.as_str()))),
+    ("class", |e| Some(Cow::Borrowed(e.class.as_str()))),
+    ("action", |e| borrowed(e.action.as_deref())),
+    ("outcome", |e| borrowed(e.outcome.as_deref())),
+    ("user", |e| borrowed(e.user())),
+    ("host", |e| borrowed(e.host.as_deref())),
+    ("src_ip", |e| borrowed(e.src_ip())),
+    ("dst_ip", |e| borrowed(e.dst_ip())),
+    ("dst_port", dst_port),
+    ("session_id", |e| borrowed(e.llm.as_ref().and_then(|l| l.session_id.as_deref()).or_else(|| e.actor.as_ref().and_then(|a| a.session_id.as_deref())))),
+    ("prompt", |e| borrowed(e.llm.as_ref()?.prompt.as_deref())),
+    ("model", |e| borrowed(e.llm.as_ref()?.model.as_deref())),
+    ("url", url),
+    ("status", |e| e.http.as_ref()?.status.map(|status| Cow::Owned(status.to_string()))),
+    // The login's country, where the producer (an identity provider) gave it.
+    ("src_country", |e| {
+        let keys = ["src_country", "geo.country", "client.geographicalContext.country", "location.countryOrRegion", "source.geo.country_iso_code"];
+        keys.iter().find_map(|k| e.attrs.get(*k)).map(|v| Cow::Borrowed(v.as_str()))
+    }),
+    // The ids of quick-scan's matches, space-separated.
+    ("match_ids", |e| (!e.matches.is_empty()).then(|| Cow::Owned(e.matches.iter().map(|m| m.rule_id.as_str()).collect::<Vec<_>>().join(" ")))),
 ];
+
+fn borrowed(value: Option<&str>) -> Option<Cow<'_, str>> {
+    value.map(Cow::Borrowed)
+}
+
+fn dst_port(event: &Event) -> Option<Cow<'_, str>> {
+    event.dst.as_ref()?.port.map(|port| Cow::Owned(port.to_string()))
+}
+
+fn url(event: &Event) -> Option<Cow<'_, str>> {
+    borrowed(event.http.as_ref()?.url.as_deref())
+}
 
 /// How many of [`DERIVED`] are Sigma's names (what quick-scan's SigmaHQ rules see).
 const SIGMA_DERIVED: usize = 18;
 
-/// Longest name in [`DERIVED`], and most names of one length.
-const DERIVED_MAX_LEN: usize = 19;
+/// Longest name in [`DERIVED`].
+const DERIVED_MAX_LEN: usize = {
+    let mut longest = 0;
+    let mut index = 0;
+    while index < DERIVED.len() {
+        if DERIVED[index].0.len() > longest {
+            longest = DERIVED[index].0.len();
+        }
+        index += 1;
+    }
+    longest
+};
+
+/// Most names of one length in [`DERIVED`] (six of six letters); a seventh fails the build.
 const DERIVED_PER_LEN: usize = 6;
 
 /// [`DERIVED`]'s indices by name length, `u8::MAX` for none: a name is compared with the
@@ -925,7 +957,7 @@ const DERIVED_BY_LEN: [[u8; DERIVED_PER_LEN]; DERIVED_MAX_LEN + 1] = {
     let mut table = [[u8::MAX; DERIVED_PER_LEN]; DERIVED_MAX_LEN + 1];
     let mut index = 0;
     while index < DERIVED.len() {
-        let row = &mut table[DERIVED[index].len()];
+        let row = &mut table[DERIVED[index].0.len()];
         let mut slot = 0;
         while row[slot] != u8::MAX {
             slot += 1;
@@ -939,52 +971,7 @@ const DERIVED_BY_LEN: [[u8; DERIVED_PER_LEN]; DERIVED_MAX_LEN + 1] = {
 /// The index of `name` in [`DERIVED`].
 fn derived_index(name: &str) -> Option<usize> {
     let row = DERIVED_BY_LEN.get(name.len())?;
-    row.iter().take_while(|&&index| index != u8::MAX).map(|&index| usize::from(index)).find(|&index| DERIVED[index] == name)
-}
-
-/// Attributes an identity provider gives the login's country in, first found wins.
-const COUNTRY_ATTRS: [&str; 5] = ["src_country", "geo.country", "client.geographicalContext.country", "location.countryOrRegion", "source.geo.country_iso_code"];
-
-/// The value of `DERIVED[index]` for `event`, if it has one.
-fn derived(event: &Event, index: usize) -> Option<Cow<'_, str>> {
-    fn borrowed(value: Option<&str>) -> Option<Cow<'_, str>> {
-        value.map(Cow::Borrowed)
-    }
-    let process = event.process.as_ref();
-    match index {
-        0 => borrowed(process?.command_line.as_deref()),
-        1 => borrowed(process?.path.as_deref().or(process?.name.as_deref())),
-        2 => borrowed(process?.parent_name.as_deref()),
-        3 => borrowed(process?.parent_command_line.as_deref()),
-        4 => process?.pid.map(|pid| Cow::Owned(pid.to_string())),
-        5 | 22 => borrowed(event.user()),
-        6 | 23 => borrowed(event.host.as_deref()),
-        7 | 24 => borrowed(event.src_ip()),
-        8 => borrowed(event.src.as_ref()?.hostname.as_deref()),
-        9 => event.src.as_ref()?.port.map(|port| Cow::Owned(port.to_string())),
-        10 | 25 => borrowed(event.dst_ip()),
-        11 => borrowed(event.dst.as_ref()?.hostname.as_deref()),
-        12 | 26 => event.dst.as_ref()?.port.map(|port| Cow::Owned(port.to_string())),
-        13 => borrowed(event.dns.as_ref()?.query.as_deref()),
-        14 => borrowed(event.file.as_ref()?.path.as_deref()),
-        15 => borrowed(event.http.as_ref()?.method.as_deref()),
-        16 | 30 => borrowed(event.http.as_ref()?.url.as_deref()),
-        17 => borrowed(event.http.as_ref()?.user_agent.as_deref()),
-        18 => Some(Cow::Borrowed(event.tenant.as_str())),
-        19 => Some(Cow::Borrowed(event.class.as_str())),
-        20 => borrowed(event.action.as_deref()),
-        21 => borrowed(event.outcome.as_deref()),
-        27 => borrowed(event.llm.as_ref().and_then(|l| l.session_id.as_deref()).or_else(|| event.actor.as_ref().and_then(|a| a.session_id.as_deref()))),
-        28 => borrowed(event.llm.as_ref()?.prompt.as_deref()),
-        29 => borrowed(event.llm.as_ref()?.model.as_deref()),
-        31 => event.http.as_ref()?.status.map(|status| Cow::Owned(status.to_string())),
-        32 => COUNTRY_ATTRS.iter().find_map(|k| event.attrs.get(*k)).map(|v| Cow::Borrowed(v.as_str())),
-        33 if !event.matches.is_empty() => {
-            let ids: Vec<&str> = event.matches.iter().map(|m| m.rule_id.as_str()).collect();
-            Some(Cow::Owned(ids.join(" ")))
-        }
-        _ => None,
-    }
+    row.iter().take_while(|&&index| index != u8::MAX).map(|&index| usize::from(index)).find(|&index| DERIVED[index].0 == name)
 }
 
 /// The event's fields as Sigma sees them: producer fields by their own names (Windows
@@ -996,8 +983,8 @@ pub fn sigma_fields(event: &Event) -> SigmaDoc<'_> {
     for (k, v) in &event.attrs {
         fields.insert(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()));
     }
-    for (index, name) in DERIVED[..SIGMA_DERIVED].iter().enumerate() {
-        if let Some(value) = derived(event, index) {
+    for (name, derive) in &DERIVED[..SIGMA_DERIVED] {
+        if let Some(value) = derive(event) {
             fields.entry(Cow::Borrowed(*name)).or_insert(value);
         }
     }
@@ -1046,7 +1033,7 @@ impl SigmaDoc<'_> {
             DocFields::Built(fields) => fields.get(name).map(|v| Cow::Borrowed(v.as_ref())),
             DocFields::OnRequest(event) => match event.attrs.get(name) {
                 Some(value) => Some(Cow::Borrowed(value.as_str())),
-                None => derived(event, derived_index(name)?),
+                None => DERIVED[derived_index(name)?].1(event),
             },
         }
     }
@@ -1072,9 +1059,9 @@ impl SigmaDoc<'_> {
                 for (k, v) in &event.attrs {
                     visit(k, Cow::Borrowed(v.as_str()));
                 }
-                for (index, name) in DERIVED.iter().enumerate() {
+                for (name, derive) in &DERIVED {
                     if !event.attrs.contains_key(*name) {
-                        if let Some(value) = derived(event, index) {
+                        if let Some(value) = derive(event) {
                             visit(name, value);
                         }
                     }
@@ -1451,7 +1438,7 @@ detection:
         for event in &events {
             let reference = normalized_fields_built_up_front(event);
             let doc = normalized_fields(event);
-            for name in reference.keys().map(|k| k.as_ref()).chain(DERIVED).chain(absent) {
+            for name in reference.keys().map(|k| k.as_ref()).chain(DERIVED.map(|(name, _)| name)).chain(absent) {
                 assert_eq!(doc.get(name).as_deref(), reference.get(name).map(|v| v.as_ref()), "field {name} of {event:?}");
                 let field = doc.get_field(name).map(|v| v.as_str().map(Cow::into_owned));
                 assert_eq!(field, reference.get(name).map(|v| Some(v.to_string())), "get_field {name}");
@@ -1478,9 +1465,9 @@ detection:
 
     #[test]
     fn every_derived_name_is_found_by_its_length() {
-        for (index, name) in DERIVED.iter().enumerate() {
+        for (index, (name, _)) in DERIVED.iter().enumerate() {
             assert_eq!(derived_index(name), Some(index), "{name}");
-            assert_eq!(DERIVED.iter().filter(|other| *other == name).count(), 1, "{name} twice");
+            assert_eq!(DERIVED.iter().filter(|(other, _)| other == name).count(), 1, "{name} twice");
         }
         for name in ["", "x", "Users", "CommandLinE", "a-name-longer-than-any-derived-one"] {
             assert_eq!(derived_index(name), None, "{name}");
