@@ -357,7 +357,7 @@ fn set_opt_score(score: &mut Option<Score>, input: &mut &[u8], spare: &mut Vec<S
         *score = None;
         return Ok(());
     }
-    let score = score.get_or_insert_with(|| Score { risk: 0.0, model_version: String::new(), parts: FieldMap::with_hasher(map_hasher()), top_features: Vec::new() });
+    let score = score.get_or_insert_with(|| Score { risk: 0.0, model_version: String::new(), parts: FieldMap::default(), top_features: Vec::new() });
     score.risk = read_double(input)?;
     set_string(&mut score.model_version, input)?;
     match parts {
@@ -748,14 +748,6 @@ fn blocks(input: &mut &[u8], mut item: impl FnMut(&mut &[u8]) -> Result<(), Plan
             item(input)?;
         }
     }
-}
-
-/// The hasher of every map an event decodes into: one random seed per process, cloned,
-/// instead of `RandomState::new()` drawing keys for each map (~80 instructions, three maps
-/// per event per stage). Producers choose `attrs` keys, so the seed stays random.
-fn map_hasher() -> ahash::RandomState {
-    static SEED: std::sync::LazyLock<ahash::RandomState> = std::sync::LazyLock::new(ahash::RandomState::new);
-    SEED.clone()
 }
 
 #[cfg(test)]

@@ -20,7 +20,30 @@ pub use records::{Alert, Correlation, DeadLetter, Match, Score, Severity};
 /// stage decodes and fills these for every event, and std's default SipHash was ~5% of the
 /// embedded pipeline's instructions; the keys are producer field names, and a map holds at
 /// most a few dozen entries, so a fast seeded hash is enough.
-pub type FieldMap<V> = HashMap<String, V, ahash::RandomState>;
+pub type FieldMap<V> = HashMap<String, V, FieldHasher>;
+
+/// The hasher of every [`FieldMap`]: one random seed per process, cloned into each map.
+/// `ahash::RandomState::new()` draws each map's seed from a counter shared by all threads;
+/// normalize makes two maps per event and ML one, and under load that one cache line
+/// bounced between the stages' threads (`perf`, load/README.md session 28). Producers
+/// choose `attrs` keys, so the seed stays random, per process.
+#[derive(Clone, Debug)]
+pub struct FieldHasher(ahash::RandomState);
+
+impl Default for FieldHasher {
+    fn default() -> Self {
+        static SEED: std::sync::LazyLock<ahash::RandomState> = std::sync::LazyLock::new(ahash::RandomState::new);
+        Self(SEED.clone())
+    }
+}
+
+impl std::hash::BuildHasher for FieldHasher {
+    type Hasher = ahash::AHasher;
+
+    fn build_hasher(&self) -> ahash::AHasher {
+        self.0.build_hasher()
+    }
+}
 
 /// What kind of activity an event records (OCSF class, simplified).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
