@@ -226,9 +226,10 @@ fn decode_head(input: &mut &[u8], event: &mut Event) -> Result<(), PlanError> {
 
 /// Decodes one event datum of `plan` (which has [`SHAPE`]) into `event` keeping only what
 /// the alert stage reads: id, class, times, tenant, partition key, message and the
-/// detection fields (the score without its parts), written over `event`'s. The rest is stepped over as serde steps over a
-/// field a type lacks (lengths checked, strings not validated, numbers not range-checked),
-/// not built; in `event` it must be at its defaults (it is, when only this writes to it).
+/// detection fields (the score without its parts), written over `event`'s. The rest is
+/// stepped over as serde steps over a field a type lacks (lengths checked, strings not
+/// validated, numbers not range-checked), not built; in `event` it must be at its
+/// defaults (it is, when only this writes to it).
 pub(super) fn decode_summary_into(plan: &Plan, input: &mut &[u8], event: &mut Event, spare: &mut Vec<String>) -> Result<(), PlanError> {
     let (_, matches, correlations) = event_fields(plan)?;
     decode_head(input, event)?;
@@ -303,11 +304,16 @@ fn skip_middle(input: &mut &[u8], message: &mut Option<String>, spare: &mut Vec<
         skip_str(input)?;
         skip_str(input)
     })?;
+    skip_double_map(input)?;
+    skip_opt_strs(input, 1)
+}
+
+/// Steps over a map of doubles (`{d}`: an event's features, a score's parts).
+fn skip_double_map(input: &mut &[u8]) -> Result<(), PlanError> {
     blocks(input, |input| {
         skip_str(input)?;
         avro_plan::take(input, 8).map(drop)
-    })?;
-    skip_opt_strs(input, 1)
+    })
 }
 
 #[inline(always)]
@@ -337,7 +343,7 @@ fn skip_opt_long(input: &mut &[u8]) -> Result<(), PlanError> {
 }
 
 /// Whether [`set_opt_score`] reads the score's `parts` or steps over them.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum ScoreParts {
     Read,
     /// The alert stage's summary: it reads the risk and the top features, never the parts
@@ -362,10 +368,7 @@ fn set_opt_score(score: &mut Option<Score>, input: &mut &[u8], spare: &mut Vec<S
     set_string(&mut score.model_version, input)?;
     match parts {
         ScoreParts::Read => set_map(&mut score.parts, input, spare, |input, _| read_double(input), |_, _| ())?,
-        ScoreParts::StepOver => blocks(input, |input| {
-            skip_str(input)?;
-            avro_plan::take(input, 8).map(drop)
-        })?,
+        ScoreParts::StepOver => skip_double_map(input)?,
     }
     set_strings(&mut score.top_features, input, spare)
 }
