@@ -634,8 +634,9 @@ pub fn signal_id(signal: &Correlation, tenant: &str) -> String {
     crate::hex_id("corr-", xxhash_rust::xxh3::xxh3_128(key.as_bytes()))
 }
 
-/// Field lookup for group-by and value fields: Sigma's names (as quick-scan sees the event),
-/// then our canonical names.
+/// Field lookup for group-by and value fields: the event's document ([`sigma::normalized_fields`]:
+/// producer fields, Sigma's names, our canonical names), then a few other names producers
+/// and rules use for the same fields.
 struct EventFields<'a> {
     event: &'a Event,
     doc: &'a SigmaDoc<'a>,
@@ -646,33 +647,24 @@ impl EventFields<'_> {
         if let Some(v) = self.doc.get(name) {
             return Some(v);
         }
+        // The document has answered for the producer fields and every derived name; what
+        // is left are aliases of derived fields, byte counts and numeric features.
         let e = self.event;
-        fn borrowed(v: Option<&str>) -> Option<Cow<'_, str>> {
-            v.map(Cow::Borrowed)
+        fn owned(v: Option<impl ToString>) -> Option<Cow<'static, str>> {
+            v.map(|v| Cow::Owned(v.to_string()))
         }
-        fn owned(v: Option<String>) -> Option<Cow<'static, str>> {
-            v.map(Cow::Owned)
-        }
-        match name {
-            "tenant" => Some(Cow::Borrowed(e.tenant.as_str())),
-            "user" | "User" | "TargetUserName" => borrowed(e.user()),
-            "host" | "ComputerName" | "Computer" | "hostname" => borrowed(e.host.as_deref()),
-            "src_ip" | "SourceIP" | "SourceIp" | "source.ip" | "IpAddress" => borrowed(e.src_ip()),
-            "dst_ip" | "DestinationIP" | "DestinationIp" | "destination.ip" => borrowed(e.dst_ip()),
-            "dst_port" | "DestinationPort" | "destination.port" => owned(e.dst.as_ref().and_then(|d| d.port).map(|p| p.to_string())),
-            "session_id" | "llm.session_id" => borrowed(e.llm.as_ref().and_then(|l| l.session_id.as_deref()).or_else(|| e.actor.as_ref().and_then(|a| a.session_id.as_deref()))),
-            "bytes_sent" | "bytes_out" | "BytesOut" => owned(e.http.as_ref().and_then(|h| h.bytes_out).map(|b| b.to_string())),
-            "bytes_received" | "bytes_in" | "BytesIn" => owned(e.http.as_ref().and_then(|h| h.bytes_in).map(|b| b.to_string())),
-            "outcome" => borrowed(e.outcome.as_deref()),
-            "action" => borrowed(e.action.as_deref()),
-            "class" => Some(Cow::Borrowed(e.class.as_str())),
-            other => {
-                if let Some(feature) = other.strip_prefix("features.") {
-                    return owned(e.features.get(feature).map(|f| f.to_string()));
-                }
-                e.attrs.get(other).map(|v| Cow::Borrowed(v.as_str()))
-            }
-        }
+        let derived = match name {
+            "TargetUserName" => "user",
+            "ComputerName" | "hostname" => "host",
+            "SourceIP" | "source.ip" | "IpAddress" => "src_ip",
+            "DestinationIP" | "destination.ip" => "dst_ip",
+            "destination.port" => "dst_port",
+            "llm.session_id" => "session_id",
+            "bytes_sent" | "bytes_out" | "BytesOut" => return owned(e.http.as_ref().and_then(|h| h.bytes_out)),
+            "bytes_received" | "bytes_in" | "BytesIn" => return owned(e.http.as_ref().and_then(|h| h.bytes_in)),
+            other => return owned(other.strip_prefix("features.").and_then(|feature| e.features.get(feature))),
+        };
+        sigma::derived_field(e, derived)
     }
 }
 
@@ -938,6 +930,52 @@ mod tests {
     use super::*;
 
     const SEC: i64 = 1_000_000;
+
+    /// Every name group-by and value fields may use, and what it reads: producer fields
+    /// first, then the document's names, then their aliases, byte counts and features.
+    #[test]
+    fn group_by_fields_read_the_document_then_aliases() {
+        use crate::event::{Actor, Endpoint, Http, Llm};
+        let mut event = Event {
+            tenant: "acme".into(),
+            host: Some("dc1".into()),
+            actor: Some(Actor { user: Some("alice".into()), domain: None, session_id: Some("s-actor".into()) }),
+            src: Some(Endpoint { ip: Some("10.0.0.5".into()), port: Some(51234), hostname: None }),
+            dst: Some(Endpoint { ip: Some("10.0.0.1".into()), port: Some(443), hostname: None }),
+            http: Some(Http { bytes_in: Some(12), bytes_out: Some(3400), ..Default::default() }),
+            llm: Some(Llm { session_id: Some("s-llm".into()), ..Default::default() }),
+            ..Event::default()
+        };
+        event.features.insert("duration".into(), 1.5);
+        event.attrs.insert("WorkstationName".into(), "ws7".into());
+        let expected = [
+            (&["tenant"][..], Some("acme")),
+            (&["user", "User", "TargetUserName"][..], Some("alice")),
+            (&["host", "Computer", "ComputerName", "hostname"][..], Some("dc1")),
+            (&["src_ip", "SourceIp", "SourceIP", "source.ip", "IpAddress"][..], Some("10.0.0.5")),
+            (&["dst_ip", "DestinationIp", "DestinationIP", "destination.ip"][..], Some("10.0.0.1")),
+            (&["dst_port", "DestinationPort", "destination.port"][..], Some("443")),
+            (&["session_id", "llm.session_id"][..], Some("s-llm")),
+            (&["bytes_sent", "bytes_out", "BytesOut"][..], Some("3400")),
+            (&["bytes_received", "bytes_in", "BytesIn"][..], Some("12")),
+            (&["features.duration"][..], Some("1.5")),
+            (&["WorkstationName"][..], Some("ws7")),
+            (&["features.nope", "nope", "SourceHostname"][..], None),
+        ];
+        let doc = sigma::normalized_fields(&event);
+        let fields = EventFields { event: &event, doc: &doc };
+        for (names, value) in expected {
+            for name in names {
+                assert_eq!(fields.get(name).as_deref(), value, "{name}");
+            }
+        }
+        // A producer field named as an alias is the producer's.
+        event.attrs.insert("hostname".into(), "from-producer".into());
+        let doc = sigma::normalized_fields(&event);
+        let fields = EventFields { event: &event, doc: &doc };
+        assert_eq!(fields.get("hostname").as_deref(), Some("from-producer"));
+        assert_eq!(fields.get("ComputerName").as_deref(), Some("dc1"));
+    }
 
     /// Opens (or adds to) window `key` with an entry at `ts`, as `apply` does.
     fn add(state: &mut PartitionState, key: &str, ts: i64) {

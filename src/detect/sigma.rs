@@ -974,6 +974,14 @@ fn derived_index(name: &str) -> Option<usize> {
     row.iter().take_while(|&&index| index != u8::MAX).map(|&index| usize::from(index)).find(|&index| DERIVED[index].0 == name)
 }
 
+/// The value [`DERIVED`] works out for `name` (`user`, `SourceIp`, `dst_port` …), whatever
+/// the event's producer fields say: for names that stand for a derived field under another
+/// name (correlate's group-by aliases).
+#[inline]
+pub fn derived_field<'e>(event: &'e Event, name: &str) -> Option<Cow<'e, str>> {
+    DERIVED[derived_index(name)?].1(event)
+}
+
 /// The event's fields as Sigma sees them: producer fields by their own names (Windows
 /// EventData names come through `attrs` unchanged), plus the canonical fields under the
 /// names SigmaHQ rules use for them, where the producer did not already use that name.
@@ -1033,7 +1041,7 @@ impl SigmaDoc<'_> {
             DocFields::Built(fields) => fields.get(name).map(|v| Cow::Borrowed(v.as_ref())),
             DocFields::OnRequest(event) => match event.attrs.get(name) {
                 Some(value) => Some(Cow::Borrowed(value.as_str())),
-                None => DERIVED[derived_index(name)?].1(event),
+                None => derived_field(event, name),
             },
         }
     }
