@@ -13,6 +13,7 @@
 
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod allocator;
 pub mod app;
 pub mod bus;
 pub mod cli;

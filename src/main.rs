@@ -4,9 +4,10 @@ use clap::Parser;
 
 /// mimalloc instead of glibc malloc: the hot path allocates many small strings (Avro decode
 /// builds a value tree, rsigma lowercases field values); glibc spent a fifth of decode time
-/// in malloc/free/consolidate. See load/README.md for the before/after figures.
+/// in malloc/free/consolidate. See load/README.md for the before/after figures, and
+/// `threatpipe::allocator` for how it is called.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: threatpipe::allocator::Mimalloc = threatpipe::allocator::Mimalloc;
 
 /// Transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` (mimalloc's
 /// own setting) is given. mimalloc asks for huge pages on its arenas (`MADV_HUGEPAGE`), so

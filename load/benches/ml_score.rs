@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use mimalloc::MiMalloc;
+use threatpipe::allocator::Mimalloc;
 use threatpipe::bus::Record;
 use threatpipe::detect::{Detector, ScanConfig};
 use threatpipe::event::avro;
@@ -31,7 +31,7 @@ use threatpipe::stage::ml_score::MlScoreStage;
 use threatpipe::stage::Stage;
 
 #[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
+static GLOBAL: Mimalloc = Mimalloc;
 
 fn per_second(n: usize, took: std::time::Duration) -> f64 {
     n as f64 / took.as_secs_f64()

@@ -28,7 +28,7 @@ use threatpipe::normalize::{NormalizeConfig, Normalizer};
 
 /// The binary's allocator (src/main.rs), so the figures are the binary's.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: threatpipe::allocator::Mimalloc = threatpipe::allocator::Mimalloc;
 
 const NOW: i64 = 1_736_676_000_000_000;
 
