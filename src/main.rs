@@ -12,9 +12,9 @@ static GLOBAL: threatpipe::allocator::Mimalloc = threatpipe::allocator::Mimalloc
 /// Transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` (mimalloc's
 /// own setting) is given. mimalloc asks for huge pages on its arenas (`MADV_HUGEPAGE`), so
 /// the first touch of each 2 MiB region zeroes all of it in the page fault. A pipeline's
-/// memory grows for minutes (windows, baselines, buffers), and that zeroing was the largest
-/// single item of the pipeline instance's extra CPU over a pass-through's in `perf` (13%),
-/// on a VM where a fresh page is dear. Off, pages are zeroed 4 KiB at a time as they are
+/// memory grows for minutes (windows, baselines, buffers), and that zeroing was 8-13% of
+/// the pipeline instance's extra CPU over a pass-through's in `perf` (two pairs), on a VM
+/// where a fresh page is dear. Off, pages are zeroed 4 KiB at a time as they are
 /// used: an embedded run of 300,000 events spent 0.11 s in the kernel instead of 0.50 s,
 /// and 6.90 s of CPU instead of 7.21 s, with 145 MB resident instead of 173 MB
 /// (load/README.md, session 29). `MIMALLOC_ALLOW_THP=0` does the same from mimalloc's side;
