@@ -36,30 +36,35 @@ fn plain(align: usize, size: usize) -> bool {
     align <= PLAIN_ALIGN && align <= size
 }
 
+/// A block for `layout` from `plain_call` where [`plain`] allows, else from `aligned_call`
+/// (the two flavours of one mimalloc allocation, as `mi_malloc` and `mi_malloc_aligned`).
+#[inline(always)]
+unsafe fn new_block(
+    layout: Layout,
+    plain_call: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned_call: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    let block = if plain(layout.align(), layout.size()) {
+        unsafe { plain_call(layout.size()) }
+    } else {
+        unsafe { aligned_call(layout.size(), layout.align()) }
+    };
+    debug_assert!((block as usize).is_multiple_of(layout.align()), "mimalloc block misaligned for {layout:?}");
+    block.cast()
+}
+
 // SAFETY: every block comes from mimalloc and goes back to it (`mi_free` takes blocks from
 // any of its calls); a block is `layout.align()`-aligned, by mimalloc's guarantee for the
 // plain calls (see the module comment) or by the aligned calls otherwise.
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let block = if plain(layout.align(), layout.size()) {
-            unsafe { mi::mi_malloc(layout.size()) }
-        } else {
-            unsafe { mi::mi_malloc_aligned(layout.size(), layout.align()) }
-        };
-        debug_assert!((block as usize).is_multiple_of(layout.align()), "mimalloc block misaligned for {layout:?}");
-        block.cast()
+        unsafe { new_block(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let block = if plain(layout.align(), layout.size()) {
-            unsafe { mi::mi_zalloc(layout.size()) }
-        } else {
-            unsafe { mi::mi_zalloc_aligned(layout.size(), layout.align()) }
-        };
-        debug_assert!((block as usize).is_multiple_of(layout.align()), "mimalloc block misaligned for {layout:?}");
-        block.cast()
+        unsafe { new_block(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]
