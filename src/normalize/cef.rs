@@ -4,30 +4,36 @@
 //! and may contain spaces, so a value runs until the next ` key=`. A header with fewer
 //! than seven fields is truncated input and is rejected.
 
+use std::borrow::Cow;
 
 use super::{fields, NormalizeError, Parsed};
 use crate::event::{Event, EventClass};
 
-/// Splits the seven header fields and returns them with the extension text.
-fn split_header(text: &str) -> Result<(Vec<String>, &str), NormalizeError> {
+/// Splits the seven header fields and returns them with the extension text. A field
+/// without escapes is a slice of `text`.
+fn split_header(text: &str) -> Result<(Vec<Cow<'_, str>>, &str), NormalizeError> {
     let body = text.strip_prefix("CEF:").ok_or_else(|| NormalizeError::BadCef("missing `CEF:` prefix".into()))?;
+    let bytes = body.as_bytes();
     let mut fields = Vec::with_capacity(7);
-    let mut current = String::new();
-    let mut chars = body.char_indices();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some((_, escaped)) => current.push(escaped),
-                None => current.push('\\'),
-            },
-            '|' => {
-                fields.push(std::mem::take(&mut current));
+    let (mut start, mut escaped, mut i) = (0, false, 0);
+    // Byte by byte: `|` and `\` are ASCII, never part of a multi-byte character.
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => {
+                escaped = true;
+                i += 1;
+            }
+            b'|' => {
+                let raw = &body[start..i];
+                fields.push(if escaped { Cow::Owned(unescape_header(raw)) } else { Cow::Borrowed(raw) });
                 if fields.len() == 7 {
                     return Ok((fields, &body[i + 1..]));
                 }
+                (start, escaped) = (i + 1, false);
             }
-            other => current.push(other),
+            _ => {}
         }
+        i += 1;
     }
     Err(NormalizeError::BadCef(format!(
         "header has {} of 7 `|`-separated fields (truncated?)",
@@ -35,35 +41,65 @@ fn split_header(text: &str) -> Result<(Vec<String>, &str), NormalizeError> {
     )))
 }
 
-/// Parses `key=value key2=value with spaces` extensions.
-fn parse_extension(text: &str) -> crate::FastMap<String, String> {
-    let mut out = crate::FastMap::default();
-    let bytes = text.as_bytes();
-    // Find every `key=` start: a run of [A-Za-z0-9_.\[\]] preceded by start or space and
-    // followed by an unescaped `=`.
-    let mut starts: Vec<(usize, usize)> = Vec::new(); // (key_start, eq_index)
-    let mut i = 0;
-    while i < bytes.len() {
-        if i == 0 || bytes[i - 1] == b' ' {
-            let mut j = i;
-            while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || matches!(bytes[j], b'_' | b'.' | b'[' | b']' | b'-')) {
-                j += 1;
-            }
-            if j > i && j < bytes.len() && bytes[j] == b'=' {
-                starts.push((i, j));
-                i = j + 1;
-                continue;
-            }
+/// A header field with its escapes resolved: `\x` is `x`.
+fn unescape_header(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next().unwrap_or('\\')),
+            other => out.push(other),
         }
-        i += 1;
-    }
-    for (n, &(key_start, eq)) in starts.iter().enumerate() {
-        let value_end = starts.get(n + 1).map(|&(next, _)| next).unwrap_or(bytes.len());
-        let raw_value = text[eq + 1..value_end].trim_end();
-        let value = unescape_value(raw_value);
-        out.insert(text[key_start..eq].to_string(), value);
     }
     out
+}
+
+/// The `key=value key2=value with spaces` extensions, in order, values still escaped; a
+/// repeated key keeps its first place and its last value. A dozen entries, looked up a few
+/// dozen times: a vector is cheaper than a hash map, and nothing is copied until it is
+/// taken.
+struct Extension<'a> {
+    entries: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Extension<'a> {
+    fn parse(text: &'a str) -> Self {
+        let bytes = text.as_bytes();
+        // Find every `key=` start: a run of [A-Za-z0-9_.\[\]-] preceded by start or space
+        // and followed by an `=`.
+        let mut starts: Vec<(usize, usize)> = Vec::with_capacity(16); // (key_start, eq_index)
+        let mut i = 0;
+        while i < bytes.len() {
+            if i == 0 || bytes[i - 1] == b' ' {
+                let mut j = i;
+                while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || matches!(bytes[j], b'_' | b'.' | b'[' | b']' | b'-')) {
+                    j += 1;
+                }
+                if j > i && j < bytes.len() && bytes[j] == b'=' {
+                    starts.push((i, j));
+                    i = j + 1;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        let mut entries: Vec<(&str, &str)> = Vec::with_capacity(starts.len());
+        for (n, &(key_start, eq)) in starts.iter().enumerate() {
+            let value_end = starts.get(n + 1).map(|&(next, _)| next).unwrap_or(bytes.len());
+            let (key, value) = (&text[key_start..eq], text[eq + 1..value_end].trim_end());
+            match entries.iter_mut().find(|(k, _)| *k == key) {
+                Some(entry) => entry.1 = value,
+                None => entries.push((key, value)),
+            }
+        }
+        Self { entries }
+    }
+
+    /// Removes `key`, giving its value unescaped.
+    fn remove(&mut self, key: &str) -> Option<String> {
+        let at = self.entries.iter().position(|(k, _)| *k == key)?;
+        Some(unescape_value(self.entries.remove(at).1))
+    }
 }
 
 fn unescape_value(raw: &str) -> String {
@@ -100,17 +136,17 @@ fn severity_name(raw: &str) -> String {
 /// Maps a CEF message onto `event`.
 pub(super) fn map(text: &str, event: &mut Event) -> Result<Parsed, NormalizeError> {
     let (header, extension) = split_header(text.trim())?;
-    let mut ext = parse_extension(extension);
+    let mut ext = Extension::parse(extension);
     let mut parsed = Parsed { format: "cef", ..Parsed::default() };
     let mut take = |key: &str| ext.remove(key).filter(|v| !v.is_empty());
 
-    event.source.vendor = Some(header[1].clone()).filter(|v| !v.is_empty());
-    event.source.product = Some(header[2].clone()).filter(|v| !v.is_empty());
+    event.source.vendor = Some(header[1].to_string()).filter(|v| !v.is_empty());
+    event.source.product = Some(header[2].to_string()).filter(|v| !v.is_empty());
     event.severity = Some(severity_name(&header[6]));
     parsed.id = take("externalId").or_else(|| take("eventId"));
     parsed.time_text = take("rt").or_else(|| take("end")).or_else(|| take("start"));
     parsed.tenant = take("deviceCustomString6Tenant").or_else(|| take("tenant"));
-    event.message = take("msg").or_else(|| Some(header[5].clone()).filter(|v| !v.is_empty()));
+    event.message = take("msg").or_else(|| Some(header[5].to_string()).filter(|v| !v.is_empty()));
     event.action = take("act");
     event.outcome = take("outcome").map(|o| fields::canonical_outcome(&o));
     event.host = take("dvchost").or_else(|| take("dvc"));
@@ -161,18 +197,19 @@ pub(super) fn map(text: &str, event: &mut Event) -> Result<Parsed, NormalizeErro
         event.attrs.insert("cat".into(), category);
     }
 
-    event.attrs.insert("cef.signature_id".into(), header[4].clone());
-    event.attrs.insert("cef.name".into(), header[5].clone());
-    event.attrs.insert("cef.device_version".into(), header[3].clone());
+    event.attrs.insert("cef.signature_id".into(), header[4].to_string());
+    event.attrs.insert("cef.name".into(), header[5].to_string());
+    event.attrs.insert("cef.device_version".into(), header[3].to_string());
     // Custom strings carry their label: cs1Label=Policy cs1=Default → attrs["Policy"]; a
     // custom string labelled Tenant names the tenant.
-    let labels: Vec<(String, String)> = ext
+    let labels: Vec<(&str, String)> = ext
+        .entries
         .iter()
         .filter(|(k, _)| k.ends_with("Label"))
-        .map(|(k, v)| (k.trim_end_matches("Label").to_string(), v.clone()))
+        .map(|&(k, v)| (k.trim_end_matches("Label"), unescape_value(v)))
         .collect();
     for (slot, label) in labels {
-        if let Some(value) = ext.remove(&slot) {
+        if let Some(value) = ext.remove(slot) {
             ext.remove(&format!("{slot}Label"));
             // Firewalls that serve several tenants label a custom string with the tenant.
             if parsed.tenant.is_none() && label.eq_ignore_ascii_case("tenant") && !value.is_empty() {
@@ -182,8 +219,8 @@ pub(super) fn map(text: &str, event: &mut Event) -> Result<Parsed, NormalizeErro
             event.attrs.insert(label, value);
         }
     }
-    for (key, value) in ext.into_iter().take(super::json::MAX_ATTRS) {
-        event.attrs.insert(key, fields::truncate(value, super::json::MAX_ATTR_VALUE_BYTES));
+    for (key, value) in ext.entries.into_iter().take(super::json::MAX_ATTRS) {
+        event.attrs.insert(key.to_string(), fields::truncate(unescape_value(value), super::json::MAX_ATTR_VALUE_BYTES));
     }
     Ok(parsed)
 }
@@ -217,6 +254,25 @@ mod tests {
         assert_eq!(parsed.tenant.as_deref(), Some("globex"));
         assert!(!event.attrs.contains_key("Tenant"));
         assert_eq!(event.attrs.get("Zone").map(String::as_str), Some("dmz"));
+    }
+
+    #[test]
+    fn escaped_backslashes_repeated_keys_and_custom_strings() {
+        let mut event = Event::default();
+        let text = r"CEF:1|Ven\\dor|Pro\|duct|2.0|sig-7|Odd\ name|5|src=10.0.0.1 msg=first msg=a\\b c\nd cs2Label=Zone cs2=dmz extra=kept dst=10.0.0.2";
+        map(text, &mut event).unwrap();
+        assert_eq!(event.source.vendor.as_deref(), Some(r"Ven\dor"));
+        assert_eq!(event.source.product.as_deref(), Some("Pro|duct"));
+        assert_eq!(event.severity.as_deref(), Some("medium"));
+        assert_eq!(event.message.as_deref(), Some("a\\b c\nd"), "the last value of a repeated key");
+        assert_eq!(event.attrs.get("cef.name").map(String::as_str), Some("Odd name"));
+        assert_eq!(event.attrs.get("cef.signature_id").map(String::as_str), Some("sig-7"));
+        assert_eq!(event.attrs.get("cef.device_version").map(String::as_str), Some("2.0"));
+        assert_eq!(event.attrs.get("Zone").map(String::as_str), Some("dmz"));
+        assert_eq!(event.attrs.get("extra").map(String::as_str), Some("kept"));
+        assert!(!event.attrs.contains_key("cs2") && !event.attrs.contains_key("cs2Label") && !event.attrs.contains_key("msg"));
+        assert_eq!(event.dst_ip(), Some("10.0.0.2"));
+        assert!(map(r"CEF:0|a|b|c|d|e|f\|", &mut Event::default()).is_err(), "an escaped last bar ends no field");
     }
 
     #[test]
