@@ -578,7 +578,7 @@ impl Pattern {
 /// backtracking, PikeVM), in the same syntax and match semantics as [`Regex`], so it finds
 /// the same matches. `Regex::find` runs the lazy DFA forward to a match's end and then in
 /// reverse to its start; the reverse DFA builds its states as texts need them, and the
-/// (`?i`), Unicode-word patterns of the prompt-injection pack needed new ones for nearly
+/// `(?i)`, Unicode-word patterns of the prompt-injection pack needed new ones for nearly
 /// every new matching text: ~70 µs a match (770,000 instructions in the embedded run),
 /// against ~5 µs here. Matches are rare, so [`Regex::is_match`] (the forward pass only)
 /// screens first and this runs only on a hit.
