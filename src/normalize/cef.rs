@@ -55,11 +55,14 @@ fn unescape_header(raw: &str) -> String {
 }
 
 /// The `key=value key2=value with spaces` extensions, in order, values still escaped; a
-/// repeated key keeps its first place and its last value. A dozen entries, looked up a few
-/// dozen times: a vector is cheaper than a hash map, and nothing is copied until it is
-/// taken.
+/// repeated key keeps its first place and its last value. Keys and values are slices of
+/// the text, copied (and unescaped) only when taken.
 struct Extension<'a> {
-    entries: Vec<(&'a str, &'a str)>,
+    /// In order of first appearance; the value is `None` once taken.
+    entries: Vec<(&'a str, Option<&'a str>)>,
+    /// Key → its place in `entries`: a lookup stays O(1) however many keys an event holds
+    /// (a 1 MiB event can hold 200,000).
+    index: crate::FastMap<&'a str, usize>,
 }
 
 impl<'a> Extension<'a> {
@@ -83,22 +86,31 @@ impl<'a> Extension<'a> {
             }
             i += 1;
         }
-        let mut entries: Vec<(&str, &str)> = Vec::with_capacity(starts.len());
+        let mut extension = Self { entries: Vec::with_capacity(starts.len()), index: crate::FastMap::default() };
+        extension.index.reserve(starts.len());
         for (n, &(key_start, eq)) in starts.iter().enumerate() {
             let value_end = starts.get(n + 1).map(|&(next, _)| next).unwrap_or(bytes.len());
             let (key, value) = (&text[key_start..eq], text[eq + 1..value_end].trim_end());
-            match entries.iter_mut().find(|(k, _)| *k == key) {
-                Some(entry) => entry.1 = value,
-                None => entries.push((key, value)),
+            match extension.index.entry(key) {
+                std::collections::hash_map::Entry::Occupied(at) => extension.entries[*at.get()].1 = Some(value),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(extension.entries.len());
+                    extension.entries.push((key, Some(value)));
+                }
             }
         }
-        Self { entries }
+        extension
     }
 
-    /// Removes `key`, giving its value unescaped.
+    /// Takes `key`'s value, unescaped.
     fn remove(&mut self, key: &str) -> Option<String> {
-        let at = self.entries.iter().position(|(k, _)| *k == key)?;
-        Some(unescape_value(self.entries.remove(at).1))
+        let at = *self.index.get(key)?;
+        self.entries[at].1.take().map(unescape_value)
+    }
+
+    /// The entries not taken, in order.
+    fn remaining(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
+        self.entries.iter().filter_map(|&(key, value)| Some((key, value?)))
     }
 }
 
@@ -202,12 +214,8 @@ pub(super) fn map(text: &str, event: &mut Event) -> Result<Parsed, NormalizeErro
     event.attrs.insert("cef.device_version".into(), header[3].to_string());
     // Custom strings carry their label: cs1Label=Policy cs1=Default → attrs["Policy"]; a
     // custom string labelled Tenant names the tenant.
-    let labels: Vec<(&str, String)> = ext
-        .entries
-        .iter()
-        .filter(|(k, _)| k.ends_with("Label"))
-        .map(|&(k, v)| (k.trim_end_matches("Label"), unescape_value(v)))
-        .collect();
+    let labels: Vec<(&str, String)> =
+        ext.remaining().filter(|(k, _)| k.ends_with("Label")).map(|(k, v)| (k.trim_end_matches("Label"), unescape_value(v))).collect();
     for (slot, label) in labels {
         if let Some(value) = ext.remove(slot) {
             ext.remove(&format!("{slot}Label"));
@@ -219,7 +227,7 @@ pub(super) fn map(text: &str, event: &mut Event) -> Result<Parsed, NormalizeErro
             event.attrs.insert(label, value);
         }
     }
-    for (key, value) in ext.entries.into_iter().take(super::json::MAX_ATTRS) {
+    for (key, value) in ext.remaining().take(super::json::MAX_ATTRS) {
         event.attrs.insert(key.to_string(), fields::truncate(unescape_value(value), super::json::MAX_ATTR_VALUE_BYTES));
     }
     Ok(parsed)
@@ -273,6 +281,23 @@ mod tests {
         assert!(!event.attrs.contains_key("cs2") && !event.attrs.contains_key("cs2Label") && !event.attrs.contains_key("msg"));
         assert_eq!(event.dst_ip(), Some("10.0.0.2"));
         assert!(map(r"CEF:0|a|b|c|d|e|f\|", &mut Event::default()).is_err(), "an escaped last bar ends no field");
+    }
+
+    #[test]
+    fn many_extensions_are_found_and_attrs_stay_bounded() {
+        // ~1 MiB of extensions: every lookup by key, not by scanning them all.
+        let mut text = String::from("CEF:0|V|P|1|sig|name|3|");
+        for n in 0..100_000 {
+            text.push_str(&format!("k{n}=v{n} "));
+        }
+        text.push_str("k7=last cs1Label=Tenant cs1=globex msg=at the end");
+        let mut event = Event::default();
+        let parsed = map(&text, &mut event).unwrap();
+        assert_eq!(parsed.tenant.as_deref(), Some("globex"));
+        assert_eq!(event.message.as_deref(), Some("at the end"));
+        assert_eq!(event.attrs.get("k7").map(String::as_str), Some("last"), "a repeated key keeps its first place and its last value");
+        assert_eq!(event.attrs.len(), 3 + super::super::json::MAX_ATTRS, "the header's three, then the first 64 extensions left");
+        assert!(event.attrs.contains_key("k63") && !event.attrs.contains_key("k64"));
     }
 
     #[test]
