@@ -300,7 +300,7 @@ impl FieldScan {
         let mut literals: Vec<&str> = Vec::new();
         let mut literal_index: HashMap<&str, usize> = HashMap::new();
         for (index, (pattern, any)) in patterns.iter().zip(literals_of).enumerate() {
-            if !pattern.fields.is_empty() && !pattern.fields.iter().any(|f| f == field) {
+            if !pattern.applies_to(field) {
                 continue;
             }
             let index = index as u32;
@@ -548,7 +548,7 @@ impl PatternPacks {
         for (field_index, text) in text_fields(event) {
             let field = TEXT_FIELDS[field_index];
             for pattern in &self.patterns {
-                if pattern.fields.is_empty() || pattern.fields.iter().any(|f| f == field) {
+                if pattern.applies_to(field) {
                     pattern.run(field, text.as_ref(), &mut matches);
                 }
             }
@@ -558,6 +558,11 @@ impl PatternPacks {
 }
 
 impl Pattern {
+    /// Whether the pattern scans texts of `field` (one of [`TEXT_FIELDS`]).
+    fn applies_to(&self, field: &str) -> bool {
+        self.fields.is_empty() || self.fields.iter().any(|f| f == field)
+    }
+
     /// Runs the regex (and check) over `text` of `field`, recording the first hit.
     fn run(&self, field: &str, text: &str, matches: &mut Vec<Match>) {
         if !self.regex.is_match(text) {
