@@ -36,10 +36,42 @@ pub mod stage;
 pub mod state;
 pub mod telemetry;
 
-/// A hash map for per-record lookups (partitions, schema ids, offsets): std's default
-/// SipHash resists flooding by untrusted keys, which these keys are not, and it cost ~5% of
-/// the embedded pipeline's instructions.
-pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+/// A hash map for per-record lookups (partitions, schema ids, offsets, per-entity state):
+/// std's default SipHash cost ~5% of the embedded pipeline's instructions.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHasher>;
+
+/// The hasher of the hot-path maps ([`FastMap`], [`event::FieldMap`], Sigma's and
+/// normalize's lookup tables): foldhash's fast variant, keyed once per process from the
+/// operating system's random source (through std's `RandomState`), as ahash was before it.
+/// foldhash's own `RandomState` seeds itself from addresses and the clock and does not
+/// claim resistance to crafted keys; keys here are chosen by producers (`attrs` names,
+/// entity keys of per-entity state), so the key is a secret of each process. ahash ran its
+/// portable fallback on this target (no AES instructions at compile time): hashing short
+/// strings cost about twice foldhash's (load/README.md, session 32).
+#[derive(Clone, Debug)]
+pub struct FastHasher(foldhash::fast::SeedableRandomState);
+
+impl Default for FastHasher {
+    #[inline]
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        static KEY: std::sync::LazyLock<(u64, foldhash::SharedSeed)> = std::sync::LazyLock::new(|| {
+            let random = std::collections::hash_map::RandomState::new();
+            (random.hash_one(0x7468_7265_6174_7069_u64), foldhash::SharedSeed::from_u64(random.hash_one(1_u64)))
+        });
+        let (per_map, shared) = &*KEY;
+        Self(foldhash::fast::SeedableRandomState::with_seed(*per_map, shared))
+    }
+}
+
+impl std::hash::BuildHasher for FastHasher {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    #[inline(always)]
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
 
 /// `prefix` then `value` as 32 lower-case hex digits, as `format!("{prefix}{value:032x}")`
 /// writes them, without the formatting machinery (~700 instructions): ids are made for

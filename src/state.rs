@@ -16,9 +16,9 @@ use serde::Serialize;
 /// [`TrackedMap::take_changes`].
 #[derive(Debug, Clone)]
 pub struct TrackedMap<V> {
-    entries: HashMap<String, V, ahash::RandomState>,
-    dirty: HashSet<String, ahash::RandomState>,
-    removed: HashSet<String, ahash::RandomState>,
+    entries: HashMap<String, V, crate::FastHasher>,
+    dirty: HashSet<String, crate::FastHasher>,
+    removed: HashSet<String, crate::FastHasher>,
     /// Whether changes are noted at all: not for a checkpoint store that keeps nothing
     /// (`memory`), where a copy of the key and a set insert per change bought nothing.
     tracking: bool,

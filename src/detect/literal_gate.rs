@@ -243,16 +243,16 @@ const ANY_FIELD: u32 = u32::MAX;
 #[derive(Default)]
 struct Literals {
     texts: Vec<String>,
-    ids: ahash::AHashMap<String, u32>,
+    ids: crate::FastMap<String, u32>,
     fields: Vec<String>,
-    field_ids: ahash::AHashMap<String, u32>,
+    field_ids: crate::FastMap<String, u32>,
     /// Scoped literal id → (text id, field id or [`ANY_FIELD`]).
     scoped: Vec<(u32, u32)>,
-    scoped_ids: ahash::AHashMap<(u32, u32), u32>,
+    scoped_ids: crate::FastMap<(u32, u32), u32>,
     /// The scope of the matcher being analysed.
     scope: u32,
     /// Text id of a numeric pseudo-literal → the number a field's value must equal.
-    numbers: ahash::AHashMap<u32, f64>,
+    numbers: crate::FastMap<u32, f64>,
 }
 
 impl Literals {
@@ -534,7 +534,7 @@ fn table_slot(key: u32, capacity: usize) -> usize {
 
 /// Where a literal is looked for: its rarest 4-byte window among the table's literals
 /// (`.exe` and `\\win` are in thousands), as (gram key, offset in the literal).
-fn anchor(text: &[u8], counts: &ahash::AHashMap<u32, u32>) -> (u32, usize) {
+fn anchor(text: &[u8], counts: &crate::FastMap<u32, u32>) -> (u32, usize) {
     text.windows(4)
         .enumerate()
         .map(|(offset, w)| (gram4([w[0], w[1], w[2], w[3]]), offset))
@@ -547,7 +547,7 @@ fn anchor(text: &[u8], counts: &ahash::AHashMap<u32, u32>) -> (u32, usize) {
 struct Pseudo<'a> {
     non_ascii: Option<u32>,
     present: Option<u32>,
-    numbers: &'a ahash::AHashMap<u32, f64>,
+    numbers: &'a crate::FastMap<u32, f64>,
 }
 
 /// A literal as a table looks for it.
@@ -590,7 +590,7 @@ impl AnchorTable {
         }
         // How many of the table's literals share each 4-byte window: common windows make
         // poor anchors.
-        let mut counts: ahash::AHashMap<u32, u32> = Default::default();
+        let mut counts: crate::FastMap<u32, u32> = Default::default();
         for &(_, text) in entries {
             let mut windows: Vec<u32> = texts[text as usize].as_bytes().windows(4).map(|w| gram4([w[0], w[1], w[2], w[3]])).collect();
             windows.sort_unstable();
@@ -704,7 +704,7 @@ pub struct LiteralGate {
     /// Field name → its table: the literals scoped to that field. A value is scanned with
     /// its field's table and the keyword table; a value of a field no literal names, with
     /// the keyword table alone, and not at all when there are no keywords.
-    field_tables: ahash::AHashMap<Box<str>, AnchorTable>,
+    field_tables: crate::FastMap<Box<str>, AnchorTable>,
     keyword_table: Option<AnchorTable>,
     /// Distinct literal texts looked for.
     texts_used: usize,

@@ -54,7 +54,7 @@ pub struct SigmaRules {
     /// partitions and their gate instead of up to eight map lookups with owned keys per
     /// logsource and another for the gate. Bounded by [`MAX_CACHED_ROUTES`]; beyond it
     /// routes are worked out each time.
-    route_cache: std::sync::RwLock<ahash::AHashMap<String, std::sync::Arc<Route>>>,
+    route_cache: std::sync::RwLock<crate::FastMap<String, std::sync::Arc<Route>>>,
     /// The routes of non-Windows events, whose logsource follows from their host product
     /// and class alone: one slot per (correlate's or not, product, class), so such an event
     /// finds its route by index, without working out its logsources (allocating) or
@@ -1008,7 +1008,7 @@ pub fn derived_field<'e>(event: &'e Event, name: &str) -> Option<Cow<'e, str>> {
 /// names SigmaHQ rules use for them, where the producer did not already use that name.
 /// Built up front: quick-scan's SigmaHQ rules read many fields of every event.
 pub fn sigma_fields(event: &Event) -> SigmaDoc<'_> {
-    let mut fields = ahash::AHashMap::with_capacity(event.attrs.len() + 12);
+    let mut fields = crate::FastMap::with_capacity_and_hasher(event.attrs.len() + 12, Default::default());
     for (k, v) in &event.attrs {
         fields.insert(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()));
     }
@@ -1049,7 +1049,7 @@ pub struct SigmaDoc<'e> {
 
 enum DocFields<'e> {
     /// Every field in a hash map, for rules that read many.
-    Built(ahash::AHashMap<Cow<'e, str>, Cow<'e, str>>),
+    Built(crate::FastMap<Cow<'e, str>, Cow<'e, str>>),
     /// The event's `attrs`, then [`DERIVED`] fields the attrs do not name, each worked out
     /// when asked for.
     OnRequest(&'e Event),
@@ -1342,8 +1342,8 @@ detection:
     /// The document as correlate built it up front before it was worked out on request
     /// (the code of the time, verbatim): the reference [`normalized_fields`] is checked
     /// against.
-    fn normalized_fields_built_up_front<'e>(event: &'e Event) -> ahash::AHashMap<Cow<'e, str>, Cow<'e, str>> {
-        type Fields<'e> = ahash::AHashMap<Cow<'e, str>, Cow<'e, str>>;
+    fn normalized_fields_built_up_front<'e>(event: &'e Event) -> crate::FastMap<Cow<'e, str>, Cow<'e, str>> {
+        type Fields<'e> = crate::FastMap<Cow<'e, str>, Cow<'e, str>>;
         fn put<'e>(fields: &mut Fields<'e>, name: &'static str, value: Option<Cow<'e, str>>) {
             if let Some(v) = value {
                 fields.entry(Cow::Borrowed(name)).or_insert(v);

@@ -22,25 +22,20 @@ pub use records::{Alert, Correlation, DeadLetter, Match, Score, Severity};
 /// most a few dozen entries, so a fast seeded hash is enough.
 pub type FieldMap<V> = HashMap<String, V, FieldHasher>;
 
-/// The hasher of every [`FieldMap`]: one random seed per process, cloned into each map.
-/// `ahash::RandomState::new()` draws each map's seed from a counter shared by all threads;
-/// normalize makes two maps per event and ML one, and under load that one cache line
-/// bounced between the stages' threads (`perf`, load/README.md session 28). Producers
-/// choose `attrs` keys, so the seed stays random, per process.
-#[derive(Clone, Debug)]
-pub struct FieldHasher(ahash::RandomState);
-
-impl Default for FieldHasher {
-    fn default() -> Self {
-        static SEED: std::sync::LazyLock<ahash::RandomState> = std::sync::LazyLock::new(ahash::RandomState::new);
-        Self(SEED.clone())
-    }
-}
+/// The hasher of every [`FieldMap`]: [`crate::FastHasher`], keyed once per process and
+/// cloned into each map. `ahash::RandomState::new()`, used before that, drew each map's seed
+/// from a counter shared by all threads; normalize makes two maps per event and ML one, and
+/// under load that one cache line bounced between the stages' threads (`perf`,
+/// load/README.md session 28). Producers choose `attrs` keys, so the key stays random, per
+/// process.
+#[derive(Clone, Debug, Default)]
+pub struct FieldHasher(crate::FastHasher);
 
 impl std::hash::BuildHasher for FieldHasher {
-    type Hasher = ahash::AHasher;
+    type Hasher = <crate::FastHasher as std::hash::BuildHasher>::Hasher;
 
-    fn build_hasher(&self) -> ahash::AHasher {
+    #[inline(always)]
+    fn build_hasher(&self) -> Self::Hasher {
         self.0.build_hasher()
     }
 }

@@ -111,8 +111,8 @@ struct PathUse {
 /// Every alias path and alias prefix, worked out once. The reader walks an event's keys
 /// and looks each one up here: a handful of lookups per event, where asking for each of
 /// the ~170 aliases in turn whether the event has it was ~30% of normalize's instructions.
-static PATHS: std::sync::LazyLock<HashMap<&'static str, PathUse, ahash::RandomState>> = std::sync::LazyLock::new(|| {
-    let mut paths: HashMap<&'static str, PathUse, ahash::RandomState> = HashMap::default();
+static PATHS: std::sync::LazyLock<HashMap<&'static str, PathUse, crate::FastHasher>> = std::sync::LazyLock::new(|| {
+    let mut paths: HashMap<&'static str, PathUse, crate::FastHasher> = HashMap::default();
     for (field, (aliases, _)) in FIELDS.iter().enumerate() {
         for (rank, path) in aliases.iter().enumerate() {
             // Both fit a u8: there are fewer than 256 fields and no list is that long.

@@ -251,12 +251,12 @@ impl Normalizer {
             },
         };
         event.ingest_time_us = now_us;
-        event.id = match parsed.id.map(|id| id.trim().to_string()) {
+        event.id = match parsed.id.map(trimmed) {
             Some(id) if !id.is_empty() && id.len() <= MAX_ID_BYTES => id,
             Some(id) if !id.is_empty() => crate::hex_id("h-", xxhash_rust::xxh3::xxh3_128(id.as_bytes())),
             _ => derived_id(record),
         };
-        event.tenant = match parsed.tenant.map(|t| t.trim().to_string()) {
+        event.tenant = match parsed.tenant.map(trimmed) {
             Some(t) if !t.is_empty() && t.len() <= MAX_TENANT_BYTES => t,
             Some(t) if !t.is_empty() => {
                 return Err(NormalizeError::invalid_field("tenant", &t, "longer than 128 bytes"));
@@ -292,6 +292,16 @@ impl Normalizer {
         key.push('|');
         key.push_str(entity);
         key
+    }
+}
+
+/// `text` without surrounding whitespace, in its own buffer when it has none (ids and
+/// tenants almost never do; copying them cost two allocations an event).
+fn trimmed(text: String) -> String {
+    if text.trim().len() == text.len() {
+        text
+    } else {
+        text.trim().to_string()
     }
 }
 

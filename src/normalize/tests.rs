@@ -169,3 +169,51 @@ fn endpoint_addresses_are_written_canonically() {
     // Leading zeros are not an address (octal or decimal?): refused, not kept as written.
     assert!(set("010.0.0.1").is_err());
 }
+
+/// What `attrs` keep of a JSON event, shape by shape: dotted keys and the same path nested,
+/// duplicates, nulls and arrays, nesting depth, the features object, Windows EventData and
+/// UserData, and the 64-entry bound.
+#[test]
+fn attrs_keep_every_unmapped_shape_within_bounds() {
+    // The same path as a flat dotted key and through objects; a used alias nested deeper
+    // than it is read; a duplicate key (the last wins); null and arrays.
+    let event = ok(r#"{"source.ip":"10.0.0.1","source":{"ip":"10.0.0.2","port":"x1"},"user":{"name":"bob","id":7},"k":1,"k":2,"n":null,"list":[1,"a",{"o":1}],"objs":[{"a":1}]}"#);
+    assert_eq!(event.src_ip(), Some("10.0.0.1"));
+    assert!(!event.attrs.contains_key("source.ip"), "{:?}", event.attrs);
+    assert_eq!(event.attrs.get("source.port").map(String::as_str), Some("x1"));
+    assert_eq!(event.attrs.get("user.id").map(String::as_str), Some("7"));
+    assert_eq!(event.attrs.get("k").map(String::as_str), Some("2"));
+    assert_eq!(event.attrs.get("list").map(String::as_str), Some("1 a"));
+    assert!(!event.attrs.contains_key("n") && !event.attrs.contains_key("objs"), "{:?}", event.attrs);
+
+    // Nesting: objects to six levels below the root are flattened, deeper ones dropped, and
+    // an alias path is still read where attrs stop.
+    let deep = ok(r#"{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":1},"leaf":2}}}}}},"host":"h1","x":{"y":{"z":3}}}"#);
+    assert_eq!(deep.attrs.get("a.b.c.d.e.f.leaf").map(String::as_str), Some("2"));
+    assert!(!deep.attrs.keys().any(|k| k.contains(".g")), "{:?}", deep.attrs);
+    assert_eq!(deep.attrs.get("x.y.z").map(String::as_str), Some("3"));
+    assert_eq!(deep.host.as_deref(), Some("h1"));
+
+    // The root's features object is features, not attrs; a features scalar is an attr.
+    let features = ok(r#"{"host":"h1","features":{"bytes":12.5,"name":"not a number"},"other":{"features":{"q":1}}}"#);
+    assert_eq!(features.features.get("bytes"), Some(&12.5));
+    assert!(!features.attrs.keys().any(|k| k.starts_with("features")), "{:?}", features.attrs);
+    assert_eq!(features.attrs.get("other.features.q").map(String::as_str), Some("1"));
+    let scalar = ok(r#"{"host":"h1","features":"none"}"#);
+    assert_eq!(scalar.attrs.get("features").map(String::as_str), Some("none"));
+
+    // Windows: EventData fields stay by bare name even when mapped, UserData children bare
+    // unless taken.
+    let evtx = ok(r#"{"Event":{"System":{"EventID":4688,"Computer":"ws1","EventRecordID":9,"Channel":"Security","Provider":{"#attributes":{"Name":"Microsoft-Windows-Security-Auditing"}}},"EventData":{"CommandLine":"cmd /c whoami","Image":"C:\\Windows\\cmd.exe","Extra":"e"},"UserData":{"LogFileCleared":{"SubjectUserName":"adm","Image":"u"}}}}"#);
+    assert_eq!(evtx.attrs.get("CommandLine").map(String::as_str), Some("cmd /c whoami"));
+    assert_eq!(evtx.attrs.get("Extra").map(String::as_str), Some("e"));
+    assert_eq!(evtx.attrs.get("SubjectUserName").map(String::as_str), Some("adm"));
+    assert_eq!(evtx.attrs.get("Event.UserData.LogFileCleared.Image").map(String::as_str), Some("u"));
+    assert!(!evtx.attrs.contains_key("Event.System.Computer"), "{:?}", evtx.attrs);
+
+    // More producer fields than attrs keep: the first 64 in key order.
+    let many: Vec<String> = (0..100).map(|i| format!(r#""f{i:03}":{i}"#)).collect();
+    let wide = ok(&format!(r#"{{"host":"h1",{}}}"#, many.join(",")));
+    assert_eq!(wide.attrs.len(), json::MAX_ATTRS);
+    assert!(wide.attrs.contains_key("f000") && wide.attrs.contains_key("f063") && !wide.attrs.contains_key("f064"));
+}

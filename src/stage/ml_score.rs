@@ -120,21 +120,36 @@ pub struct MlScoreStage {
     slot: avro::EventSlot,
     /// `ML_RISK`, registered once (a lookup in the registry per event cost ~400 instructions).
     risk: metrics::Histogram,
+    /// The last event's score, written over for the next ([`Self::score_into`]).
+    spare_score: Score,
+    /// Scratch space of [`Self::score_into`].
+    reasons: std::cell::RefCell<Vec<(f64, String)>>,
 }
 
 impl MlScoreStage {
     pub fn new(model: ModelHandle, exemplars: Arc<dyn ThreatIndex>, max_entities: usize, store: CheckpointStore, output_topic: String, dlq_topic: String) -> Self {
         let nearest = std::cell::RefCell::new(crate::ml::similarity::NearestCache::new(crate::ml::similarity::NearestCache::DEFAULT_CAPACITY));
-        Self { model, exemplars, nearest, max_entities, state: PartitionedState::new("ml-score", store), output_topic, dlq_topic, slot: avro::EventSlot::default(), risk: metrics::histogram!(names::ML_RISK) }
+        Self { model, exemplars, nearest, max_entities, state: PartitionedState::new("ml-score", store), output_topic, dlq_topic, slot: avro::EventSlot::default(), risk: metrics::histogram!(names::ML_RISK), spare_score: Score::default(), reasons: Default::default() }
     }
 
     /// The score of `event` given its baseline deviations.
     pub fn score(&self, event: &Event, deviations: crate::ml::baseline::Deviations) -> Score {
-        let mut parts = crate::event::FieldMap::default();
+        let mut score = Score::default();
+        self.score_into(event, deviations, &mut score, &mut Vec::new());
+        score
+    }
+
+    /// [`Self::score`], written over `score` (an earlier event's, or a default one): its part
+    /// names, model version and explanation list are rewritten in place. The stage scores
+    /// every event; building a fresh score (a hash map, three to five key strings, the
+    /// version string, two vectors) was ~8 allocations and three map inserts an event.
+    /// `reasons` is scratch space, emptied here.
+    fn score_into(&self, event: &Event, deviations: crate::ml::baseline::Deviations, score: &mut Score, reasons: &mut Vec<(f64, String)>) {
         // (strength, feature) candidates for the explanation.
-        let mut reasons: Vec<(f64, String)> = Vec::new();
+        reasons.clear();
+        let parts = &mut score.parts;
         let rules = rules_risk(event);
-        parts.insert("rules".to_string(), rules);
+        set_part(parts, "rules", Some(rules));
         for m in event.matches.iter().take(3) {
             reasons.push((rules, format!("rule:{}", m.rule_id)));
         }
@@ -142,7 +157,7 @@ impl MlScoreStage {
             reasons.push((rules, format!("correlation:{}", c.rule_id)));
         }
         let baseline = Baseline::risk(&deviations);
-        parts.insert("baseline".to_string(), baseline);
+        set_part(parts, "baseline", Some(baseline));
         for (name, value) in deviations.iter() {
             let flag = matches!(name, "baseline.unusual_hour" | "baseline.new_place" | "baseline.new_public_place" | "baseline.new_peer") && value > 0.0;
             let ratio = name.ends_with("_ratio") && value > 1.5;
@@ -168,31 +183,34 @@ impl MlScoreStage {
                 }
             }
         }
-        parts.insert("similarity".to_string(), similarity);
+        set_part(parts, "similarity", Some(similarity));
         let model = self.model.current();
+        let (mut anomaly, mut classifier) = (None, None);
         if let Some(model) = &model {
             let mut features = event_features(event);
             features.extend(deviations.features());
             let scored = model.score(&features);
-            for (name, part) in [("anomaly", &scored.anomaly), ("classifier", &scored.classifier)] {
+            for (slot, part) in [(&mut anomaly, &scored.anomaly), (&mut classifier, &scored.classifier)] {
                 if let Some(part) = part {
-                    parts.insert(name.to_string(), part.risk);
+                    *slot = Some(part.risk);
                     reasons.extend(part.top_features.iter().take(3).map(|(f, _)| (part.risk, f.clone())));
                 }
             }
         }
+        set_part(parts, "anomaly", anomaly);
+        set_part(parts, "classifier", classifier);
         reasons.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut top_features: Vec<String> = Vec::new();
-        for (strength, name) in reasons {
-            if strength > 0.0 && !top_features.contains(&name) && top_features.len() < TOP_FEATURES {
-                top_features.push(name);
+        score.top_features.clear();
+        for (strength, name) in reasons.drain(..) {
+            if strength > 0.0 && !score.top_features.contains(&name) && score.top_features.len() < TOP_FEATURES {
+                score.top_features.push(name);
             }
         }
-        Score {
-            risk: fuse(parts.values().copied()),
-            model_version: model.map(|m| m.version().to_string()).unwrap_or_else(|| "none".into()),
-            parts,
-            top_features,
+        score.risk = fuse(score.parts.values().copied());
+        score.model_version.clear();
+        match &model {
+            Some(model) => score.model_version.push_str(model.version()),
+            None => score.model_version.push_str("none"),
         }
     }
 
@@ -204,13 +222,28 @@ impl MlScoreStage {
     }
 }
 
+/// Sets part `name` of a score to `value`, or removes it (`None`), keeping the key string
+/// already in the map when there is one.
+fn set_part(parts: &mut crate::event::FieldMap<f64>, name: &str, value: Option<f64>) {
+    match (parts.get_mut(name), value) {
+        (Some(slot), Some(value)) => *slot = value,
+        (None, Some(value)) => {
+            parts.insert(name.to_string(), value);
+        }
+        (Some(_), None) => {
+            parts.remove(name);
+        }
+        (None, None) => {}
+    }
+}
+
 /// The entity an event's baseline belongs to: its partition key (tenant + user, host or
 /// source address), else tenant + host.
-fn entity_of(event: &Event) -> String {
+fn entity_of(event: &Event) -> std::borrow::Cow<'_, str> {
     if !event.partition_key.is_empty() {
-        return event.partition_key.clone();
+        return std::borrow::Cow::Borrowed(&event.partition_key);
     }
-    format!("{}|{}", event.tenant, event.host.as_deref().unwrap_or("-"))
+    std::borrow::Cow::Owned(format!("{}|{}", event.tenant, event.host.as_deref().unwrap_or("-")))
 }
 
 impl MlScoreStage {
@@ -219,12 +252,14 @@ impl MlScoreStage {
         let entity = entity_of(event);
         let state = self.state.get_mut(&record.topic, record.partition);
         let replayed = state.applied_offset.is_some_and(|applied| record.offset <= applied);
-        let score = match (replayed, replayed.then(|| state.recalled_score(record.offset)).flatten()) {
-            (true, Some(score)) => score,
+        // The score is written over the last event's (its strings and map kept).
+        let mut score = std::mem::take(&mut self.spare_score);
+        match (replayed, replayed.then(|| state.recalled_score(record.offset)).flatten()) {
+            (true, Some(recalled)) => score = recalled,
             (true, None) => {
                 // Committed long ago and replayed anyway (a reset): judge without learning.
                 let deviations = state.deviations(&entity, event);
-                self.score(event, deviations)
+                self.score_into(event, deviations, &mut score, &mut self.reasons.borrow_mut());
             }
             (false, _) => {
                 // Findings made by correlate describe other events; they teach no baseline.
@@ -234,21 +269,23 @@ impl MlScoreStage {
                     state.observe(&entity, event)
                 };
                 state.applied_offset = Some(record.offset);
-                let score = self.score(event, deviations);
+                self.score_into(event, deviations, &mut score, &mut self.reasons.borrow_mut());
                 // A copy of every score until committed, for replays: only where a replay
                 // can meet this state (a store that keeps it).
                 if self.state.is_durable() {
                     self.state.get_mut(&record.topic, record.partition).remember_score(record.offset, &score);
                 }
-                score
             }
-        };
+        }
+        drop(entity);
         if !replayed {
             self.enforce_entity_budget(&record.topic, record.partition);
         }
         self.risk.record(score.risk);
         event.score = Some(score);
-        let payload = avro::encode_event_detections(&record.payload, detections_at, event).map_err(|e| StageError::Internal(e.to_string()))?;
+        let encoded = avro::encode_event_detections(&record.payload, detections_at, event);
+        self.spare_score = event.score.take().unwrap_or_default();
+        let payload = encoded.map_err(|e| StageError::Internal(e.to_string()))?;
         out.push(OutMessage { topic: self.output_topic.clone(), key: record.key.clone(), payload });
         Ok(())
     }

@@ -118,7 +118,9 @@ pub struct StageRunner {
     burst_caught_up_wait: Duration,
     last_commit: Instant,
     /// Assignment generation last seen per input partition (to tell the stage about new ones).
-    generations: crate::FastMap<(String, i32), u64>,
+    /// By topic, then partition: looked up by the record's `&str` topic, so a record costs no
+    /// copy of its topic name here.
+    generations: crate::FastMap<String, crate::FastMap<i32, u64>>,
     /// How old input records are when taken (their produce time to now).
     input_age: metrics::Histogram,
 }
@@ -282,12 +284,12 @@ impl StageRunner {
             self.burst.behind = age > self.config.burst_max_wait;
         }
         let stage = self.name();
-        let partition = (record.topic.clone(), record.partition);
-        if self.generations.get(&partition) != Some(&generation) {
+        let known = self.generations.get(record.topic.as_str()).and_then(|partitions| partitions.get(&record.partition));
+        if known != Some(&generation) {
             self.stage
                 .partition_assigned(&record.topic, record.partition)
                 .map_err(|source| RunnerError::Stage { stage, source })?;
-            self.generations.insert(partition, generation);
+            self.generations.entry(record.topic.clone()).or_default().insert(record.partition, generation);
         }
         if self.burst.started.is_none() {
             self.burst.started = Some(Instant::now());
@@ -312,7 +314,10 @@ impl StageRunner {
         let mut messages = outputs.drain(..);
         let mut start = 0;
         for (position, generation, end) in &records {
-            let mut pending = Vec::with_capacity(end - start);
+            // Most records have one output: its ack is awaited alone, without a vector and
+            // a join (two allocations per record per stage).
+            let mut single: Option<crate::bus::AckFuture> = None;
+            let mut pending = Vec::new();
             for message in messages.by_ref().take(end - start) {
                 if message.topic == self.dlq_topic {
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -323,12 +328,20 @@ impl StageRunner {
                     SendError::Bus(source) => RunnerError::Bus { stage, position: position.to_string(), source },
                     SendError::Ack(e) => e,
                 })?;
-                pending.push(ack);
+                match single.take() {
+                    None if pending.is_empty() => single = Some(ack),
+                    first => pending.extend(first.into_iter().chain([ack])),
+                }
             }
             start = *end;
             let (position, generation) = (position.clone(), *generation);
-            let ack = futures::future::try_join_all(pending).map(move |r| (position, generation, r.map(|_| ())));
-            self.acks.push(Box::pin(ack));
+            match single {
+                Some(ack) => self.acks.push(Box::pin(ack.map(move |r| (position, generation, r)))),
+                None => {
+                    let ack = futures::future::try_join_all(pending).map(move |r| (position, generation, r.map(|_| ())));
+                    self.acks.push(Box::pin(ack));
+                }
+            }
         }
         drop(messages);
         // Both buffers go back, empty, to be filled again without growing anew.
