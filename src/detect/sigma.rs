@@ -1355,7 +1355,7 @@ detection:
         fn o(v: Option<String>) -> Option<Cow<'static, str>> {
             v.map(Cow::Owned)
         }
-        let mut fields = Fields::new();
+        let mut fields = Fields::default();
         for (k, v) in &event.attrs {
             fields.insert(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()));
         }
