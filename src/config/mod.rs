@@ -233,7 +233,7 @@ pub struct RunnerConfig {
     /// per linger). 1 sends each output as soon as it is made. 2,000 rather than more: a
     /// burst's records and outputs are all live until it is handed over, and at 10,000
     /// (~10 MB with the pipeline's records) they no longer stayed in cache; flat out the
-    /// pipeline instance spent ~6% more CPU per event (load/README.md, session 32).
+    /// pipeline instance spent ~5% more CPU per event (load/README.md, session 32).
     pub burst_max: usize,
     /// The longest a burst goes on taking input while the stage is behind (the records it
     /// takes had waited longer than this since they were produced); a stage that keeps up

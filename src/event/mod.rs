@@ -19,26 +19,12 @@ pub use records::{Alert, Correlation, DeadLetter, Match, Score, Severity};
 /// A map of an event keyed by field name (`attrs`, `features`, a match's fields). Every
 /// stage decodes and fills these for every event, and std's default SipHash was ~5% of the
 /// embedded pipeline's instructions; the keys are producer field names, and a map holds at
-/// most a few dozen entries, so a fast seeded hash is enough.
-pub type FieldMap<V> = HashMap<String, V, FieldHasher>;
-
-/// The hasher of every [`FieldMap`]: [`crate::FastHasher`], keyed once per process and
-/// cloned into each map. `ahash::RandomState::new()`, used before that, drew each map's seed
-/// from a counter shared by all threads; normalize makes two maps per event and ML one, and
-/// under load that one cache line bounced between the stages' threads (`perf`,
-/// load/README.md session 28). Producers choose `attrs` keys, so the key stays random, per
-/// process.
-#[derive(Clone, Debug, Default)]
-pub struct FieldHasher(crate::FastHasher);
-
-impl std::hash::BuildHasher for FieldHasher {
-    type Hasher = <crate::FastHasher as std::hash::BuildHasher>::Hasher;
-
-    #[inline(always)]
-    fn build_hasher(&self) -> Self::Hasher {
-        self.0.build_hasher()
-    }
-}
+/// most a few dozen entries, so a fast hash keyed per process ([`crate::FastHasher`]) is
+/// enough. Its key is drawn once and cloned into each map: `ahash::RandomState::new()`,
+/// used before, drew each map's seed from a counter shared by all threads, and under load
+/// that one cache line bounced between the stages' threads (`perf`, load/README.md
+/// session 28).
+pub type FieldMap<V> = HashMap<String, V, crate::FastHasher>;
 
 /// What kind of activity an event records (OCSF class, simplified).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
