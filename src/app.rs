@@ -488,6 +488,7 @@ pub async fn run_generator(
     flow: Arc<FlowStats>,
     stop: CancellationToken,
 ) -> Result<(), BusError> {
+    let topic = crate::bus::Topic::from(topic);
     let mut generator = EventGenerator::new(config.clone());
     let mut acks = FuturesUnordered::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(10));

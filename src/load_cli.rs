@@ -246,7 +246,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<()> {
         let (delivery, payload, key, origin, send_us) = result;
         let (partition, offset) = delivery.map_err(|e| anyhow::anyhow!("produce failed: {e}"))?;
         sent_by_hash.insert(xxhash_rust::xxh3::xxh3_64(&payload), (send_us, matches!(origin, Origin::Attack(_))));
-        let record = crate::bus::Record { topic: args.raw_topic.clone(), partition, offset, key: Some(key.into_bytes()), payload, timestamp_ms: None };
+        let record = crate::bus::Record { topic: args.raw_topic.as_str().into(), partition, offset, key: Some(key.into_bytes()), payload, timestamp_ms: None };
         if let Ok(event) = normalizer.normalize(&record, send_us) {
             let scenario = match origin {
                 Origin::Attack(name) => Some(name),

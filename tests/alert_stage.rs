@@ -49,9 +49,9 @@ fn record(e: &Event, offset: i64) -> Record {
 }
 
 fn alert_of(out: &[OutMessage]) -> Alert {
-    let avro_out: Vec<_> = out.iter().filter(|m| m.topic == "alerts").collect();
+    let avro_out: Vec<_> = out.iter().filter(|m| &*m.topic == "alerts").collect();
     assert_eq!(avro_out.len(), 1);
-    let json = out.iter().find(|m| m.topic == "alerts.json").expect("JSON companion");
+    let json = out.iter().find(|m| &*m.topic == "alerts.json").expect("JSON companion");
     let alert = avro::decode_alert(&avro_out[0].payload).unwrap();
     assert_eq!(serde_json::from_slice::<Alert>(&json.payload).unwrap(), alert);
     alert

@@ -158,7 +158,7 @@ fn memory_state_does_not_cap_commits_and_bad_avro_is_dead_lettered() {
     let record = Record { topic: TOPIC.into(), partition: 0, offset: 0, key: None, payload: b"not avro".to_vec(), timestamp_ms: None };
     let out = run(&mut stage, &[record]);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].topic, "events.dlq");
+    assert_eq!(&*out[0].topic, "events.dlq");
     let dead = avro::decode_dead_letter(&out[0].payload).unwrap();
     assert_eq!(dead.reason_code, "bad_avro");
 }

@@ -26,7 +26,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use super::{AckFuture, BusError, CommitMode, CommitOffsets, OffsetTracker, OutMessage, Record};
+use super::{AckFuture, BusError, CommitMode, CommitOffsets, OffsetTracker, OutMessage, Record, Topic};
 
 /// How long creating the topics at start may wait for the broker.
 const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -196,6 +196,9 @@ fn partition_list(offsets: &CommitOffsets) -> Result<TopicPartitionList, BusErro
 pub struct KafkaConsumer {
     consumer: StreamConsumer<RebalanceContext>,
     topics: String,
+    /// The topic of the last record received, handed to the next record of the same topic
+    /// instead of a fresh copy of its name (a stage reads one topic).
+    last_topic: Option<Topic>,
 }
 
 impl KafkaConsumer {
@@ -228,7 +231,7 @@ impl KafkaConsumer {
         consumer
             .subscribe(&names)
             .map_err(|e| BusError::Setup(format!("subscribe {topics:?}: {e}")))?;
-        Ok(Self { consumer, topics: topics.join(",") })
+        Ok(Self { consumer, topics: topics.join(","), last_topic: None })
     }
 
     pub fn attach_tracker(&mut self, tracker: Arc<Mutex<OffsetTracker>>) {
@@ -241,8 +244,12 @@ impl KafkaConsumer {
             topics: self.topics.clone(),
             detail: e.to_string(),
         })?;
+        let topic = match &self.last_topic {
+            Some(last) if **last == *message.topic() => last.clone(),
+            _ => self.last_topic.insert(Topic::from(message.topic())).clone(),
+        };
         Ok(Record {
-            topic: message.topic().to_string(),
+            topic,
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
@@ -264,6 +271,26 @@ impl KafkaConsumer {
             CommitMode::Blocking => rdkafka::consumer::CommitMode::Sync,
         };
         self.consumer.commit(&list, mode).map_err(|e| BusError::Commit(e.to_string()))
+    }
+}
+
+/// The broker's acknowledgement of one produced message (see [`AckFuture`]).
+pub struct DeliveryAck {
+    delivery: rdkafka::producer::DeliveryFuture,
+    /// For the error, should delivery fail.
+    topic: Topic,
+}
+
+impl std::future::Future for DeliveryAck {
+    type Output = Result<(), BusError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let outcome = futures::ready!(std::pin::Pin::new(&mut self.delivery).poll(cx));
+        std::task::Poll::Ready(match outcome {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(BusError::Delivery { topic: self.topic.to_string(), detail: e.to_string() }),
+            Err(_) => Err(BusError::Delivery { topic: self.topic.to_string(), detail: "producer dropped before delivery".into() }),
+        })
     }
 }
 
@@ -335,25 +362,13 @@ impl KafkaProducer {
         }
         loop {
             match self.producer.send_result(record) {
-                Ok(delivery) => {
-                    let topic = message.topic.clone();
-                    return Ok(Box::pin(async move {
-                        match delivery.await {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err((e, _))) => Err(BusError::Delivery { topic, detail: e.to_string() }),
-                            Err(_) => Err(BusError::Delivery {
-                                topic,
-                                detail: "producer dropped before delivery".into(),
-                            }),
-                        }
-                    }));
-                }
+                Ok(delivery) => return Ok(AckFuture::Kafka(DeliveryAck { delivery, topic: message.topic.clone() })),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
                 Err((e, _)) => {
-                    return Err(BusError::Produce { topic: message.topic.clone(), detail: e.to_string() })
+                    return Err(BusError::Produce { topic: message.topic.to_string(), detail: e.to_string() })
                 }
             }
         }

@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::{AckFuture, BusError, CommitOffsets, OutMessage, Record};
+use super::{AckFuture, BusError, CommitOffsets, OutMessage, Record, Topic};
 
 /// Default capacity of each in-memory topic, in messages. Big enough to absorb scheduling
 /// jitter between stages, small enough that a stalled stage stops the generator quickly.
 pub const DEFAULT_TOPIC_CAPACITY: usize = 4096;
 
-struct Topic {
+struct Channel {
     sender: mpsc::Sender<OutMessage>,
     receiver: Option<mpsc::Receiver<OutMessage>>,
     committed: Arc<AtomicI64>,
@@ -31,7 +31,7 @@ struct Topic {
 /// The set of in-memory topics of one process.
 #[derive(Clone)]
 pub struct MemoryBus {
-    topics: Arc<Mutex<HashMap<String, Topic>>>,
+    topics: Arc<Mutex<HashMap<String, Channel>>>,
     capacity: usize,
 }
 
@@ -40,12 +40,12 @@ impl MemoryBus {
         Self { topics: Arc::new(Mutex::new(HashMap::new())), capacity: capacity.max(1) }
     }
 
-    fn with_topic<R>(&self, name: &str, f: impl FnOnce(&mut Topic) -> R) -> R {
+    fn with_topic<R>(&self, name: &str, f: impl FnOnce(&mut Channel) -> R) -> R {
         // The lock is only held for map access, never across an await or a panic-prone call.
         let mut topics = self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let topic = topics.entry(name.to_string()).or_insert_with(|| {
             let (sender, receiver) = mpsc::channel(self.capacity);
-            Topic { sender, receiver: Some(receiver), committed: Arc::new(AtomicI64::new(0)) }
+            Channel { sender, receiver: Some(receiver), committed: Arc::new(AtomicI64::new(0)) }
         });
         f(topic)
     }
@@ -57,7 +57,7 @@ impl MemoryBus {
                 BusError::Setup(format!("in-memory topic {topic} already has a consumer"))
             })?;
             Ok(MemoryConsumer {
-                topic: topic.to_string(),
+                topic: topic.into(),
                 receiver,
                 next_offset: 0,
                 committed: t.committed.clone(),
@@ -81,7 +81,7 @@ impl MemoryBus {
 }
 
 pub struct MemoryConsumer {
-    topic: String,
+    topic: Topic,
     receiver: mpsc::Receiver<OutMessage>,
     next_offset: i64,
     committed: Arc<AtomicI64>,
@@ -104,7 +104,7 @@ impl MemoryConsumer {
     pub async fn recv(&mut self) -> Result<Record, BusError> {
         match self.receiver.recv().await {
             Some(message) => Ok(self.stamp(message)),
-            None => Err(BusError::Closed(self.topic.clone())),
+            None => Err(BusError::Closed(self.topic.to_string())),
         }
     }
 
@@ -139,8 +139,8 @@ impl MemoryProducer {
 
     pub async fn send(&self, message: OutMessage) -> Result<AckFuture, BusError> {
         let topic = message.topic.clone();
-        self.sender(&topic).send(message).await.map_err(|_| BusError::Closed(topic))?;
-        Ok(Box::pin(futures::future::ready(Ok(()))))
+        self.sender(&topic).send(message).await.map_err(|_| BusError::Closed(topic.to_string()))?;
+        Ok(AckFuture::accepted())
     }
 }
 

@@ -19,16 +19,24 @@ pub mod kafka;
 pub mod memory;
 pub mod offsets;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-
 pub use offsets::OffsetTracker;
+
+/// A topic's name as records, positions and outputs carry it: shared, not copied. Every
+/// record of every hop names its topic several times over (the record, its position, the
+/// offset tracker's lookups, the output and its ack); as `String`s those were five of the
+/// transport's allocations per record per hop.
+pub type Topic = Arc<str>;
 
 /// One message read from a topic.
 #[derive(Debug, Clone)]
 pub struct Record {
-    pub topic: String,
+    pub topic: Topic,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
@@ -41,7 +49,7 @@ impl Record {
     /// Line `index` (0-based) of a file or stream read outside the bus (`normalize`,
     /// `rules test|bench`), as the record a stage would have received.
     pub fn from_line(source: &str, index: usize, payload: Vec<u8>) -> Self {
-        Self { topic: source.to_string(), partition: 0, offset: index as i64, key: None, payload, timestamp_ms: None }
+        Self { topic: source.into(), partition: 0, offset: index as i64, key: None, payload, timestamp_ms: None }
     }
 
     pub fn position(&self) -> Position {
@@ -52,7 +60,7 @@ impl Record {
 /// Where a record sits on its topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Position {
-    pub topic: String,
+    pub topic: Topic,
     pub partition: i32,
     pub offset: i64,
 }
@@ -66,13 +74,42 @@ impl std::fmt::Display for Position {
 /// One message a stage wants to produce.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutMessage {
-    pub topic: String,
+    pub topic: Topic,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
 }
 
 /// Resolves when the transport has durably accepted one produced message.
-pub type AckFuture = BoxFuture<'static, Result<(), BusError>>;
+///
+/// A concrete future, not a boxed one: one is made per output on every hop, and the box
+/// (with the runner's own around it) was two of the transport's allocations per record.
+#[must_use = "an output counts as delivered only once its ack resolves"]
+pub enum AckFuture {
+    /// Decided when the message was handed over (the in-process bus: accepted by the
+    /// downstream channel). `None` once taken.
+    Ready(Option<Result<(), BusError>>),
+    /// Waiting for the broker's acknowledgement.
+    Kafka(kafka::DeliveryAck),
+}
+
+impl AckFuture {
+    /// An ack that has already succeeded.
+    pub fn accepted() -> Self {
+        Self::Ready(Some(Ok(())))
+    }
+}
+
+impl Future for AckFuture {
+    type Output = Result<(), BusError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            // Polling a finished future is a caller's bug (std's contract allows a panic).
+            Self::Ready(outcome) => Poll::Ready(outcome.take().expect("AckFuture polled after it resolved")),
+            Self::Kafka(delivery) => Pin::new(delivery).poll(cx),
+        }
+    }
+}
 
 /// Offsets to commit: the *next* offset to read per topic-partition (Kafka convention).
 pub type CommitOffsets = Vec<(String, i32, i64)>;

@@ -24,7 +24,15 @@ use std::collections::VecDeque;
 
 use crate::FastMap;
 
-use super::{CommitOffsets, Position};
+use super::{CommitOffsets, Position, Topic};
+
+/// A topic-partition, as the tracker's maps hold it: the topic shared with the records
+/// (looked up for every record received and acknowledged, so never copied per record).
+type PartitionKey = (Topic, i32);
+
+fn key_of(topic: &str, partition: i32) -> PartitionKey {
+    (Topic::from(topic), partition)
+}
 
 #[derive(Debug, Default)]
 struct PartitionState {
@@ -41,34 +49,34 @@ struct PartitionState {
 }
 
 /// Whether `generation` of a partition is the one currently assigned to us.
-fn owns(assignment: &Option<FastMap<(String, i32), u64>>, topic: &str, partition: i32, generation: u64) -> bool {
+fn owns(assignment: &Option<FastMap<PartitionKey, u64>>, key: &PartitionKey, generation: u64) -> bool {
     match assignment {
         None => true,
-        Some(assignment) => assignment.get(&(topic.to_string(), partition)) == Some(&generation),
+        Some(assignment) => assignment.get(key) == Some(&generation),
     }
 }
 
 /// Where a partition may be committed: its contiguous acknowledged point, capped by the
 /// stage's checkpoint when the stage keeps state.
-fn commit_point(durable: &Option<FastMap<(String, i32), i64>>, topic: &str, partition: i32, committable: Option<i64>) -> Option<i64> {
+fn commit_point(durable: &Option<FastMap<PartitionKey, i64>>, key: &PartitionKey, committable: Option<i64>) -> Option<i64> {
     match durable {
         None => committable,
-        Some(durable) => Some(committable?.min(*durable.get(&(topic.to_string(), partition))?)),
+        Some(durable) => Some(committable?.min(*durable.get(key)?)),
     }
 }
 
 /// Tracks received and acknowledged offsets per topic-partition.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
-    partitions: FastMap<(String, i32), PartitionState>,
+    partitions: FastMap<PartitionKey, PartitionState>,
     in_flight: usize,
     /// `None`: every partition is ours (in-memory bus). `Some`: only these, by generation.
-    assignment: Option<FastMap<(String, i32), u64>>,
+    assignment: Option<FastMap<PartitionKey, u64>>,
     next_generation: u64,
     /// Stateful stages: per partition, the offset through which the stage's state is
     /// checkpointed (exclusive). Commits never pass it, so a new owner that restores the
     /// checkpoint resumes exactly where that state ends. `None`: stateless, no cap.
-    durable: Option<FastMap<(String, i32), i64>>,
+    durable: Option<FastMap<PartitionKey, i64>>,
 }
 
 impl OffsetTracker {
@@ -84,16 +92,17 @@ impl OffsetTracker {
     /// Partitions were assigned: each starts a new generation with fresh state.
     pub fn assigned(&mut self, partitions: &[(String, i32)]) {
         self.track_assignment();
-        for key in partitions {
+        for (topic, partition) in partitions {
+            let key = key_of(topic, *partition);
             self.next_generation += 1;
             if let Some(durable) = self.durable.as_mut() {
-                durable.remove(key);
+                durable.remove(&key);
             }
-            if let Some(state) = self.partitions.remove(key) {
+            if let Some(state) = self.partitions.remove(&key) {
                 self.in_flight -= state.pending.iter().filter(|(_, acked)| !acked).count();
             }
             if let Some(assignment) = self.assignment.as_mut() {
-                assignment.insert(key.clone(), self.next_generation);
+                assignment.insert(key, self.next_generation);
             }
         }
     }
@@ -154,13 +163,13 @@ impl OffsetTracker {
     pub fn set_durable(&mut self, offsets: &CommitOffsets) {
         let durable = self.durable.get_or_insert_with(FastMap::default);
         for (topic, partition, offset) in offsets {
-            durable.insert((topic.clone(), *partition), *offset);
+            durable.insert(key_of(topic, *partition), *offset);
         }
     }
 
     /// The partitions we own now (`None`: every partition, in-memory bus).
     pub fn owned_partitions(&self) -> Option<Vec<(String, i32)>> {
-        self.assignment.as_ref().map(|a| a.keys().cloned().collect())
+        self.assignment.as_ref().map(|a| a.keys().map(|(topic, partition)| (topic.to_string(), *partition)).collect())
     }
 
     /// Messages received but not yet fully acknowledged.
@@ -172,13 +181,13 @@ impl OffsetTracker {
     pub fn take_commits(&mut self) -> CommitOffsets {
         let mut out = Vec::new();
         let assignment = &self.assignment;
-        for ((topic, partition), state) in &mut self.partitions {
-            let owned = owns(assignment, topic, *partition, state.generation);
-            let point = commit_point(&self.durable, topic, *partition, state.committable);
+        for (key, state) in &mut self.partitions {
+            let owned = owns(assignment, key, state.generation);
+            let point = commit_point(&self.durable, key, state.committable);
             if owned && point.is_some() && point != state.last_taken {
                 state.last_taken = point;
                 if let Some(offset) = point {
-                    out.push((topic.clone(), *partition, offset));
+                    out.push((key.0.to_string(), key.1, offset));
                 }
             }
         }
@@ -191,11 +200,11 @@ impl OffsetTracker {
     pub fn all_commits(&mut self) -> CommitOffsets {
         let mut out = Vec::new();
         let assignment = &self.assignment;
-        for ((topic, partition), state) in &mut self.partitions {
-            let owned = owns(assignment, topic, *partition, state.generation);
-            if let (true, Some(offset)) = (owned, commit_point(&self.durable, topic, *partition, state.committable)) {
+        for (key, state) in &mut self.partitions {
+            let owned = owns(assignment, key, state.generation);
+            if let (true, Some(offset)) = (owned, commit_point(&self.durable, key, state.committable)) {
                 state.last_taken = Some(offset);
-                out.push((topic.clone(), *partition, offset));
+                out.push((key.0.to_string(), key.1, offset));
             }
         }
         out.sort();
@@ -206,18 +215,19 @@ impl OffsetTracker {
     /// forgets them; used right before those partitions are revoked.
     pub fn release(&mut self, partitions: &[(String, i32)]) -> CommitOffsets {
         let mut out = Vec::new();
-        for key in partitions {
+        for (topic, partition) in partitions {
+            let key = key_of(topic, *partition);
             if let Some(assignment) = self.assignment.as_mut() {
-                assignment.remove(key);
+                assignment.remove(&key);
             }
-            if let Some(state) = self.partitions.remove(key) {
+            if let Some(state) = self.partitions.remove(&key) {
                 self.in_flight -= state.pending.iter().filter(|(_, acked)| !acked).count();
-                if let Some(offset) = commit_point(&self.durable, &key.0, key.1, state.committable) {
-                    out.push((key.0.clone(), key.1, offset));
+                if let Some(offset) = commit_point(&self.durable, &key, state.committable) {
+                    out.push((topic.clone(), *partition, offset));
                 }
             }
             if let Some(durable) = self.durable.as_mut() {
-                durable.remove(key);
+                durable.remove(&key);
             }
         }
         out

@@ -144,7 +144,7 @@ fn dead_letter(connector: &str, record: &Record, reason: &str) -> OutMessage {
         "alert": avro::decode_alert(&record.payload).ok(),
         "payload_base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &record.payload),
     });
-    OutMessage { topic: String::new(), key: record.key.clone(), payload: body.to_string().into_bytes() }
+    OutMessage { topic: "".into(), key: record.key.clone(), payload: body.to_string().into_bytes() }
 }
 
 /// Runs the connector until `stop`; returns the number of alerts delivered.
@@ -240,16 +240,16 @@ pub async fn run(config: ConnectorConfig, kafka: KafkaSettings, stop: Cancellati
             break;
         }
         for mut message in dead {
-            message.topic = dlq_topic.clone();
+            message.topic = dlq_topic.as_str().into();
             let ack = producer.send(message).await?;
             ack.await?;
         }
         // Everything in the batch is delivered or dead-lettered: commit past it.
         let mut offsets: Vec<(String, i32, i64)> = Vec::new();
         for record in &batch {
-            match offsets.iter_mut().find(|(t, p, _)| *t == record.topic && *p == record.partition) {
+            match offsets.iter_mut().find(|(t, p, _)| **t == *record.topic && *p == record.partition) {
                 Some(entry) => entry.2 = entry.2.max(record.offset + 1),
-                None => offsets.push((record.topic.clone(), record.partition, record.offset + 1)),
+                None => offsets.push((record.topic.to_string(), record.partition, record.offset + 1)),
             }
         }
         if let Err(error) = consumer.commit(&offsets, CommitMode::Blocking) {

@@ -267,7 +267,8 @@ impl Normalizer {
             event.class = infer_class(&event);
         }
         event.source.format = parsed.format.to_string();
-        event.source.topic = record.topic.clone();
+        event.source.topic.clear();
+        event.source.topic.push_str(&record.topic);
         event.source.partition = record.partition;
         event.source.offset = record.offset;
         event.partition_key = self.partition_key(&event);
@@ -354,7 +355,7 @@ pub fn dead_letter(
         stage: stage.to_string(),
         reason_code: reason_code.to_string(),
         reason,
-        source_topic: record.topic.clone(),
+        source_topic: record.topic.to_string(),
         source_partition: record.partition,
         source_offset: record.offset,
         source_key: record.key.clone(),
@@ -368,13 +369,13 @@ pub fn dead_letter(
 /// The stage wrapper: one output per input, to the normalized topic or the dead-letter topic.
 pub struct NormalizeStage {
     normalizer: Normalizer,
-    output_topic: String,
-    dlq_topic: String,
+    output_topic: crate::bus::Topic,
+    dlq_topic: crate::bus::Topic,
 }
 
 impl NormalizeStage {
     pub fn new(normalizer: Normalizer, output_topic: String, dlq_topic: String) -> Self {
-        Self { normalizer, output_topic, dlq_topic }
+        Self { normalizer, output_topic: output_topic.into(), dlq_topic: dlq_topic.into() }
     }
 }
 

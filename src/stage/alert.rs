@@ -350,9 +350,9 @@ pub struct AlertStage {
     store: DedupeStore,
     /// This process's live feed, for the memory store (Redis reaches every instance's).
     feed: Option<std::sync::Arc<crate::feed::FeedHub>>,
-    output_topic: String,
-    json_topic: String,
-    dlq_topic: String,
+    output_topic: crate::bus::Topic,
+    json_topic: crate::bus::Topic,
+    dlq_topic: crate::bus::Topic,
     /// The id and count each alert key had after this stage's last join of it: the next
     /// event of the key most likely makes it (id, count + 1), so the feed message is built
     /// for that and goes out with the join in one round trip. Only a guess (another
@@ -368,7 +368,7 @@ const EXPECTED_KEYS: usize = 65_536;
 
 impl AlertStage {
     pub fn new(config: AlertConfig, store: DedupeStore, output_topic: String, json_topic: String, dlq_topic: String) -> Self {
-        Self { config, store, feed: None, output_topic, json_topic, dlq_topic, expected: HashMap::new(), slot: avro::SummarySlot::default() }
+        Self { config, store, feed: None, output_topic: output_topic.into(), json_topic: json_topic.into(), dlq_topic: dlq_topic.into(), expected: HashMap::new(), slot: avro::SummarySlot::default() }
     }
 
     /// Hands alerts to `hub` when there is no Redis between the stage and the feed.

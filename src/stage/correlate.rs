@@ -82,8 +82,8 @@ pub struct CorrelateStage {
     limits: StateLimits,
     max_span_us: i64,
     state: PartitionedState<PartitionState>,
-    output_topic: String,
-    dlq_topic: String,
+    output_topic: crate::bus::Topic,
+    dlq_topic: crate::bus::Topic,
     /// Where events are decoded, record after record.
     slot: avro::EventSlot,
 }
@@ -91,7 +91,7 @@ pub struct CorrelateStage {
 impl CorrelateStage {
     pub fn new(rules: Arc<CorrelationRules>, limits: StateLimits, store: CheckpointStore, output_topic: String, dlq_topic: String) -> Self {
         let max_span_us = rules.max_span_us();
-        Self { rules, limits, max_span_us, state: PartitionedState::new("correlate", store), output_topic, dlq_topic, slot: avro::EventSlot::default() }
+        Self { rules, limits, max_span_us, state: PartitionedState::new("correlate", store), output_topic: output_topic.into(), dlq_topic: dlq_topic.into(), slot: avro::EventSlot::default() }
     }
 
     /// Windows held across all partitions.
@@ -120,7 +120,7 @@ pub fn finding_event(signal: &Correlation, trigger: &Event, record: &Record, now
         partition_key: trigger.partition_key.clone(),
         source: Source {
             format: "correlation".into(),
-            topic: record.topic.clone(),
+            topic: record.topic.to_string(),
             partition: record.partition,
             offset: record.offset,
             vendor: Some("threatpipe".into()),

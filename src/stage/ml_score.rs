@@ -114,8 +114,8 @@ pub struct MlScoreStage {
     nearest: std::cell::RefCell<crate::ml::similarity::NearestCache>,
     max_entities: usize,
     state: PartitionedState<BaselineState>,
-    output_topic: String,
-    dlq_topic: String,
+    output_topic: crate::bus::Topic,
+    dlq_topic: crate::bus::Topic,
     /// Where events are decoded, record after record.
     slot: avro::EventSlot,
     /// `ML_RISK`, registered once (a lookup in the registry per event cost ~400 instructions).
@@ -129,7 +129,7 @@ pub struct MlScoreStage {
 impl MlScoreStage {
     pub fn new(model: ModelHandle, exemplars: Arc<dyn ThreatIndex>, max_entities: usize, store: CheckpointStore, output_topic: String, dlq_topic: String) -> Self {
         let nearest = std::cell::RefCell::new(crate::ml::similarity::NearestCache::new(crate::ml::similarity::NearestCache::DEFAULT_CAPACITY));
-        Self { model, exemplars, nearest, max_entities, state: PartitionedState::new("ml-score", store), output_topic, dlq_topic, slot: avro::EventSlot::default(), risk: metrics::histogram!(names::ML_RISK), spare_score: Score::default(), reasons: Default::default() }
+        Self { model, exemplars, nearest, max_entities, state: PartitionedState::new("ml-score", store), output_topic: output_topic.into(), dlq_topic: dlq_topic.into(), slot: avro::EventSlot::default(), risk: metrics::histogram!(names::ML_RISK), spare_score: Score::default(), reasons: Default::default() }
     }
 
     /// The score of `event` given its baseline deviations.

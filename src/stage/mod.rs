@@ -146,7 +146,7 @@ pub fn decode_or_dead_letter(
     stage: &str,
     record: &Record,
     now_us: i64,
-    dlq_topic: &str,
+    dlq_topic: &crate::bus::Topic,
     out: &mut Vec<OutMessage>,
 ) -> Result<Option<crate::event::Event>, StageError> {
     match crate::event::avro::decode_event(&record.payload) {
@@ -169,7 +169,7 @@ pub fn decode_for_detection_or_dead_letter<'s>(
     stage: &str,
     record: &Record,
     now_us: i64,
-    dlq_topic: &str,
+    dlq_topic: &crate::bus::Topic,
     slot: &'s mut crate::event::avro::EventSlot,
     out: &mut Vec<OutMessage>,
 ) -> Result<Option<DecodedForDetection<'s>>, StageError> {
@@ -182,10 +182,10 @@ pub fn decode_for_detection_or_dead_letter<'s>(
     }
 }
 
-pub(crate) fn dead_letter_bad_avro(stage: &str, record: &Record, error: crate::event::avro::AvroError, now_us: i64, dlq_topic: &str, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
+pub(crate) fn dead_letter_bad_avro(stage: &str, record: &Record, error: crate::event::avro::AvroError, now_us: i64, dlq_topic: &crate::bus::Topic, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
     let dead = crate::normalize::dead_letter(stage, record, "bad_avro", error.to_string(), DLQ_ORIGINAL_BYTES, now_us);
     let payload = crate::event::avro::encode_dead_letter(&dead).map_err(|e| StageError::Internal(e.to_string()))?;
-    out.push(OutMessage { topic: dlq_topic.to_string(), key: record.key.clone(), payload });
+    out.push(OutMessage { topic: dlq_topic.clone(), key: record.key.clone(), payload });
     Ok(())
 }
 

@@ -7,12 +7,12 @@ use super::{Stage, StageError, StageKind};
 
 pub struct Passthrough {
     kind: StageKind,
-    output_topic: String,
+    output_topic: crate::bus::Topic,
 }
 
 impl Passthrough {
     pub fn new(kind: StageKind, output_topic: String) -> Self {
-        Self { kind, output_topic }
+        Self { kind, output_topic: output_topic.into() }
     }
 }
 

@@ -18,8 +18,8 @@ use super::{Stage, StageError, StageKind};
 
 pub struct QuickScanStage {
     detector: DetectorHandle,
-    output_topic: String,
-    dlq_topic: String,
+    output_topic: crate::bus::Topic,
+    dlq_topic: crate::bus::Topic,
     slot: avro::EventSlot,
     /// Keep `raw` on the events passed on (`scan.forward_raw`).
     forward_raw: bool,
@@ -27,7 +27,7 @@ pub struct QuickScanStage {
 
 impl QuickScanStage {
     pub fn new(detector: DetectorHandle, output_topic: String, dlq_topic: String) -> Self {
-        Self { detector, output_topic, dlq_topic, slot: avro::EventSlot::default(), forward_raw: false }
+        Self { detector, output_topic: output_topic.into(), dlq_topic: dlq_topic.into(), slot: avro::EventSlot::default(), forward_raw: false }
     }
 
     /// Keep (`true`) or drop the original text of the events passed on.
@@ -72,7 +72,7 @@ mod tests {
         let mut out = Vec::new();
         stage.process(&record, 0, &mut out).unwrap();
         assert_eq!(out.len(), 1);
-        assert_eq!((out[0].topic.as_str(), out[0].key.as_deref()), ("events.scanned", Some(&b"k"[..])));
+        assert_eq!((&*out[0].topic, out[0].key.as_deref()), ("events.scanned", Some(&b"k"[..])));
         avro::decode_event(&out[0].payload).unwrap()
     }
 

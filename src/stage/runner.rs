@@ -17,18 +17,21 @@
 //!   already queued in-process, wait up to `drain_timeout` for acks, commit synchronously,
 //!   return. What was not acknowledged is not committed and will be replayed.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
+use futures::future::TryJoinAll;
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Stage, StageError};
-use crate::bus::{BusConsumer, BusError, BusProducer, CommitMode, OffsetTracker, OutMessage, Position, Record};
+use crate::bus::{AckFuture, BusConsumer, BusError, BusProducer, CommitMode, OffsetTracker, OutMessage, Position, Record};
 use crate::config::RunnerConfig;
 use crate::telemetry::{StageState, StageStats};
 
@@ -47,6 +50,39 @@ pub enum RunnerError {
 
 /// (input position, assignment generation, outcome of every output's delivery)
 type AckResult = (Position, u64, Result<(), BusError>);
+
+/// The acks of one input record's outputs, resolving to its [`AckResult`]. A concrete type,
+/// so the runner's set of pending acks holds it without a box per record.
+struct PendingAck {
+    position: Option<Position>,
+    generation: u64,
+    acks: Acks,
+}
+
+enum Acks {
+    /// Most records have one output (or none: `Done`).
+    One(AckFuture),
+    /// Several outputs (an alert and its JSON form, say): done when all are, or at the
+    /// first failure.
+    Many(Pin<Box<TryJoinAll<AckFuture>>>),
+    Done,
+}
+
+impl Future for PendingAck {
+    type Output = AckResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<AckResult> {
+        let this = self.get_mut();
+        let outcome = match &mut this.acks {
+            Acks::One(ack) => futures::ready!(Pin::new(ack).poll(cx)),
+            Acks::Many(acks) => futures::ready!(acks.as_mut().poll(cx)).map(|_| ()),
+            Acks::Done => Ok(()),
+        };
+        // Polling a finished future is a caller's bug (std's contract allows a panic).
+        let position = this.position.take().expect("PendingAck polled after it resolved");
+        Poll::Ready((position, this.generation, outcome))
+    }
+}
 
 enum SendError {
     Bus(BusError),
@@ -111,7 +147,7 @@ pub struct StageRunner {
     dlq_topic: String,
     stats: Arc<StageStats>,
     tracker: Arc<Mutex<OffsetTracker>>,
-    acks: FuturesUnordered<BoxFuture<'static, AckResult>>,
+    acks: FuturesUnordered<PendingAck>,
     burst: Burst,
     /// The longest burst while the stage keeps up (`BURST_CAUGHT_UP_WAIT`, or less); the
     /// other limits are `config`'s.
@@ -284,12 +320,12 @@ impl StageRunner {
             self.burst.behind = age > self.config.burst_max_wait;
         }
         let stage = self.name();
-        let known = self.generations.get(record.topic.as_str()).and_then(|partitions| partitions.get(&record.partition));
+        let known = self.generations.get(&*record.topic).and_then(|partitions| partitions.get(&record.partition));
         if known != Some(&generation) {
             self.stage
                 .partition_assigned(&record.topic, record.partition)
                 .map_err(|source| RunnerError::Stage { stage, source })?;
-            self.generations.entry(record.topic.clone()).or_default().insert(record.partition, generation);
+            self.generations.entry(record.topic.to_string()).or_default().insert(record.partition, generation);
         }
         if self.burst.started.is_none() {
             self.burst.started = Some(Instant::now());
@@ -316,10 +352,10 @@ impl StageRunner {
         for (position, generation, end) in &records {
             // Most records have one output: its ack is awaited alone, without a vector and
             // a join (two allocations per record per stage).
-            let mut single: Option<crate::bus::AckFuture> = None;
+            let mut single: Option<AckFuture> = None;
             let mut pending = Vec::new();
             for message in messages.by_ref().take(end - start) {
-                if message.topic == self.dlq_topic {
+                if *message.topic == *self.dlq_topic {
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 } else {
                     self.stats.produced.fetch_add(1, Ordering::Relaxed);
@@ -334,14 +370,12 @@ impl StageRunner {
                 }
             }
             start = *end;
-            let (position, generation) = (position.clone(), *generation);
-            match single {
-                Some(ack) => self.acks.push(Box::pin(ack.map(move |r| (position, generation, r)))),
-                None => {
-                    let ack = futures::future::try_join_all(pending).map(move |r| (position, generation, r.map(|_| ())));
-                    self.acks.push(Box::pin(ack));
-                }
-            }
+            let acks = match single {
+                Some(ack) => Acks::One(ack),
+                None if pending.is_empty() => Acks::Done,
+                None => Acks::Many(Box::pin(futures::future::try_join_all(pending))),
+            };
+            self.acks.push(PendingAck { position: Some(position.clone()), generation: *generation, acks });
         }
         drop(messages);
         // Both buffers go back, empty, to be filled again without growing anew.
@@ -354,7 +388,7 @@ impl StageRunner {
 
     /// Sends one output; while the transport pushes back, keeps applying acks and committing
     /// on schedule, so a long stall downstream does not also stall commits of finished work.
-    async fn send_while_acking(&mut self, message: OutMessage) -> Result<crate::bus::AckFuture, SendError> {
+    async fn send_while_acking(&mut self, message: OutMessage) -> Result<AckFuture, SendError> {
         let producer = self.producer.clone();
         let send = producer.send(message);
         tokio::pin!(send);

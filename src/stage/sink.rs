@@ -182,11 +182,11 @@ impl Stage for SinkStage {
     }
 
     fn process(&mut self, record: &Record, now_us: i64, _out: &mut Vec<OutMessage>) -> Result<(), StageError> {
-        let row_added = if record.topic == self.events_topic {
+        let row_added = if *record.topic == *self.events_topic {
             avro::decode_event(&record.payload).map(|e| self.batch.events.push(EventRow::from_event(&e, now_us))).is_ok()
-        } else if record.topic == self.alerts_topic {
+        } else if *record.topic == *self.alerts_topic {
             avro::decode_alert(&record.payload).map(|a| self.batch.alerts.push(AlertRow::from_alert(&a, now_us))).is_ok()
-        } else if record.topic == self.dlq_topic {
+        } else if *record.topic == *self.dlq_topic {
             avro::decode_dead_letter(&record.payload).map(|d| self.batch.dead_letters.push(DeadLetterRow::from_dead_letter(&d, now_us))).is_ok()
         } else {
             false
@@ -195,7 +195,7 @@ impl Stage for SinkStage {
             metrics::counter!(names::SINK_SKIPPED).increment(1);
             warn!(topic = %record.topic, partition = record.partition, offset = record.offset, "Not one of our records; skipped.");
         }
-        self.buffered.insert((record.topic.clone(), record.partition), record.offset);
+        self.buffered.insert((record.topic.to_string(), record.partition), record.offset);
         if self.batch.rows() >= self.config.batch_rows {
             self.flush();
         }
