@@ -140,7 +140,7 @@ impl MemoryProducer {
     pub async fn send(&self, message: OutMessage) -> Result<AckFuture, BusError> {
         let topic = message.topic.clone();
         self.sender(&topic).send(message).await.map_err(|_| BusError::Closed(topic.to_string()))?;
-        Ok(AckFuture::accepted())
+        Ok(AckFuture::Accepted)
     }
 }
 

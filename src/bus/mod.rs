@@ -85,18 +85,10 @@ pub struct OutMessage {
 /// (with the runner's own around it) was two of the transport's allocations per record.
 #[must_use = "an output counts as delivered only once its ack resolves"]
 pub enum AckFuture {
-    /// Decided when the message was handed over (the in-process bus: accepted by the
-    /// downstream channel). `None` once taken.
-    Ready(Option<Result<(), BusError>>),
+    /// Accepted when it was handed over (the in-process bus: by the downstream channel).
+    Accepted,
     /// Waiting for the broker's acknowledgement.
     Kafka(kafka::DeliveryAck),
-}
-
-impl AckFuture {
-    /// An ack that has already succeeded.
-    pub fn accepted() -> Self {
-        Self::Ready(Some(Ok(())))
-    }
 }
 
 impl Future for AckFuture {
@@ -104,8 +96,7 @@ impl Future for AckFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            // Polling a finished future is a caller's bug (std's contract allows a panic).
-            Self::Ready(outcome) => Poll::Ready(outcome.take().expect("AckFuture polled after it resolved")),
+            Self::Accepted => Poll::Ready(Ok(())),
             Self::Kafka(delivery) => Pin::new(delivery).poll(cx),
         }
     }

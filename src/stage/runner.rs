@@ -54,7 +54,7 @@ type AckResult = (Position, u64, Result<(), BusError>);
 /// The acks of one input record's outputs, resolving to its [`AckResult`]. A concrete type,
 /// so the runner's set of pending acks holds it without a box per record.
 struct PendingAck {
-    position: Option<Position>,
+    position: Position,
     generation: u64,
     acks: Acks,
 }
@@ -78,9 +78,7 @@ impl Future for PendingAck {
             Acks::Many(acks) => futures::ready!(acks.as_mut().poll(cx)).map(|_| ()),
             Acks::Done => Ok(()),
         };
-        // Polling a finished future is a caller's bug (std's contract allows a panic).
-        let position = this.position.take().expect("PendingAck polled after it resolved");
-        Poll::Ready((position, this.generation, outcome))
+        Poll::Ready((this.position.clone(), this.generation, outcome))
     }
 }
 
@@ -343,13 +341,13 @@ impl StageRunner {
     /// committable once all of its outputs are acknowledged.
     async fn flush(&mut self) -> Result<(), RunnerError> {
         let stage = self.name();
-        let records = std::mem::take(&mut self.burst.records);
+        let mut records = std::mem::take(&mut self.burst.records);
         let mut outputs = std::mem::take(&mut self.burst.outputs);
         self.burst.started = None;
         self.burst.bytes = 0;
         let mut messages = outputs.drain(..);
         let mut start = 0;
-        for (position, generation, end) in &records {
+        for (position, generation, end) in records.drain(..) {
             // Most records have one output: its ack is awaited alone, without a vector and
             // a join (two allocations per record per stage).
             let mut single: Option<AckFuture> = None;
@@ -369,18 +367,16 @@ impl StageRunner {
                     first => pending.extend(first.into_iter().chain([ack])),
                 }
             }
-            start = *end;
+            start = end;
             let acks = match single {
                 Some(ack) => Acks::One(ack),
                 None if pending.is_empty() => Acks::Done,
                 None => Acks::Many(Box::pin(futures::future::try_join_all(pending))),
             };
-            self.acks.push(PendingAck { position: Some(position.clone()), generation: *generation, acks });
+            self.acks.push(PendingAck { position, generation, acks });
         }
         drop(messages);
         // Both buffers go back, empty, to be filled again without growing anew.
-        let mut records = records;
-        records.clear();
         self.burst.records = records;
         self.burst.outputs = outputs;
         Ok(())
