@@ -93,3 +93,43 @@ fn run_against_an_unreachable_broker_fails_with_a_clear_error() {
     assert!(started.elapsed() < Duration::from_secs(45), "took {:?}", started.elapsed());
     assert!(stderr.contains("on 127.0.0.1:9") && stderr.contains("is the broker up?"), "{stderr}");
 }
+
+/// threatpipe's own Kafka transport end to end: each produced message's ack resolves once
+/// the broker has stored it, the records come back in order with their keys and payloads,
+/// and records of one topic share one copy of its name (the consumer hands the last
+/// record's on instead of copying it for every record).
+#[test]
+fn the_kafka_bus_acknowledges_what_the_broker_stored_and_shares_the_topic_name_between_records() {
+    use threatpipe::bus::OutMessage;
+    use threatpipe::bus::kafka::{KafkaConsumer, KafkaProducer, KafkaSettings};
+
+    require_broker();
+    let topic = unique("broker.bus");
+    create_topics(&[&topic], 1);
+    let settings = KafkaSettings {
+        brokers: brokers(),
+        session_timeout: Duration::from_secs(10),
+        max_poll_interval: Duration::from_secs(30),
+        max_message_bytes: 1 << 20,
+        consumer_options: Default::default(),
+        producer_options: Default::default(),
+    };
+    let expected: Vec<(i64, Option<Vec<u8>>, Vec<u8>)> = (0..3u8).map(|i| (i64::from(i), Some(vec![b'k', i]), vec![i; 3])).collect();
+    support::runtime().block_on(async {
+        let producer = KafkaProducer::new(&settings).unwrap();
+        for (_, key, payload) in &expected {
+            let ack = producer.send(OutMessage { topic: topic.as_str().into(), key: key.clone(), payload: payload.clone() }).await.unwrap();
+            ack.await.expect("the broker acknowledged the message");
+        }
+        let mut consumer = KafkaConsumer::subscribe(&settings, &unique("broker.bus-group"), std::slice::from_ref(&topic)).unwrap();
+        let mut records = Vec::new();
+        while records.len() < expected.len() {
+            let record = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await.expect("the records within 60 s").unwrap();
+            records.push(record);
+        }
+        let read: Vec<_> = records.iter().map(|r| (r.offset, r.key.clone(), r.payload.clone())).collect();
+        assert_eq!(read, expected);
+        assert_eq!(&*records[0].topic, topic.as_str());
+        assert!(records.windows(2).all(|w| Arc::ptr_eq(&w[0].topic, &w[1].topic)), "records of one topic share its name");
+    });
+}
