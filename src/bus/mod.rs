@@ -29,7 +29,7 @@ pub use offsets::OffsetTracker;
 
 /// A topic's name as records, positions and outputs carry it: shared, not copied. Every
 /// record of every hop names its topic several times over (the record, its position, the
-/// offset tracker's lookups, the output and its ack); as `String`s those were five of the
+/// offset tracker's two lookups, the output and its ack); as `String`s those were six of the
 /// transport's allocations per record per hop.
 pub type Topic = Arc<str>;
 
