@@ -131,15 +131,20 @@ pub struct MemoryProducer {
 impl MemoryProducer {
     fn sender(&self, topic: &str) -> mpsc::Sender<OutMessage> {
         let mut senders = self.senders.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        senders
-            .entry(topic.to_string())
-            .or_insert_with(|| self.bus.with_topic(topic, |t| t.sender.clone()))
-            .clone()
+        // Looked up before an entry is made: an entry needs an owned key, a copy of the
+        // topic's name per message.
+        if let Some(sender) = senders.get(topic) {
+            return sender.clone();
+        }
+        let sender = self.bus.with_topic(topic, |t| t.sender.clone());
+        senders.insert(topic.to_string(), sender.clone());
+        sender
     }
 
     pub async fn send(&self, message: OutMessage) -> Result<AckFuture, BusError> {
-        let topic = message.topic.clone();
-        self.sender(&topic).send(message).await.map_err(|_| BusError::Closed(topic.to_string()))?;
+        let sender = self.sender(&message.topic);
+        // A closed channel hands the message back: its topic names the error.
+        sender.send(message).await.map_err(|returned| BusError::Closed(returned.0.topic.to_string()))?;
         Ok(AckFuture::Accepted)
     }
 }

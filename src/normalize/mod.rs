@@ -267,8 +267,7 @@ impl Normalizer {
             event.class = infer_class(&event);
         }
         event.source.format = parsed.format.to_string();
-        event.source.topic.clear();
-        event.source.topic.push_str(&record.topic);
+        event.source.topic = record.topic.to_string();
         event.source.partition = record.partition;
         event.source.offset = record.offset;
         event.partition_key = self.partition_key(&event);

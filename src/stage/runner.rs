@@ -151,10 +151,9 @@ pub struct StageRunner {
     /// other limits are `config`'s.
     burst_caught_up_wait: Duration,
     last_commit: Instant,
-    /// Assignment generation last seen per input partition (to tell the stage about new ones).
-    /// By topic, then partition: looked up by the record's `&str` topic, so a record costs no
-    /// copy of its topic name here.
-    generations: crate::FastMap<String, crate::FastMap<i32, u64>>,
+    /// Assignment generation last seen per input partition (to tell the stage about new ones),
+    /// keyed by the records' shared topic name.
+    generations: crate::FastMap<(crate::bus::Topic, i32), u64>,
     /// How old input records are when taken (their produce time to now).
     input_age: metrics::Histogram,
 }
@@ -318,12 +317,12 @@ impl StageRunner {
             self.burst.behind = age > self.config.burst_max_wait;
         }
         let stage = self.name();
-        let known = self.generations.get(&*record.topic).and_then(|partitions| partitions.get(&record.partition));
-        if known != Some(&generation) {
+        let partition = (record.topic.clone(), record.partition);
+        if self.generations.get(&partition) != Some(&generation) {
             self.stage
                 .partition_assigned(&record.topic, record.partition)
                 .map_err(|source| RunnerError::Stage { stage, source })?;
-            self.generations.entry(record.topic.to_string()).or_default().insert(record.partition, generation);
+            self.generations.insert(partition, generation);
         }
         if self.burst.started.is_none() {
             self.burst.started = Some(Instant::now());

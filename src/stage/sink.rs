@@ -121,10 +121,11 @@ pub struct SinkStage {
     alerts_topic: String,
     dlq_topic: String,
     batch: Batch,
-    /// Highest offset per input partition held in `batch`.
-    buffered: HashMap<(String, i32), i64>,
+    /// Highest offset per input partition held in `batch` (by the records' shared topic
+    /// name: noted for every record, so never copied).
+    buffered: HashMap<(crate::bus::Topic, i32), i64>,
     /// Per input partition, the offset (exclusive) through which rows are in ClickHouse.
-    inserted: HashMap<(String, i32), i64>,
+    inserted: HashMap<(crate::bus::Topic, i32), i64>,
     failing: bool,
 }
 
@@ -195,7 +196,7 @@ impl Stage for SinkStage {
             metrics::counter!(names::SINK_SKIPPED).increment(1);
             warn!(topic = %record.topic, partition = record.partition, offset = record.offset, "Not one of our records; skipped.");
         }
-        self.buffered.insert((record.topic.to_string(), record.partition), record.offset);
+        self.buffered.insert((record.topic.clone(), record.partition), record.offset);
         if self.batch.rows() >= self.config.batch_rows {
             self.flush();
         }
@@ -211,8 +212,8 @@ impl Stage for SinkStage {
     fn checkpoint(&mut self, owned: Option<&[(String, i32)]>) -> Result<Option<CommitOffsets>, StageError> {
         self.flush();
         if let Some(owned) = owned {
-            self.inserted.retain(|(t, p), _| owned.iter().any(|(ot, op)| ot == t && op == p));
+            self.inserted.retain(|(t, p), _| owned.iter().any(|(ot, op)| **ot == **t && op == p));
         }
-        Ok(Some(self.inserted.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect()))
+        Ok(Some(self.inserted.iter().map(|((t, p), o)| (t.to_string(), *p, *o)).collect()))
     }
 }
