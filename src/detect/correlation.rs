@@ -298,16 +298,18 @@ impl CorrelationRules {
         hits.dedup();
 
         let fields = EventFields { event, doc: &doc };
-        // (correlation, slot, time, contributing id) still to apply; chains append to it.
-        let mut work: Vec<(usize, usize, i64, String, usize)> = Vec::new();
+        // (correlation, slot, time, contributing id, depth) still to apply; chains append to
+        // it. The event's own id is borrowed, not copied per rule it feeds.
+        let mut work: Vec<(usize, usize, i64, Cow<'_, str>, usize)> = Vec::new();
         for hit in hits {
             if let Some(feeds) = self.by_rule_id.get(hit) {
-                work.extend(feeds.iter().map(|&(c, s)| (c, s, t, event.id.clone(), 0)));
+                work.extend(feeds.iter().map(|&(c, s)| (c, s, t, Cow::Borrowed(event.id.as_str()), 0)));
             }
         }
         let mut next = 0;
         while next < work.len() {
-            let (index, slot, time, contributor, depth) = work[next].clone();
+            let (index, slot, time, depth) = (work[next].0, work[next].1, work[next].2, work[next].4);
+            let contributor = std::mem::take(&mut work[next].3);
             next += 1;
             let rule = &self.rules[index];
             let Some(signal) = self.apply(rule, slot, time, &contributor, &fields, state, limits, &mut observed) else {
@@ -316,7 +318,7 @@ impl CorrelationRules {
             if depth < MAX_CHAIN_DEPTH {
                 let id = signal_id(&signal, &event.tenant);
                 for &(parent, parent_slot) in &self.parents[index] {
-                    work.push((parent, parent_slot, signal.window_end_us, id.clone(), depth + 1));
+                    work.push((parent, parent_slot, signal.window_end_us, Cow::Owned(id.clone()), depth + 1));
                 }
             }
             observed.signals.push(signal);
@@ -365,11 +367,16 @@ impl CorrelationRules {
             observed.truncated_entries += excess as u64;
         }
         // Windows ending at this entry and, for an out-of-order entry, at later ones it
-        // now belongs to.
-        let ends: Vec<i64> = window.entries.iter().map(|e| e.ts).filter(|&e| e >= time && e <= time.saturating_add(rule.span_us)).collect();
+        // now belongs to: the entries from `time` to `time` + span, in time order as the
+        // window keeps them.
+        let last = time.saturating_add(rule.span_us);
         let mut fired = None;
         let mut last_end = None;
-        for end in ends {
+        for at in window.entries.partition_point(|e| e.ts < time)..window.entries.len() {
+            let end = window.entries[at].ts;
+            if end > last {
+                break;
+            }
             if last_end == Some(end) || end < window.suppressed_until_us {
                 continue;
             }

@@ -163,16 +163,35 @@ fn key(kind: IocKind, normalized: &str) -> Vec<u8> {
     k
 }
 
-fn ip_key(ip: IpAddr) -> Vec<u8> {
-    let mut k = vec![IocKind::Ip.tag()];
+/// The exact-match key of an address: the kind's tag, then its 4 (IPv4 or IPv4-mapped) or 16
+/// octets. On the stack: every event's addresses are looked up (two allocations each when
+/// this was a growing `Vec`).
+struct IpKey {
+    bytes: [u8; 17],
+    len: usize,
+}
+
+impl IpKey {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+fn ip_key(ip: IpAddr) -> IpKey {
+    let mut key = IpKey { bytes: [0; 17], len: 0 };
+    let mut put = |part: &[u8]| {
+        key.bytes[key.len..key.len + part.len()].copy_from_slice(part);
+        key.len += part.len();
+    };
+    put(&[IocKind::Ip.tag()]);
     match ip {
-        IpAddr::V4(v4) => k.extend_from_slice(&v4.octets()),
+        IpAddr::V4(v4) => put(&v4.octets()),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => k.extend_from_slice(&v4.octets()),
-            None => k.extend_from_slice(&v6.octets()),
+            Some(v4) => put(&v4.octets()),
+            None => put(&v6.octets()),
         },
     }
-    k
+    key
 }
 
 /// Canonical domain: lower case, no trailing dot, no scheme or path.
@@ -294,7 +313,7 @@ impl IocSetBuilder {
         let fresh = match kind {
             IocKind::Ip => {
                 let ip: IpAddr = value.parse().map_err(|_| format!("bad ip address: {value:?}"))?;
-                self.exact.insert(ip_key(ip).into(), index).is_none()
+                self.exact.insert(ip_key(ip).as_slice().into(), index).is_none()
             }
             IocKind::Cidr => {
                 let (ip, len) = parse_cidr(value).ok_or_else(|| format!("bad cidr range: {value:?}"))?;
@@ -597,7 +616,7 @@ impl IocSet {
     /// The indicator an IP address (exact or in a range) hits.
     pub fn lookup_ip(&self, raw: &str) -> Option<&IocInfo> {
         let ip: IpAddr = raw.trim().parse().ok()?;
-        if let Some(i) = self.probe(&ip_key(ip)) {
+        if let Some(i) = self.probe(ip_key(ip).as_slice()) {
             return Some(&self.infos[i as usize]);
         }
         let ip = match ip {

@@ -125,8 +125,18 @@ fn write_shape(plan: &Plan, out: &mut String, depth: usize) {
 /// tells how many bytes came before its `raw` field (the first a detection stage rewrites).
 pub(super) fn decode(plan: &Plan, input: &mut &[u8]) -> Result<(Box<Event>, usize), PlanError> {
     let mut event = Box::<Event>::default();
-    let at = decode_into(plan, input, &mut event, &mut Vec::new())?;
+    let at = decode_into(plan, input, &mut event, &mut Vec::new(), Attrs::Read)?;
     Ok((event, at))
+}
+
+/// Whether [`decode_into`] builds the event's `attrs` or steps over them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Attrs {
+    #[default]
+    Read,
+    /// Stepped over as [`skip_middle`] steps over fields (lengths checked, strings not
+    /// validated), `attrs` left empty: for a stage that reads none of them.
+    StepOver,
 }
 
 /// [`decode`] into `event`, which holds an earlier record's decoding: every field is
@@ -135,7 +145,7 @@ pub(super) fn decode(plan: &Plan, input: &mut &[u8]) -> Result<(Box<Event>, usiz
 /// decodes every event it reads, ~45 strings each; allocating and freeing them (on memory a
 /// busy stage had not touched lately) was ~10% of a pipeline instance's CPU time under load.
 /// After an error `event` holds a mix of two records; the next decoding writes it whole.
-pub(super) fn decode_into(plan: &Plan, input: &mut &[u8], event: &mut Event, spare: &mut Vec<String>) -> Result<usize, PlanError> {
+pub(super) fn decode_into(plan: &Plan, input: &mut &[u8], event: &mut Event, spare: &mut Vec<String>, attrs: Attrs) -> Result<usize, PlanError> {
     let (_, matches, correlations) = event_fields(plan)?;
     let start = input.len();
     decode_head(input, event)?;
@@ -203,7 +213,16 @@ pub(super) fn decode_into(plan: &Plan, input: &mut &[u8], event: &mut Event, spa
         Ok(())
     })?;
     set_strings(&mut event.tags, input, spare)?;
-    set_map(&mut event.attrs, input, spare, |input, spare| Ok(reuse(spare, read_str(input)?)), recycle)?;
+    match attrs {
+        Attrs::Read => set_map(&mut event.attrs, input, spare, |input, spare| Ok(reuse(spare, read_str(input)?)), recycle)?,
+        Attrs::StepOver => {
+            for (key, value) in event.attrs.drain() {
+                recycle(spare, key);
+                recycle(spare, value);
+            }
+            skip_string_map(input)?;
+        }
+    }
     set_map(&mut event.features, input, spare, |input, _| read_double(input), |_, _| ())?;
     let detections_at = start - input.len();
     set_opt_string(&mut event.raw, input, spare)?;
@@ -300,12 +319,17 @@ fn skip_middle(input: &mut &[u8], message: &mut Option<String>, spare: &mut Vec<
     }
     // tags: [s], attrs: {s}, features: {d}, raw: ?s
     blocks(input, skip_str)?;
+    skip_string_map(input)?;
+    skip_double_map(input)?;
+    skip_opt_strs(input, 1)
+}
+
+/// Steps over a map of strings (`{s}`: an event's attrs).
+fn skip_string_map(input: &mut &[u8]) -> Result<(), PlanError> {
     blocks(input, |input| {
         skip_str(input)?;
         skip_str(input)
-    })?;
-    skip_double_map(input)?;
-    skip_opt_strs(input, 1)
+    })
 }
 
 /// Steps over a map of doubles (`{d}`: an event's features, a score's parts).

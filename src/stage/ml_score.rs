@@ -116,7 +116,8 @@ pub struct MlScoreStage {
     state: PartitionedState<BaselineState>,
     output_topic: crate::bus::Topic,
     dlq_topic: crate::bus::Topic,
-    /// Where events are decoded, record after record.
+    /// Where events are decoded, record after record, without their `attrs`: nothing here
+    /// reads them (features come from the event's fields and `features`).
     slot: avro::EventSlot,
     /// `ML_RISK`, registered once (a lookup in the registry per event cost ~400 instructions).
     risk: metrics::Histogram,
@@ -129,7 +130,7 @@ pub struct MlScoreStage {
 impl MlScoreStage {
     pub fn new(model: ModelHandle, exemplars: Arc<dyn ThreatIndex>, max_entities: usize, store: CheckpointStore, output_topic: String, dlq_topic: String) -> Self {
         let nearest = std::cell::RefCell::new(crate::ml::similarity::NearestCache::new(crate::ml::similarity::NearestCache::DEFAULT_CAPACITY));
-        Self { model, exemplars, nearest, max_entities, state: PartitionedState::new("ml-score", store), output_topic: output_topic.into(), dlq_topic: dlq_topic.into(), slot: avro::EventSlot::default(), risk: metrics::histogram!(names::ML_RISK), spare_score: Score::default(), reasons: Default::default() }
+        Self { model, exemplars, nearest, max_entities, state: PartitionedState::new("ml-score", store), output_topic: output_topic.into(), dlq_topic: dlq_topic.into(), slot: avro::EventSlot::without_attrs(), risk: metrics::histogram!(names::ML_RISK), spare_score: Score::default(), reasons: Default::default() }
     }
 
     /// The score of `event` given its baseline deviations.
