@@ -718,11 +718,14 @@ pub struct LiteralGate {
 }
 
 /// A set of small ids (literals, rules) as bits, for one event.
+#[derive(Default)]
 struct IdSet(Vec<u64>);
 
 impl IdSet {
-    fn with_capacity(ids: usize) -> Self {
-        IdSet(vec![0; ids.div_ceil(64)])
+    /// Empties the set and makes room for ids below `ids`, in its own buffer.
+    fn reset(&mut self, ids: usize) {
+        self.0.clear();
+        self.0.resize(ids.div_ceil(64), 0);
     }
 
     /// Adds `id`; false if it was already there.
@@ -740,6 +743,20 @@ impl IdSet {
 
 /// Per-partition candidates of one event: local rule indexes, ascending.
 pub type Candidates = Vec<(usize, Vec<u32>)>;
+
+/// The working sets of [`LiteralGate::candidates`], kept per thread between calls: quick-scan
+/// and correlate ask for every event, and building them afresh was four allocations an
+/// event (two zeroed bit sets a call), each on memory the thread had not touched lately.
+#[derive(Default)]
+struct GateScratch {
+    found: IdSet,
+    seen: IdSet,
+    order: Vec<u32>,
+}
+
+thread_local! {
+    static GATE_SCRATCH: std::cell::Cell<GateScratch> = std::cell::Cell::default();
+}
 
 impl LiteralGate {
     /// Analyses every rule of every partition, given as (the caller's id for the
@@ -885,8 +902,11 @@ impl LiteralGate {
         if self.scoped_count == 0 {
             return out;
         }
-        let mut found = IdSet::with_capacity(self.scoped_count);
-        let mut order: Vec<u32> = Vec::new();
+        // Taken out of the thread's slot for the call (a nested call would start afresh).
+        let GateScratch { mut found, mut seen, mut order } = GATE_SCRATCH.take();
+        found.reset(self.scoped_count);
+        seen.reset(self.gated.len());
+        order.clear();
         let scan_value = |value: &str, tables: &[&AnchorTable], found: &mut IdSet, order: &mut Vec<u32>| {
             self.scan(value, tables, found, order);
             if !value.is_ascii() {
@@ -917,8 +937,7 @@ impl LiteralGate {
                 (None, None) => {}
             }
         });
-        let mut seen = IdSet::with_capacity(self.gated.len());
-        for id in order {
+        for &id in &order {
             for &rule in &self.by_literal[id as usize] {
                 if !seen.insert(rule) {
                     continue;
@@ -935,6 +954,7 @@ impl LiteralGate {
         for (_, locals) in &mut out {
             locals.sort_unstable();
         }
+        GATE_SCRATCH.set(GateScratch { found, seen, order });
         out
     }
 }

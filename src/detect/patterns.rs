@@ -334,34 +334,39 @@ impl FieldScan {
 /// The text fields of an event that packs scan, by their dotted names.
 /// The event's texts packs scan, each with its field's index in [`TEXT_FIELDS`].
 pub fn text_fields(event: &Event) -> Vec<(usize, std::borrow::Cow<'_, str>)> {
-    let mut out: Vec<(usize, std::borrow::Cow<'_, str>)> = Vec::with_capacity(8);
-    fn put<'e>(out: &mut Vec<(usize, std::borrow::Cow<'e, str>)>, field: usize, value: Option<&'e str>) {
+    let mut out = Vec::new();
+    visit_text_fields(event, |field, text| out.push((field, text)));
+    out
+}
+
+/// [`text_fields`], handed to `visit` one by one (no list built: every event is scanned).
+fn visit_text_fields<'e>(event: &'e Event, mut visit: impl FnMut(usize, std::borrow::Cow<'e, str>)) {
+    let mut put = |field: usize, value: Option<&'e str>| {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
             let v = &v[..floor_char_boundary(v, MAX_SCAN_BYTES)];
             let name = TEXT_FIELDS[field];
             let decoded = if name.starts_with("http.") && name != "http.user_agent" { url_decode(v) } else { v.into() };
-            out.push((field, decoded));
+            visit(field, decoded);
         }
-    }
-    put(&mut out, const { text_field("message") }, event.message.as_deref());
+    };
+    put(const { text_field("message") }, event.message.as_deref());
     if let Some(llm) = &event.llm {
-        put(&mut out, const { text_field("llm.prompt") }, llm.prompt.as_deref());
-        put(&mut out, const { text_field("llm.response") }, llm.response.as_deref());
+        put(const { text_field("llm.prompt") }, llm.prompt.as_deref());
+        put(const { text_field("llm.response") }, llm.response.as_deref());
     }
     if let Some(http) = &event.http {
-        put(&mut out, const { text_field("http.url") }, http.url.as_deref());
-        put(&mut out, const { text_field("http.user_agent") }, http.user_agent.as_deref());
-        put(&mut out, const { text_field("http.referrer") }, http.referrer.as_deref());
+        put(const { text_field("http.url") }, http.url.as_deref());
+        put(const { text_field("http.user_agent") }, http.user_agent.as_deref());
+        put(const { text_field("http.referrer") }, http.referrer.as_deref());
     }
     if let Some(p) = &event.process {
-        put(&mut out, const { text_field("process.command_line") }, p.command_line.as_deref());
+        put(const { text_field("process.command_line") }, p.command_line.as_deref());
     }
     for name in ["body", "request_body", "http.request.body.content"] {
         if let Some(v) = event.attrs.get(name) {
-            put(&mut out, const { text_field("http.body") }, Some(v.as_str()));
+            put(const { text_field("http.body") }, Some(v.as_str()));
         }
     }
-    out
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -513,8 +518,8 @@ impl PatternPacks {
             return matches;
         }
         let mut candidates: Vec<u32> = Vec::new();
-        for (field_index, text) in text_fields(event) {
-            let Some(scan) = self.scans.get(field_index) else { continue };
+        visit_text_fields(event, |field_index, text| {
+            let Some(scan) = self.scans.get(field_index) else { return };
             let field = TEXT_FIELDS[field_index];
             let text = text.as_ref();
             candidates.clear();
@@ -536,7 +541,7 @@ impl PatternPacks {
                 }
                 pattern.run(field, text, &mut matches);
             }
-        }
+        });
         matches
     }
 
