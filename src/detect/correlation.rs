@@ -293,7 +293,7 @@ impl CorrelationRules {
         // detection rules.
         let doc = sigma::normalized_fields(event);
         let own = if self.detections.rule_count() > 0 { self.detections.matching_ids_normalized(event, &doc) } else { Vec::new() };
-        let mut hits: Vec<&str> = event.matches.iter().map(|m| m.rule_id.as_str()).chain(own.iter().map(String::as_str)).collect();
+        let mut hits: Vec<&str> = event.matches.iter().map(|m| m.rule_id.as_str()).chain(own.iter().map(|id| id.as_ref())).collect();
         hits.sort_unstable();
         hits.dedup();
 
