@@ -568,47 +568,8 @@ fn recycle(spare: &mut Vec<String>, text: String) {
     }
 }
 
-/// The strings of `event` (its fields, tags, attrs and raw text) kept in `spare` for a
-/// later [`reuse`]: for a stage that builds an event per record and is done with the last
-/// one (normalize).
-pub(crate) fn recycle_strings(event: Event, spare: &mut Vec<String>) {
-    let Event { id, tenant, partition_key, source, severity, message, action, outcome, host, actor, src, dst, process, http, dns, file, llm, tags, attrs, raw, .. } = event;
-    for text in [id, tenant, partition_key, source.format, source.topic] {
-        recycle(spare, text);
-    }
-    recycle_all(spare, [source.vendor, source.product, severity, message, action, outcome, host, raw]);
-    if let Some(actor) = actor {
-        actor.recycle(spare);
-    }
-    for endpoint in [src, dst].into_iter().flatten() {
-        endpoint.recycle(spare);
-    }
-    if let Some(process) = process {
-        process.recycle(spare);
-    }
-    if let Some(http) = http {
-        http.recycle(spare);
-    }
-    if let Some(dns) = dns {
-        dns.recycle(spare);
-    }
-    if let Some(file) = file {
-        file.recycle(spare);
-    }
-    if let Some(llm) = llm {
-        llm.recycle(spare);
-    }
-    for text in tags {
-        recycle(spare, text);
-    }
-    for (key, value) in attrs {
-        recycle(spare, key);
-        recycle(spare, value);
-    }
-}
-
 /// `text` in a string from `spare` (allocating only when there is none).
-pub(crate) fn reuse(spare: &mut Vec<String>, text: &str) -> String {
+fn reuse(spare: &mut Vec<String>, text: &str) -> String {
     let mut out = spare.pop().unwrap_or_default();
     overwrite(&mut out, text);
     out

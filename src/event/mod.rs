@@ -14,7 +14,6 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use avro_event::{recycle_strings, reuse as reuse_string};
 pub use records::{Alert, Correlation, DeadLetter, Match, Score, Severity};
 
 /// A map of an event keyed by field name (`attrs`, `features`, a match's fields). Every

@@ -136,11 +136,8 @@ struct Found<'a> {
     literal: bool,
 }
 
-struct Reader<'a, 's> {
+struct Reader<'a> {
     root: &'a Object<'a>,
-    /// Strings of earlier events, written over for this one's texts (see
-    /// [`crate::event::recycle_strings`]).
-    spare: &'s mut Vec<String>,
     found: [Option<Found<'a>>; FIELDS.len()],
     /// The alias paths that gave a field (kept out of `attrs`): static strings, so marking
     /// one is a pointer copy, not an allocation; a dozen at most, so a vector searched in
@@ -158,9 +155,9 @@ fn usable(v: &Value<'_>, arrays: bool) -> bool {
     }
 }
 
-impl<'a, 's> Reader<'a, 's> {
-    fn new(root: &'a Object<'a>, spare: &'s mut Vec<String>) -> Self {
-        let mut reader = Self { root, spare, found: [None; FIELDS.len()], used: Vec::with_capacity(16) };
+impl<'a> Reader<'a> {
+    fn new(root: &'a Object<'a>) -> Self {
+        let mut reader = Self { root, found: [None; FIELDS.len()], used: Vec::with_capacity(16) };
         let mut path = String::with_capacity(64);
         reader.walk(root, &mut path, 0);
         reader
@@ -227,10 +224,7 @@ impl<'a, 's> Reader<'a, 's> {
 
     fn text(&mut self, field: F) -> Option<String> {
         let v = self.first(field)?;
-        match v {
-            Value::String(s) => Some(crate::event::reuse_string(self.spare, s)),
-            other => scalar_text(other),
-        }
+        scalar_text(v)
     }
 
     fn int(&mut self, field: F, name: &'static str) -> Result<Option<i64>, NormalizeError> {
@@ -330,9 +324,9 @@ fn evtx_class(event_id: i64) -> Option<(EventClass, Option<&'static str>)> {
 }
 
 /// Maps a parsed JSON object onto `event`. Returns the detected format name.
-pub(super) fn map_object(root: &Object<'_>, event: &mut Event, spare: &mut Vec<String>) -> Result<Parsed, NormalizeError> {
+pub(super) fn map_object(root: &Object<'_>, event: &mut Event) -> Result<Parsed, NormalizeError> {
     let format = detect_format(root);
-    let mut r = Reader::new(root, spare);
+    let mut r = Reader::new(root);
     let mut parsed = Parsed { format, ..Parsed::default() };
 
     parsed.id = r.text(F::id);

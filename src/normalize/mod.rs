@@ -179,12 +179,6 @@ impl Normalizer {
 
     /// Normalizes one raw record.
     pub fn normalize(&self, record: &Record, now_us: i64) -> Result<Event, NormalizeError> {
-        self.normalize_reusing(record, now_us, &mut Vec::new())
-    }
-
-    /// [`Normalizer::normalize`], writing the event's texts over strings from `spare` (kept
-    /// there from earlier events by [`crate::event::recycle_strings`]) where it can.
-    pub fn normalize_reusing(&self, record: &Record, now_us: i64, spare: &mut Vec<String>) -> Result<Event, NormalizeError> {
         let payload = record.payload.as_slice();
         if payload.len() > self.config.max_event_bytes {
             return Err(NormalizeError::Oversized { size: payload.len(), limit: self.config.max_event_bytes });
@@ -206,7 +200,7 @@ impl Normalizer {
         } else {
             let text = std::str::from_utf8(payload)
                 .map_err(|e| NormalizeError::InvalidUtf8 { valid_up_to: e.valid_up_to() })?;
-            let parsed = self.parse_text(text, now_us, &mut event, spare)?;
+            let parsed = self.parse_text(text, now_us, &mut event)?;
             if self.config.keep_raw {
                 if text.len() <= self.config.max_raw_bytes {
                     event.raw = Some(text.to_string());
@@ -216,16 +210,16 @@ impl Normalizer {
             }
             parsed
         };
-        self.finish(record, parsed, now_us, event, spare)
+        self.finish(record, parsed, now_us, event)
     }
 
-    fn parse_text(&self, text: &str, now_us: i64, event: &mut Event, spare: &mut Vec<String>) -> Result<Parsed, NormalizeError> {
+    fn parse_text(&self, text: &str, now_us: i64, event: &mut Event) -> Result<Parsed, NormalizeError> {
         let trimmed = text.trim_start_matches('\u{feff}').trim();
         match trimmed.as_bytes().first() {
             Some(b'{') | Some(b'[') => {
                 let value = json_value::Json::parse(trimmed).map_err(|e| NormalizeError::BadJson(e.to_string()))?;
                 match &value {
-                    json_value::Json::Object(map) => json::map_object(map, event, spare),
+                    json_value::Json::Object(map) => json::map_object(map, event),
                     json_value::Json::Array(_) => Err(NormalizeError::JsonNotObject("an array")),
                     _ => Err(NormalizeError::JsonNotObject("a scalar")),
                 }
@@ -240,7 +234,7 @@ impl Normalizer {
         }
     }
 
-    fn finish(&self, record: &Record, parsed: Parsed, now_us: i64, mut event: Event, spare: &mut Vec<String>) -> Result<Event, NormalizeError> {
+    fn finish(&self, record: &Record, parsed: Parsed, now_us: i64, mut event: Event) -> Result<Event, NormalizeError> {
         event.time_us = match (parsed.time_us, &parsed.time_text) {
             (Some(us), _) => us,
             (None, Some(text)) => time::parse_text(text)
@@ -272,8 +266,8 @@ impl Normalizer {
         if !parsed.class_known && event.class == EventClass::Other {
             event.class = infer_class(&event);
         }
-        event.source.format = crate::event::reuse_string(spare, parsed.format);
-        event.source.topic = crate::event::reuse_string(spare, &record.topic);
+        event.source.format = parsed.format.to_string();
+        event.source.topic = record.topic.to_string();
         event.source.partition = record.partition;
         event.source.offset = record.offset;
         event.partition_key = self.partition_key(&event);
@@ -376,15 +370,11 @@ pub struct NormalizeStage {
     normalizer: Normalizer,
     output_topic: crate::bus::Topic,
     dlq_topic: crate::bus::Topic,
-    /// The last events' strings, for the next events' texts: allocating a string per
-    /// mapped field (~8 an event) put mimalloc's allocation path at 14% of this stage's
-    /// time under load, on memory not touched lately.
-    spare: Vec<String>,
 }
 
 impl NormalizeStage {
     pub fn new(normalizer: Normalizer, output_topic: String, dlq_topic: String) -> Self {
-        Self { normalizer, output_topic: output_topic.into(), dlq_topic: dlq_topic.into(), spare: Vec::new() }
+        Self { normalizer, output_topic: output_topic.into(), dlq_topic: dlq_topic.into() }
     }
 }
 
@@ -394,12 +384,10 @@ impl crate::stage::Stage for NormalizeStage {
     }
 
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), crate::stage::StageError> {
-        match self.normalizer.normalize_reusing(record, now_us, &mut self.spare) {
-            Ok(mut event) => {
+        match self.normalizer.normalize(record, now_us) {
+            Ok(event) => {
                 let payload = avro::encode_event(&event).map_err(|e| crate::stage::StageError::Internal(e.to_string()))?;
-                let key = std::mem::take(&mut event.partition_key).into_bytes();
-                crate::event::recycle_strings(event, &mut self.spare);
-                out.push(OutMessage { topic: self.output_topic.clone(), key: Some(key), payload });
+                out.push(OutMessage { topic: self.output_topic.clone(), key: Some(event.partition_key.into_bytes()), payload });
             }
             Err(error) => {
                 let dead = dead_letter(
