@@ -340,7 +340,7 @@ impl SigmaRules {
         if route.partitions.is_empty() {
             return Vec::new();
         }
-        self.evaluate_gated(&route, &sigma_fields(event))
+        self.evaluate_gated(&route, &sigma_fields(event), evaluate_candidate)
     }
 
     /// Ids (or titles) of the rules that match the event as the correlate stage sees it
@@ -354,13 +354,7 @@ impl SigmaRules {
         };
         // Only the ids: no match built per matching rule (its title, tags and fields copied,
         // ~7 allocations), where correlate's own rules match about a third of all events.
-        let (_, candidates) = self.gate_candidates(&route, doc);
-        let mut ids = Vec::new();
-        for (slot, locals) in candidates {
-            let rules = self.partitions[slot].rules();
-            ids.extend(locals.into_iter().filter_map(|local| candidate_id(&rules[local as usize], doc)));
-        }
-        ids
+        self.evaluate_gated(&route, doc, candidate_id)
     }
 
     /// The route of a non-Windows event ([`SigmaRules::event_route`]'s, or with
@@ -380,16 +374,22 @@ impl SigmaRules {
         }
     }
 
-    /// The rules of `route` that pass the literal gate and match: the same as every routed
-    /// engine's `evaluate`, at a fraction of the cost.
-    fn evaluate_gated(&self, route: &Route, doc: &SigmaDoc<'_>) -> Vec<Match> {
+    /// The rules of `route` that pass the literal gate and match, as `decide` reports each
+    /// candidate ([`evaluate_candidate`]: its match; [`candidate_id`]: its id): the same as
+    /// every routed engine's `evaluate`, at a fraction of the cost.
+    fn evaluate_gated<'s, T>(
+        &'s self,
+        route: &Route,
+        doc: &SigmaDoc<'_>,
+        decide: impl Fn(&'s rsigma_eval::CompiledRule, &SigmaDoc<'_>) -> Option<T>,
+    ) -> Vec<T> {
         let (_, candidates) = self.gate_candidates(route, doc);
-        let mut matches = Vec::new();
+        let mut found = Vec::new();
         for (slot, locals) in candidates {
             let rules = self.partitions[slot].rules();
-            matches.extend(locals.into_iter().filter_map(|local| evaluate_candidate(&rules[local as usize], doc)));
+            found.extend(locals.into_iter().filter_map(|local| decide(&rules[local as usize], doc)));
         }
-        matches
+        found
     }
 
     /// How many rules of the event's logsources pass the literal gate and are evaluated by
