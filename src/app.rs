@@ -60,7 +60,7 @@ fn now_us() -> i64 {
 }
 
 /// Runs a stage on a thread of its own (a current-thread runtime), for a stage that blocks
-/// on an outside service for every record ([`stage::Stage::waits_per_record`]): on the
+/// on an outside service as it works ([`stage::Stage::waits_on_outside_service`]): on the
 /// shared runtime each wait took one of its workers (two on a two-core machine) from the
 /// other stages and the live feed's clients. The handle behaves as `tokio::spawn`'s: it
 /// yields the stage's result, a panic on the thread fails it, and aborting it drops the
@@ -303,7 +303,7 @@ pub async fn run(config: AppConfig, shutdown_signal: impl Future<Output = ()> + 
             }
         };
         let built = stage::build(kind, &config, &resources).map_err(|source| RunnerError::Stage { stage: kind.as_str(), source })?;
-        let own_thread = built.waits_per_record();
+        let own_thread = built.waits_on_outside_service();
         let runner = StageRunner::new(built, consumer, producer.clone(), config.runner.clone(), config.topics.dlq.clone(), stats.clone());
         let stop = CancellationToken::new();
         let failed = stage_failed.clone();

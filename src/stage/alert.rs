@@ -166,16 +166,18 @@ pub struct Joined {
     pub count: i64,
     pub new_event: bool,
     /// Whether the live-feed message offered with the join went out (it does when the
-    /// alert's id and count came out as the message says).
+    /// alert's id and count came out as the message says, and no earlier join of the same
+    /// key in the batch had its message held back).
     pub published: bool,
 }
 
 /// What joins an alert: the event `event_id`, to the alert keyed `key`, which is named
-/// `new_id` if this event opens it.
+/// `new_id` if this event opens it; with the live-feed message offered for it.
 pub struct Joining<'a> {
     pub key: &'a str,
     pub new_id: &'a str,
     pub event_id: &'a str,
+    pub offer: Offer<'a>,
 }
 
 /// A live-feed message offered with a join: the alert as JSON, built for the id and count
@@ -196,35 +198,48 @@ pub struct FeedTarget<'a> {
     pub max_len: usize,
 }
 
-/// One round trip per alert: the join (the first instance to see the key names the alert;
-/// each event counts once) and, when the offered message is right, its publication on the
-/// channel and the resume stream. Atomic, so a key cannot expire between reading and
-/// joining it. Key names under the prefix are built in the script: fine on one Redis (not
-/// on Redis Cluster, which wants every key in KEYS).
+/// One round trip per burst: every join of the burst's alert-worthy events, in order (the
+/// first instance to see a key names the alert; each event counts once), and, for each
+/// join whose offered message is right, its publication on the channel and the resume
+/// stream. Once a key's offer was wrong, its later offers in the batch are held back too,
+/// so the stage publishes that key's messages, rebuilt, in order. Atomic, so a key cannot
+/// expire between reading and joining it. Counted-event and count keys are named in the
+/// script: fine on one Redis (not on Redis Cluster, which wants every key in KEYS).
 ///
-/// KEYS: alert key, stream. ARGV: prefix, new id, event id, window ms, channel, stream
-/// length, offered id, offered count, message. Returns {id, count, added, published}.
+/// KEYS: stream, then each join's alert key. ARGV: prefix, window ms, channel, stream
+/// length, then per join: new id, event id, offered id, offered count, message. Returns
+/// {id, count, added, published} per join.
 const JOIN_AND_PUBLISH: &str = r#"
-redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[4])
-local id = redis.call('GET', KEYS[1]) or ARGV[2]
-local events = ARGV[1] .. ':events:' .. id
-local count_key = ARGV[1] .. ':count:' .. id
-local added = redis.call('SADD', events, ARGV[3])
-redis.call('PEXPIRE', events, ARGV[4])
-local count
-if added == 1 then
-  count = redis.call('INCR', count_key)
-  redis.call('PEXPIRE', count_key, ARGV[4])
-else
-  count = tonumber(redis.call('GET', count_key) or '1')
+local prefix, ttl, channel, max_len = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local held_back = {}
+local results = {}
+for j = 2, #KEYS do
+  local key, at = KEYS[j], 4 + (j - 2) * 5
+  local new_id, event_id, offered_id, offered_count, message = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], tonumber(ARGV[at + 4]), ARGV[at + 5]
+  redis.call('SET', key, new_id, 'NX', 'PX', ttl)
+  local id = redis.call('GET', key) or new_id
+  local events = prefix .. ':events:' .. id
+  local count_key = prefix .. ':count:' .. id
+  local added = redis.call('SADD', events, event_id)
+  redis.call('PEXPIRE', events, ttl)
+  local count
+  if added == 1 then
+    count = redis.call('INCR', count_key)
+    redis.call('PEXPIRE', count_key, ttl)
+  else
+    count = tonumber(redis.call('GET', count_key) or '1')
+  end
+  local published = 0
+  if not held_back[key] and id == offered_id and count == offered_count then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', max_len, '*', 'alert', message)
+    redis.call('PUBLISH', channel, message)
+    published = 1
+  else
+    held_back[key] = true
+  end
+  results[#results + 1] = {id, count, added, published}
 end
-local published = 0
-if id == ARGV[7] and count == tonumber(ARGV[8]) then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'alert', ARGV[9])
-  redis.call('PUBLISH', ARGV[5], ARGV[9])
-  published = 1
-end
-return {id, count, added, published}
+return results
 "#;
 
 impl DedupeStore {
@@ -236,60 +251,69 @@ impl DedupeStore {
         Ok(Self::Redis(Box::new(RedisDedupe { url: spec.into(), client, connection: None, prefix: prefix.into() })))
     }
 
-    /// Joins the event to its alert (opening it if none is open within `window`), and hands
-    /// `offer` to the feed if the alert's id and count come out as offered.
-    pub fn join(&mut self, joining: &Joining<'_>, window: Duration, now_us: i64, offer: &Offer<'_>, feed: &FeedTarget<'_>) -> Result<Joined, String> {
-        let Joining { key, new_id, event_id } = *joining;
+    /// Joins each event to its alert, in order (opening the alert if none is open within
+    /// `window`), and hands each offer to the feed if the alert's id and count come out as
+    /// offered (see [`JOIN_AND_PUBLISH`] for the ones held back). With Redis, one round
+    /// trip for them all.
+    pub fn join(&mut self, joins: &[Joining<'_>], window: Duration, now_us: i64, feed: &FeedTarget<'_>) -> Result<Vec<Joined>, String> {
+        if joins.is_empty() {
+            return Ok(Vec::new());
+        }
         let window_us = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
         match self {
             Self::Memory(map) => {
                 map.retain(|_, e| e.expires_us > now_us);
-                let entry = map.entry(key.to_string()).or_insert_with(|| MemoryEntry { id: new_id.into(), count: 0, events: HashSet::new(), expires_us: now_us + window_us });
-                let new_event = entry.events.insert(event_id.to_string());
-                if new_event {
-                    entry.count += 1;
+                let mut held_back: HashSet<&str> = HashSet::new();
+                let mut results = Vec::with_capacity(joins.len());
+                for joining in joins {
+                    let Joining { key, new_id, event_id, ref offer } = *joining;
+                    let entry = map.entry(key.to_string()).or_insert_with(|| MemoryEntry { id: new_id.into(), count: 0, events: HashSet::new(), expires_us: now_us + window_us });
+                    let new_event = entry.events.insert(event_id.to_string());
+                    if new_event {
+                        entry.count += 1;
+                    }
+                    let published = !held_back.contains(key) && entry.id == offer.id && entry.count == offer.count;
+                    results.push(Joined { id: entry.id.clone(), count: entry.count, new_event, published });
+                    if published {
+                        Self::publish_memory(feed, offer.message)?;
+                    } else {
+                        held_back.insert(key);
+                    }
                 }
-                let published = entry.id == offer.id && entry.count == offer.count;
-                let joined = Joined { id: entry.id.clone(), count: entry.count, new_event, published };
-                if published {
-                    Self::publish_memory(feed, offer.message)?;
-                }
-                Ok(joined)
+                Ok(results)
             }
             Self::Redis(redis) => {
                 let RedisDedupe { url, client, connection, prefix } = &mut **redis;
                 let ttl = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
-                let alert_key = format!("{prefix}:key:{key}");
-                let result = (|| -> redis::RedisResult<(String, i64, i64, i64)> {
+                let result = (|| -> redis::RedisResult<Vec<(String, i64, i64, i64)>> {
                     if connection.is_none() {
                         let mut c = client.get_connection_with_timeout(Duration::from_secs(2))?;
                         let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(JOIN_AND_PUBLISH).query(&mut c)?;
                         *connection = Some((c, sha));
                     }
                     let Some((c, sha)) = connection.as_mut() else { unreachable!("connected above") };
-                    redis::cmd("EVALSHA")
-                        .arg(&*sha)
-                        .arg(2)
-                        .arg(&alert_key)
-                        .arg(feed.stream)
-                        .arg(&*prefix)
-                        .arg(new_id)
-                        .arg(event_id)
-                        .arg(ttl)
-                        .arg(feed.channel)
-                        .arg(feed.max_len)
-                        .arg(offer.id)
-                        .arg(offer.count)
-                        .arg(offer.message)
-                        .query(c)
+                    let mut call = redis::cmd("EVALSHA");
+                    call.arg(&*sha).arg(joins.len() + 1).arg(feed.stream);
+                    for joining in joins {
+                        call.arg(format!("{prefix}:key:{}", joining.key));
+                    }
+                    call.arg(&*prefix).arg(ttl).arg(feed.channel).arg(feed.max_len);
+                    for Joining { new_id, event_id, offer, .. } in joins {
+                        call.arg(*new_id).arg(*event_id).arg(offer.id).arg(offer.count).arg(offer.message);
+                    }
+                    call.query(c)
                 })();
                 // Any failure drops the connection: the next join reconnects and loads the
                 // script again (which also covers a Redis restart's NOSCRIPT).
-                let (id, count, added, published) = result.map_err(|e| {
+                let results = result.map_err(|e| {
                     *connection = None;
                     format!("{url}: {e}")
                 })?;
-                Ok(Joined { id, count, new_event: added == 1, published: published == 1 })
+                if results.len() != joins.len() {
+                    *connection = None;
+                    return Err(format!("{url}: {} join results for {} joins", results.len(), joins.len()));
+                }
+                Ok(results.into_iter().map(|(id, count, added, published)| Joined { id, count, new_event: added == 1, published: published == 1 }).collect())
             }
         }
     }
@@ -298,23 +322,28 @@ impl DedupeStore {
         feed.hub.map_or(Ok(()), |hub| hub.publish_json(message))
     }
 
-    /// Hands `message` to the live feed: with Redis, publishes it on the channel and appends
-    /// it to the stream (trimmed to about `max_len`) in one round trip; in memory, to the hub.
-    pub fn publish(&mut self, feed: &FeedTarget<'_>, message: &str) -> Result<(), String> {
+    /// Hands `messages` to the live feed, in order: with Redis, publishes each on the
+    /// channel and appends it to the stream (trimmed to about `max_len`), all in one round
+    /// trip; in memory, to the hub.
+    pub fn publish(&mut self, feed: &FeedTarget<'_>, messages: &[&str]) -> Result<(), String> {
+        if messages.is_empty() {
+            return Ok(());
+        }
         match self {
-            Self::Memory(_) => Self::publish_memory(feed, message),
+            Self::Memory(_) => messages.iter().try_for_each(|message| Self::publish_memory(feed, message)),
             Self::Redis(redis) => {
                 let RedisDedupe { url, connection, .. } = &mut **redis;
                 // Only called after a join, which leaves a connection (or an error).
                 let Some((c, _)) = connection.as_mut() else { return Err(format!("{url}: not connected")) };
-                redis::pipe()
-                    .cmd("XADD").arg(feed.stream).arg("MAXLEN").arg("~").arg(feed.max_len).arg("*").arg("alert").arg(message).ignore()
-                    .cmd("PUBLISH").arg(feed.channel).arg(message).ignore()
-                    .query::<()>(c)
-                    .map_err(|e| {
-                        *connection = None;
-                        format!("{url}: {e}")
-                    })
+                let mut pipe = redis::pipe();
+                for message in messages {
+                    pipe.cmd("XADD").arg(feed.stream).arg("MAXLEN").arg("~").arg(feed.max_len).arg("*").arg("alert").arg(*message).ignore();
+                    pipe.cmd("PUBLISH").arg(feed.channel).arg(*message).ignore();
+                }
+                pipe.query::<()>(c).map_err(|e| {
+                    *connection = None;
+                    format!("{url}: {e}")
+                })
             }
         }
     }
@@ -357,10 +386,29 @@ pub struct AlertStage {
     /// event of the key most likely makes it (id, count + 1), so the feed message is built
     /// for that and goes out with the join in one round trip. Only a guess (another
     /// instance, a replay or an expired window makes it wrong, and then the message is
-    /// rebuilt); bounded by [`EXPECTED_KEYS`], overflow policy: forget them all.
+    /// rebuilt); bounded by [`EXPECTED_KEYS`], overflow policy: forget them all. Within a
+    /// burst it runs ahead of Redis: each event's offer assumes the ones before it joined
+    /// as offered.
     expected: HashMap<String, (String, i64)>,
+    /// The burst's alerts, waiting for their joins (made at the burst's end, all in one
+    /// round trip). At most one per record of the burst (`runner.burst_max`).
+    pending: Vec<PendingAlert>,
     /// Where events are decoded (narrowly), record after record.
     slot: avro::SummarySlot,
+}
+
+/// An alert raised by a record of the current burst, before its join.
+struct PendingAlert {
+    /// Built for the offered id and count; corrected from the join when they differ.
+    alert: Alert,
+    /// The live-feed message: `alert` as JSON.
+    json: String,
+    key: String,
+    new_id: String,
+    /// Where its two outputs (Avro on `alerts`, then JSON) wait in the burst's outputs,
+    /// empty until the join.
+    at: usize,
+    ingest_time_us: i64,
 }
 
 /// Alert keys whose id and count the stage remembers (see `AlertStage::expected`).
@@ -368,7 +416,17 @@ const EXPECTED_KEYS: usize = 65_536;
 
 impl AlertStage {
     pub fn new(config: AlertConfig, store: DedupeStore, output_topic: String, json_topic: String, dlq_topic: String) -> Self {
-        Self { config, store, feed: None, output_topic: output_topic.into(), json_topic: json_topic.into(), dlq_topic: dlq_topic.into(), expected: HashMap::new(), slot: avro::SummarySlot::default() }
+        Self {
+            config,
+            store,
+            feed: None,
+            output_topic: output_topic.into(),
+            json_topic: json_topic.into(),
+            dlq_topic: dlq_topic.into(),
+            expected: HashMap::new(),
+            pending: Vec::new(),
+            slot: avro::SummarySlot::default(),
+        }
     }
 
     /// Hands alerts to `hub` when there is no Redis between the stage and the feed.
@@ -376,6 +434,16 @@ impl AlertStage {
         self.feed = hub;
         self
     }
+
+}
+
+/// Notes the id and count `key` had after its last join (or, within a burst, is expected to
+/// have): see [`AlertStage::expected`].
+fn remember(expected: &mut HashMap<String, (String, i64)>, key: String, id_and_count: (String, i64)) {
+    if expected.len() >= EXPECTED_KEYS && !expected.contains_key(&key) {
+        expected.clear();
+    }
+    expected.insert(key, id_and_count);
 }
 
 impl Stage for AlertStage {
@@ -383,11 +451,14 @@ impl Stage for AlertStage {
         StageKind::Alert
     }
 
-    /// With Redis, each alert is joined in a blocking round trip.
-    fn waits_per_record(&self) -> bool {
+    /// With Redis, each burst's alerts are joined in a blocking round trip.
+    fn waits_on_outside_service(&self) -> bool {
         matches!(self.store, DedupeStore::Redis(_))
     }
 
+    /// Decides whether the event raises an alert and, if so, builds it for the id and count
+    /// it most likely gets and leaves its two outputs empty in `out` until
+    /// [`Stage::finish_burst`] joins it.
     fn process(&mut self, record: &Record, now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
         let decoded = self.slot.decode(&record.payload, |bytes| avro::decode::<AlertInput>(avro::SchemaKind::Event, bytes).map(AlertInput::into_event));
         let event = match decoded {
@@ -405,7 +476,7 @@ impl Stage for AlertStage {
             Some((id, count)) => (id.clone(), count + 1),
             None => (new_id.clone(), 1),
         };
-        let mut alert = Alert {
+        let alert = Alert {
             id: offered_id,
             tenant: event.tenant.clone(),
             time_us: now_us,
@@ -421,33 +492,67 @@ impl Stage for AlertStage {
             event_ids: vec![event.id.clone()],
             summary: event.message.clone(),
         };
-        let mut json = serde_json::to_string(&alert).map_err(|e| StageError::Internal(e.to_string()))?;
-        // The live feed gets the alert on replays too (it drops what it already showed by id
-        // and count), so a crash between counting the event and publishing it cannot cost
-        // the feed an alert. An unreachable store or a failed publish is an outside
-        // failure: the stage stops and the record replays (it counts once when it does).
+        let json = serde_json::to_string(&alert).map_err(|e| StageError::Internal(e.to_string()))?;
+        // The next event of this key in the burst is offered the count after this one.
+        remember(&mut self.expected, key.clone(), (alert.id.clone(), alert.count));
+        let at = out.len();
+        out.push(OutMessage { topic: self.output_topic.clone(), key: None, payload: Vec::new() });
+        out.push(OutMessage { topic: self.json_topic.clone(), key: None, payload: Vec::new() });
+        self.pending.push(PendingAlert { alert, json, key, new_id, at, ingest_time_us: event.ingest_time_us });
+        Ok(())
+    }
+
+    /// Joins the burst's alerts in one round trip and fills in their outputs. The live feed
+    /// gets an alert on replays too (it drops what it already showed by id and count), so a
+    /// crash between counting the event and publishing it cannot cost the feed an alert. An
+    /// unreachable store or a failed publish is an outside failure: the stage stops and the
+    /// burst replays (each event counts once when it does).
+    fn finish_burst(&mut self, now_us: i64, out: &mut [OutMessage]) -> Result<(), StageError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut pending = std::mem::take(&mut self.pending);
         let feed = FeedTarget { hub: self.feed.as_deref(), channel: &self.config.channel, stream: &self.config.stream, max_len: self.config.stream_max_len };
-        let offer = Offer { id: &alert.id, count: alert.count, message: &json };
-        let joining = Joining { key: &key, new_id: &new_id, event_id: &event.id };
-        let joined = self.store.join(&joining, self.config.suppress, now_us, &offer, &feed).map_err(StageError::External)?;
-        if !joined.published {
-            alert.id = joined.id.clone();
-            alert.count = joined.count;
-            json = serde_json::to_string(&alert).map_err(|e| StageError::Internal(e.to_string()))?;
-            self.store.publish(&feed, &json).map_err(StageError::External)?;
+        let joins: Vec<Joining<'_>> = pending
+            .iter()
+            .map(|p| Joining {
+                key: &p.key,
+                new_id: &p.new_id,
+                event_id: p.alert.event_ids.first().map_or("", String::as_str),
+                offer: Offer { id: &p.alert.id, count: p.alert.count, message: &p.json },
+            })
+            .collect();
+        let joined = self.store.join(&joins, self.config.suppress, now_us, &feed).map_err(StageError::External)?;
+        drop(joins);
+        // Offers that came out wrong: rebuilt with the real id and count, published in order.
+        let mut held_back = Vec::new();
+        for (index, (p, j)) in pending.iter_mut().zip(&joined).enumerate() {
+            if !j.published {
+                p.alert.id.clone_from(&j.id);
+                p.alert.count = j.count;
+                p.json = serde_json::to_string(&p.alert).map_err(|e| StageError::Internal(e.to_string()))?;
+                held_back.push(index);
+            }
         }
-        if self.expected.len() >= EXPECTED_KEYS && !self.expected.contains_key(&key) {
-            self.expected.clear();
+        let messages: Vec<&str> = held_back.iter().map(|&i| pending[i].json.as_str()).collect();
+        self.store.publish(&feed, &messages).map_err(StageError::External)?;
+        drop(messages);
+        let outputs = out.len();
+        for (p, j) in pending.into_iter().zip(joined) {
+            remember(&mut self.expected, p.key, (j.id, j.count));
+            let [avro_out, json_out] = out.get_mut(p.at..p.at + 2).and_then(|s| <&mut [OutMessage; 2]>::try_from(s).ok()).ok_or_else(|| StageError::Internal(format!("alert outputs expected at {} of {outputs}", p.at)))?;
+            if *avro_out.topic != *self.output_topic || *json_out.topic != *self.json_topic {
+                return Err(StageError::Internal(format!("alert outputs expected at {}, found {} and {}", p.at, avro_out.topic, json_out.topic)));
+            }
+            metrics::counter!(crate::telemetry::names::ALERTS_RAISED, "severity" => crate::connect::format::severity_name(p.alert.severity)).increment(1);
+            if p.ingest_time_us > 0 {
+                metrics::histogram!(crate::telemetry::names::ALERT_LATENCY).record((now_us - p.ingest_time_us).max(0) as f64 / 1e6);
+            }
+            avro_out.payload = avro::encode_alert(&p.alert).map_err(|e| StageError::Internal(e.to_string()))?;
+            avro_out.key = Some(p.alert.id.clone().into_bytes());
+            json_out.key = Some(p.alert.id.into_bytes());
+            json_out.payload = p.json.into_bytes();
         }
-        self.expected.insert(key, (joined.id, joined.count));
-        metrics::counter!(crate::telemetry::names::ALERTS_RAISED, "severity" => crate::connect::format::severity_name(alert.severity)).increment(1);
-        if event.ingest_time_us > 0 {
-            metrics::histogram!(crate::telemetry::names::ALERT_LATENCY).record((now_us - event.ingest_time_us).max(0) as f64 / 1e6);
-        }
-        let key_bytes = Some(alert.id.clone().into_bytes());
-        let payload = avro::encode_alert(&alert).map_err(|e| StageError::Internal(e.to_string()))?;
-        out.push(OutMessage { topic: self.output_topic.clone(), key: key_bytes.clone(), payload });
-        out.push(OutMessage { topic: self.json_topic.clone(), key: key_bytes, payload: json.into_bytes() });
         Ok(())
     }
 }

@@ -129,10 +129,19 @@ pub trait Stage: Send + 'static {
     /// These offsets were committed: a restart resumes no earlier.
     fn committed(&mut self, _offsets: &CommitOffsets) {}
 
-    /// True when `process` waits on an outside service for every record (a network round
-    /// trip): such a stage runs on a thread of its own, so the wait holds up no other stage
-    /// and no live-feed client sharing the runtime's workers.
-    fn waits_per_record(&self) -> bool {
+    /// The burst's last record was processed and its outputs are about to be sent. A stage
+    /// that puts outside work off to do it once per burst (one network round trip, not one
+    /// per record) does it now and fills in the outputs it left empty in `out` (the burst's
+    /// outputs, in order, as `process` pushed them). An error fails the burst: none of it
+    /// is sent or committed, and it replays.
+    fn finish_burst(&mut self, _now_us: i64, _out: &mut [OutMessage]) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    /// True when the stage waits on an outside service as it works (a network round trip
+    /// per burst): such a stage runs on a thread of its own, so the wait holds up no other
+    /// stage and no live-feed client sharing the runtime's workers.
+    fn waits_on_outside_service(&self) -> bool {
         false
     }
 }

@@ -340,6 +340,9 @@ impl StageRunner {
     /// committable once all of its outputs are acknowledged.
     async fn flush(&mut self) -> Result<(), RunnerError> {
         let stage = self.name();
+        if !self.burst.records.is_empty() {
+            self.stage.finish_burst(now_us(), &mut self.burst.outputs).map_err(|source| RunnerError::Stage { stage, source })?;
+        }
         let mut records = std::mem::take(&mut self.burst.records);
         let mut outputs = std::mem::take(&mut self.burst.outputs);
         self.burst.started = None;
