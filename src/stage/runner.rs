@@ -13,6 +13,9 @@
 //!   the producer together when no more input is ready, so a fetched batch leaves as one
 //!   produce batch per partition (see `Burst`). Records of a burst are registered before
 //!   they are processed, so a crash mid-burst replays them like any unacknowledged record.
+//!   Before the hand-over the stage finishes the burst ([`Stage::finish_burst`]: the alert
+//!   stage joins the burst's alerts in one Redis round trip); if that fails, nothing of the
+//!   burst is sent or committed.
 //! - Shutdown: stop reading, hand over the open burst, (memory bus only) process what is
 //!   already queued in-process, wait up to `drain_timeout` for acks, commit synchronously,
 //!   return. What was not acknowledged is not committed and will be replayed.
@@ -126,6 +129,9 @@ struct Burst {
     /// Whether the last record taken had waited longer than `burst_max_wait` since it was
     /// produced (the stage is working off a backlog).
     behind: bool,
+    /// The clock as the last record was taken (µs): the burst's time when it is finished,
+    /// without reading the clock again.
+    last_now_us: i64,
 }
 
 /// How long a burst lasts at most while the stage keeps up with its input: librdkafka's
@@ -310,6 +316,7 @@ impl StageRunner {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let now = now_us();
+        self.burst.last_now_us = now;
         self.burst.behind = false;
         if let Some(produced_ms) = record.timestamp_ms.filter(|t| *t > 0) {
             let age = Duration::from_millis((now / 1000 - produced_ms).max(0).unsigned_abs());
@@ -341,7 +348,7 @@ impl StageRunner {
     async fn flush(&mut self) -> Result<(), RunnerError> {
         let stage = self.name();
         if !self.burst.records.is_empty() {
-            self.stage.finish_burst(now_us(), &mut self.burst.outputs).map_err(|source| RunnerError::Stage { stage, source })?;
+            self.stage.finish_burst(self.burst.last_now_us, &mut self.burst.outputs).map_err(|source| RunnerError::Stage { stage, source })?;
         }
         let mut records = std::mem::take(&mut self.burst.records);
         let mut outputs = std::mem::take(&mut self.burst.outputs);
