@@ -348,7 +348,15 @@ impl StageRunner {
     async fn flush(&mut self) -> Result<(), RunnerError> {
         let stage = self.name();
         if !self.burst.records.is_empty() {
-            self.stage.finish_burst(self.burst.last_now_us, &mut self.burst.outputs).map_err(|source| RunnerError::Stage { stage, source })?;
+            if let Err(source) = self.stage.finish_burst(self.burst.last_now_us, &mut self.burst.outputs) {
+                // Outputs the stage did not finish must not be sent, now or by the drain's
+                // flush: the burst is dropped, its records stay unacknowledged and replay.
+                self.burst.records.clear();
+                self.burst.outputs.clear();
+                self.burst.started = None;
+                self.burst.bytes = 0;
+                return Err(RunnerError::Stage { stage, source });
+            }
         }
         let mut records = std::mem::take(&mut self.burst.records);
         let mut outputs = std::mem::take(&mut self.burst.outputs);
@@ -595,5 +603,72 @@ mod tests {
         assert_eq!(seen, [vec![0; 8], vec![8; 8], vec![16; 4]].concat());
         // Without bursts each output leaves before the next record is read.
         assert_eq!(run_bursting(1).await, (0..20).collect::<Vec<_>>());
+    }
+
+    /// Leaves each record's output empty until the burst is finished, as the alert stage
+    /// does; `fail` makes finishing fail once (an outside service down), and what was
+    /// waiting is forgotten then, as the alert stage's pending joins are.
+    struct FinishLater {
+        waiting: Vec<(usize, Vec<u8>)>,
+        fail: bool,
+    }
+
+    impl Stage for FinishLater {
+        fn kind(&self) -> StageKind {
+            StageKind::Alert
+        }
+        fn process(&mut self, record: &Record, _now_us: i64, out: &mut Vec<OutMessage>) -> Result<(), StageError> {
+            self.waiting.push((out.len(), record.payload.clone()));
+            out.push(OutMessage { topic: "out".into(), key: None, payload: Vec::new() });
+            Ok(())
+        }
+        fn finish_burst(&mut self, _now_us: i64, out: &mut [OutMessage]) -> Result<(), StageError> {
+            if self.fail {
+                self.fail = false;
+                self.waiting.clear();
+                return Err(StageError::External("down".into()));
+            }
+            for (at, payload) in self.waiting.drain(..) {
+                out[at].payload = payload;
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn outputs_leave_as_the_burst_finished_them_or_not_at_all() {
+        for fail in [false, true] {
+            let bus = MemoryBus::new(64);
+            let producer = bus.producer();
+            for i in 0..20u8 {
+                let _ack = producer.send(OutMessage { topic: "in".into(), key: None, payload: vec![i] }).await.unwrap();
+            }
+            let stage = FinishLater { waiting: Vec::new(), fail };
+            let runner = memory_runner(&bus, Box::new(stage), crate::telemetry::StageStats::new(StageKind::Alert)).bursting(8, Duration::from_secs(5));
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(runner.run(stop.clone()));
+            if fail {
+                // The first burst cannot be finished: the stage fails, nothing of it leaves
+                // (not even through the drain's flush, unfinished) and nothing is committed.
+                // The drain hands over what was already queued in-process, finished.
+                let outcome = tokio::time::timeout(Duration::from_secs(5), task).await.expect("the stage stops").unwrap();
+                assert!(matches!(outcome, Err(RunnerError::Stage { .. })), "{outcome:?}");
+                assert_eq!(bus.committed("in"), 0, "the failed burst replays, and all after it");
+                let mut out = bus.consumer("out").unwrap();
+                let mut left = Vec::new();
+                for _ in 0..bus.backlog("out") {
+                    left.push(out.recv().await.unwrap().payload);
+                }
+                assert_eq!(left, (8..20u8).map(|i| vec![i]).collect::<Vec<_>>());
+            } else {
+                let mut out = bus.consumer("out").unwrap();
+                for i in 0..20u8 {
+                    assert_eq!(out.recv().await.unwrap().payload, vec![i], "filled in, in order");
+                }
+                stop.cancel();
+                task.await.unwrap().unwrap();
+                assert_eq!(bus.committed("in"), 20);
+            }
+        }
     }
 }
