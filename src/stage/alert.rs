@@ -12,6 +12,11 @@
 //! with Redis, published on the channel every instance's feed subscribes to and appended to
 //! a bounded stream (`alert.stream`, for clients resuming after a disconnect); without,
 //! straight to this process's feed hub.
+//!
+//! The joins of a burst's alerts go to Redis together, in one script call when the runner
+//! finishes the burst ([`Stage::finish_burst`]): an alert storm costs a round trip per
+//! burst, not per alert (load/README.md, session 35). Until then an alert's outputs wait,
+//! empty, in the burst's outputs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
