@@ -258,7 +258,7 @@ impl DedupeStore {
 
     /// Joins each event to its alert, in order (opening the alert if none is open within
     /// `window`), and hands each offer to the feed if the alert's id and count come out as
-    /// offered (see [`JOIN_AND_PUBLISH`] for the ones held back). With Redis, one round
+    /// offered (see `JOIN_AND_PUBLISH` for the ones held back). With Redis, one round
     /// trip for them all.
     pub fn join(&mut self, joins: &[Joining<'_>], window: Duration, now_us: i64, feed: &FeedTarget<'_>) -> Result<Vec<Joined>, String> {
         if joins.is_empty() {
