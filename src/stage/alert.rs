@@ -439,7 +439,6 @@ impl AlertStage {
         self.feed = hub;
         self
     }
-
 }
 
 /// Notes the id and count `key` had after its last join (or, within a burst, is expected to
@@ -530,18 +529,14 @@ impl Stage for AlertStage {
         let joined = self.store.join(&joins, self.config.suppress, now_us, &feed).map_err(StageError::External)?;
         drop(joins);
         // Offers that came out wrong: rebuilt with the real id and count, published in order.
-        let mut held_back = Vec::new();
-        for (index, (p, j)) in pending.iter_mut().zip(&joined).enumerate() {
-            if !j.published {
-                p.alert.id.clone_from(&j.id);
-                p.alert.count = j.count;
-                p.json = serde_json::to_string(&p.alert).map_err(|e| StageError::Internal(e.to_string()))?;
-                held_back.push(index);
-            }
+        for (p, j) in pending.iter_mut().zip(&joined).filter(|(_, j)| !j.published) {
+            p.alert.id.clone_from(&j.id);
+            p.alert.count = j.count;
+            p.json = serde_json::to_string(&p.alert).map_err(|e| StageError::Internal(e.to_string()))?;
         }
-        let messages: Vec<&str> = held_back.iter().map(|&i| pending[i].json.as_str()).collect();
-        self.store.publish(&feed, &messages).map_err(StageError::External)?;
-        drop(messages);
+        let held_back: Vec<&str> = pending.iter().zip(&joined).filter(|(_, j)| !j.published).map(|(p, _)| p.json.as_str()).collect();
+        self.store.publish(&feed, &held_back).map_err(StageError::External)?;
+        drop(held_back);
         let outputs = out.len();
         for (p, j) in pending.into_iter().zip(joined) {
             remember(&mut self.expected, p.key, (j.id, j.count));

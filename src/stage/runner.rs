@@ -347,21 +347,16 @@ impl StageRunner {
     /// committable once all of its outputs are acknowledged.
     async fn flush(&mut self) -> Result<(), RunnerError> {
         let stage = self.name();
-        if !self.burst.records.is_empty() {
-            if let Err(source) = self.stage.finish_burst(self.burst.last_now_us, &mut self.burst.outputs) {
-                // Outputs the stage did not finish must not be sent, now or by the drain's
-                // flush: the burst is dropped, its records stay unacknowledged and replay.
-                self.burst.records.clear();
-                self.burst.outputs.clear();
-                self.burst.started = None;
-                self.burst.bytes = 0;
-                return Err(RunnerError::Stage { stage, source });
-            }
-        }
         let mut records = std::mem::take(&mut self.burst.records);
         let mut outputs = std::mem::take(&mut self.burst.outputs);
         self.burst.started = None;
         self.burst.bytes = 0;
+        if !records.is_empty() {
+            // The burst is already taken: if the stage cannot finish it, its unfinished
+            // outputs are dropped with it (the drain's flush finds nothing to send) and its
+            // records stay unacknowledged and replay.
+            self.stage.finish_burst(self.burst.last_now_us, &mut outputs).map_err(|source| RunnerError::Stage { stage, source })?;
+        }
         let mut messages = outputs.drain(..);
         let mut start = 0;
         for (position, generation, end) in records.drain(..) {
