@@ -12,7 +12,7 @@
 //! joins a burst's alerts in one Redis round trip when the runner finishes the burst, so
 //! the lanes differ only in burst size: 1 (a round trip per alert, as every alert cost
 //! before bursts were joined together) and larger bursts, as a busy stage takes them
-//! (`runner.burst_max`, 2,000 by default). Each lane's figure is given as a ratio to the
+//! (`runner.burst_max`, 4,000 by default). Each lane's figure is given as a ratio to the
 //! first; the lanes alternate over three rounds (the machine is shared).
 
 use std::time::{Duration, Instant};
