@@ -8,7 +8,7 @@
 #                                            or e.g. 5000 30 3)
 #
 # With several rounds the lanes alternate (baseline, pipeline, baseline, ...), so a noisy
-# neighbour slows both alike, and each round's ratio is printed.
+# neighbour slows both alike; each round's ratio is printed, then their median and range.
 # One instance runs all five stages and serves the live feed; topics are fresh per lane.
 # `threatpipe load` reads the alerts topic and, as a person watching would, the feed (a
 # token for all tenants). FETCH_WAIT_MS sets the stages' fetch.wait.max.ms (librdkafka's
