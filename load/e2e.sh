@@ -101,13 +101,13 @@ done
 ROUNDS="$ROUNDS" python3 - <<'PY'
 import json, os, statistics
 print()
-ratios, cpu_ratios, rates = [], [], []
+rates, cpu_ratios = [], []
 for r in range(1, int(os.environ["ROUNDS"]) + 1):
     b = json.load(open(f"/tmp/threatpipe-e2e-baseline-{r}.json")); p = json.load(open(f"/tmp/threatpipe-e2e-pipeline-{r}.json"))
     tb, tp = b.get("pipeline_events_per_second"), p.get("pipeline_events_per_second")
     if tb and tp:
         print(f"round {r}: throughput through all five hops: pipeline {tp:.0f} events/s, pass-through {tb:.0f} events/s, ratio {tp / tb:.2f}")
-        ratios.append(tp / tb); rates.append((tp, tb))
+        rates.append((tp, tb))
     # On shared cores the throughput ratio follows the CPU each lane spends per event.
     try:
         cb, cp = (json.load(open(f"/tmp/threatpipe-e2e-{lane}-{r}.cpu.json")) for lane in ("baseline", "pipeline"))
@@ -125,8 +125,9 @@ for r in range(1, int(os.environ["ROUNDS"]) + 1):
         print(f"round {r}: end-to-end p99: pipeline {lp['p99']:.1f} ms (events that raised alerts){feed}, pass-through {lb['p99']:.1f} ms")
 # On shared cores one round's ratio moves by ±0.05 with the neighbours, so over several
 # rounds the median is the figure to quote.
-if len(ratios) > 1:
+if len(rates) > 1:
     median = statistics.median
+    ratios = [tp / tb for tp, tb in rates]
     print(f"over {len(ratios)} rounds: throughput ratio median {median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}, "
           f"0.8 or more in {sum(r >= 0.8 for r in ratios)}); pipeline {median(t for t, _ in rates):.0f} events/s, "
           f"pass-through {median(b for _, b in rates):.0f} events/s (medians)"
